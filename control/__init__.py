@@ -1,0 +1,1 @@
+"""Signal control: pure cores (models, controllers, safety); no SUMO, no MQTT, no SQL."""

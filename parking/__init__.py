@@ -1,0 +1,1 @@
+"""Leave-first-pay-later parking: plate matching, tariffs, settlement."""

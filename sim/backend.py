@@ -1,0 +1,102 @@
+"""The one place that talks to SUMO: libsumo in-process, or TraCI over a socket.
+
+Both expose the same module API; detector and signal reads go through subscriptions, so each
+step costs one call per domain instead of one per detector (this is what keeps TraCI usable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, Protocol
+
+from citybrain.errors import ScenarioError
+
+# TraCI variable ids (traci.constants), kept here so the adapter needs no traci import at load.
+LAST_STEP_VEHICLE_NUMBER = 0x10
+LAST_STEP_OCCUPANCY = 0x13
+LAST_STEP_VEHICLE_HALTING_NUMBER = 0x14
+VAR_INTERVAL_NUMBER = 0x25
+TL_RED_YELLOW_GREEN_STATE = 0x20
+TL_CURRENT_PHASE = 0x28
+TL_NEXT_SWITCH = 0x2D
+VAR_POSITION = 0x42
+VAR_SPEED = 0x40
+
+BACKENDS = ("libsumo", "traci")
+
+
+class Backend(Protocol):
+    """What the run loop needs from a running simulation."""
+
+    def start(self, args: Sequence[str]) -> None: ...
+    def step(self) -> None: ...
+    def time(self) -> float: ...
+    def subscribe(self, loops: Sequence[str], cameras: Sequence[str], signals: Sequence[str]) -> None: ...
+    def loop_values(self) -> dict[str, dict[int, Any]]: ...
+    def camera_values(self) -> dict[str, dict[int, Any]]: ...
+    def signal_states(self) -> dict[str, dict[int, Any]]: ...
+    def set_signal_state(self, signal: str, state: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class ModuleBackend:
+    """A backend over the libsumo or traci module (they share one API)."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self._m: Any = module
+        self._running = False
+
+    def start(self, args: Sequence[str]) -> None:
+        try:
+            self._m.start(list(args))
+        except Exception as exc:  # SUMO reports bad inputs as generic errors
+            raise ScenarioError(f"SUMO could not start: {str(exc).strip() or exc!r}") from None
+        self._running = True
+
+    def step(self) -> None:
+        self._m.simulationStep()
+
+    def time(self) -> float:
+        return float(self._m.simulation.getTime())
+
+    def subscribe(self, loops: Sequence[str], cameras: Sequence[str], signals: Sequence[str]) -> None:
+        for d in loops:
+            self._m.inductionloop.subscribe(d, (VAR_INTERVAL_NUMBER, LAST_STEP_OCCUPANCY))
+        for d in cameras:
+            self._m.lanearea.subscribe(
+                d, (LAST_STEP_VEHICLE_NUMBER, LAST_STEP_VEHICLE_HALTING_NUMBER)
+            )
+        for s in signals:
+            self._m.trafficlight.subscribe(
+                s, (TL_RED_YELLOW_GREEN_STATE, TL_CURRENT_PHASE, TL_NEXT_SWITCH)
+            )
+
+    def loop_values(self) -> dict[str, dict[int, Any]]:
+        return self._m.inductionloop.getAllSubscriptionResults()  # type: ignore[no-any-return]
+
+    def camera_values(self) -> dict[str, dict[int, Any]]:
+        return self._m.lanearea.getAllSubscriptionResults()  # type: ignore[no-any-return]
+
+    def signal_states(self) -> dict[str, dict[int, Any]]:
+        return self._m.trafficlight.getAllSubscriptionResults()  # type: ignore[no-any-return]
+
+    def set_signal_state(self, signal: str, state: str) -> None:
+        self._m.trafficlight.setRedYellowGreenState(signal, state)
+
+    def close(self) -> None:
+        if self._running:
+            self._running = False
+            self._m.close()
+
+
+def open_backend(name: str) -> Backend:
+    if name == "libsumo":
+        import libsumo
+
+        return ModuleBackend(libsumo)
+    if name == "traci":
+        import traci
+
+        return ModuleBackend(traci)
+    raise ScenarioError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")

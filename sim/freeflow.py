@@ -1,0 +1,64 @@
+"""Free-flow travel time of emergency vehicles: each one alone on the empty network.
+
+The vehicle keeps its type, route and departure; signals are switched off, so the time is
+what the trip takes with nothing in the way.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from citybrain.sim.scenario import Scenario
+
+_VEHICLES = ("vehicle", "trip")
+
+
+def free_flow_times(scenario: Scenario, kinds: set[str], out_dir: Path) -> dict[str, float]:
+    """Seconds each emergency vehicle (a vehicle or trip of a type in ``kinds``) takes alone."""
+    shared: list[ET.Element] = []
+    alone: list[ET.Element] = []
+    for path in scenario.route_files:
+        for elem in ET.parse(path).getroot():
+            if elem.tag in ("vType", "route", "vTypeDistribution", "routeDistribution"):
+                shared.append(elem)
+            elif elem.tag in _VEHICLES and elem.get("type") in kinds:
+                alone.append(elem)
+    work = out_dir / "freeflow"
+    times: dict[str, float] = {}
+    for k, vehicle in enumerate(alone):
+        work.mkdir(parents=True, exist_ok=True)
+        routes = ET.Element("routes")
+        routes.extend(shared)
+        routes.append(vehicle)
+        rou = work / f"{k}.rou.xml"
+        ET.ElementTree(routes).write(rou, encoding="unicode")
+        trip = work / f"{k}.tripinfo.xml"
+        depart = vehicle.get("depart", "0")
+        begin = float(depart) if depart.replace(".", "", 1).isdigit() else scenario.begin_s
+        _run_alone(scenario, rou, trip, begin)
+        for elem in ET.parse(trip).getroot().iter("tripinfo"):
+            if float(elem.get("arrival", "-1")) >= 0:
+                times[elem.get("id", "")] = float(elem.get("duration", "0"))
+    return times
+
+
+def _run_alone(scenario: Scenario, rou: Path, trip: Path, begin: float) -> None:
+    import sumolib
+
+    subprocess.run(
+        [
+            sumolib.checkBinary("sumo"),
+            "-n", str(scenario.net_file),
+            "-r", str(rou),
+            "--begin", f"{begin:g}",
+            "--tls.all-off", "true",
+            "--tripinfo-output", str(trip),
+            "--no-step-log", "true",
+            "--no-warnings", "true",
+            "--step-length", f"{scenario.step_length_s:g}",
+        ],
+        check=True,
+        capture_output=True,
+    )

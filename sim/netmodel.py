@@ -1,0 +1,119 @@
+"""Build the controllers' intersection models from a SUMO network, with no per-map code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sumolib
+
+from citybrain.control.model import (
+    Intersection,
+    PlanStep,
+    SignalLink,
+    is_clearance,
+    phases_from_plan,
+    transitions_from_plan,
+)
+from citybrain.errors import ScenarioError
+
+
+@dataclass(frozen=True, slots=True)
+class ClearanceDefaults:
+    """Change-interval times used where the net's own plan does not give one."""
+
+    yellow_s: float = 3.0
+    all_red_s: float = 1.0
+
+
+def read_net(path: Path) -> Any:
+    """Read a SUMO net with its signal programs and right-of-way logic."""
+    if not path.is_file():
+        raise ScenarioError(f"network file not found: {path}")
+    return sumolib.net.readNet(str(path), withPrograms=True, withFoes=True)
+
+
+def intersections_from_net(
+    net: Any, defaults: ClearanceDefaults | None = None
+) -> tuple[Intersection, ...]:
+    """One model per traffic light of the net, in the net's order."""
+    defaults = defaults or ClearanceDefaults()
+    models = []
+    for tls in net.getTrafficLights():
+        model = _intersection(tls, defaults)
+        if model is not None:
+            models.append(model)
+    return tuple(models)
+
+
+def _intersection(tls: Any, defaults: ClearanceDefaults) -> Intersection | None:
+    programs = tls.getPrograms()
+    if not programs:
+        return None
+    program = programs[sorted(programs)[0]]
+    plan = tuple(PlanStep(p.state, float(p.duration)) for p in program.getPhases())
+    n = len(plan[0].state)
+    by_index: dict[int, SignalLink] = {}
+    junction_index: dict[int, tuple[Any, int]] = {}
+    link_index_cache: dict[tuple[str, str, str], int] = {}
+    for in_lane, out_lane, index in tls.getConnections():
+        if index in by_index or index >= n:
+            continue
+        by_index[index] = SignalLink(index, in_lane.getID(), out_lane.getID())
+        conn = _connection(in_lane, out_lane)
+        if conn is not None:
+            node = conn.getJunction()
+            key = (node.getID(), in_lane.getID(), out_lane.getID())
+            if key not in link_index_cache:
+                link_index_cache[key] = conn.getJunctionIndex()
+            junction_index[index] = (node, link_index_cache[key])
+    links = tuple(by_index.get(i, SignalLink(i, "", "")) for i in range(n))
+    conflicts, yields_to = _conflict_tables(n, junction_index)
+    phases = phases_from_plan(plan)
+    if not phases:
+        return None
+    yellow = [s.duration_s for s in plan if is_clearance(s.state)]
+    all_red = [s.duration_s for s in plan if not is_clearance(s.state) and "G" not in s.state
+               and "g" not in s.state]
+    return Intersection(
+        id=tls.getID(),
+        links=links,
+        conflicts=conflicts,
+        yields_to=yields_to,
+        plan=plan,
+        plan_offset_s=float(program.getOffset() or 0.0),
+        phases=phases,
+        yellow_s=max(yellow) if yellow else defaults.yellow_s,
+        all_red_s=max(all_red) if all_red else defaults.all_red_s,
+        transitions=transitions_from_plan(plan, phases),
+    )
+
+
+def _connection(in_lane: Any, out_lane: Any) -> Any:
+    for conn in in_lane.getOutgoing():
+        if conn.getToLane() is out_lane:
+            return conn
+    return None
+
+
+def _conflict_tables(
+    n: int, junction_index: dict[int, tuple[Any, int]]
+) -> tuple[tuple[frozenset[int], ...], tuple[frozenset[int], ...]]:
+    conflicts: list[set[int]] = [set() for _ in range(n)]
+    yields_to: list[set[int]] = [set() for _ in range(n)]
+    items = sorted(junction_index.items())
+    for a, (node_a, ja) in items:
+        foes = node_a._foes.get(ja)
+        response = node_a._prohibits.get(ja)
+        if foes is None or ja < 0:
+            continue
+        for b, (node_b, jb) in items:
+            if a == b or node_b is not node_a or jb < 0 or jb >= len(foes):
+                continue
+            if foes[len(foes) - jb - 1] == "1":
+                conflicts[a].add(b)
+                conflicts[b].add(a)
+            if response is not None and jb < len(response) and response[len(response) - jb - 1] == "1":
+                yields_to[a].add(b)
+    return tuple(frozenset(s) for s in conflicts), tuple(frozenset(s) for s in yields_to)

@@ -1,0 +1,228 @@
+"""Run one scenario under one controller: step SUMO, feed readings, apply signal commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from citybrain.control.catalog import make_controller
+from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope
+from citybrain.control.model import Intersection
+from citybrain.control.port import Controller, Layout, Readings
+from citybrain.errors import ScenarioError
+from citybrain.sim import backend as sb
+from citybrain.sim.detectors import DetectorPlacement, build_layout, write_additional
+from citybrain.sim.freeflow import free_flow_times
+from citybrain.sim.metrics import Metrics, VehicleCounts, emergency_types, summarize
+from citybrain.sim.netmodel import read_net, intersections_from_net
+from citybrain.sim.scenario import Scenario, load_scenario
+from citybrain.sim.sensors import SensorModel, SensorSettings
+
+RESCO_FLAGS = ("--time-to-teleport", "-1", "--tripinfo-output.write-unfinished")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    controller: str = "fixed"
+    seed: int = 1
+    backend: str = "libsumo"
+    sensors: SensorSettings = field(default_factory=SensorSettings)
+    envelope: EnvelopeTiming = field(default_factory=EnvelopeTiming)
+    placement: DetectorPlacement = field(default_factory=DetectorPlacement)
+    end_s: float | None = None
+    """Stop earlier than the scenario's own end (for short checks)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    metrics: Metrics
+    out_dir: Path
+    signal_writes: int
+    """How often the run had to override what SUMO's own program would have shown."""
+
+
+Progress = Callable[[float], None]
+
+
+def prepare(scenario_path: Path) -> tuple[Scenario, Any, Layout]:
+    """Load a scenario and build its intersection models and detector layout."""
+    scenario = load_scenario(scenario_path)
+    net = read_net(scenario.net_file)
+    intersections = intersections_from_net(net)
+    if not intersections:
+        raise ScenarioError(f"{scenario.config.name}: the network has no traffic lights to control")
+    layout = build_layout(intersections, lambda lane: float(net.getLane(lane).getLength()))
+    return scenario, net, layout
+
+
+def sumo_version() -> str:
+    import sumolib
+
+    return str(getattr(sumolib, "__version__", "") or _binary_version())
+
+
+def _binary_version() -> str:
+    import subprocess
+
+    import sumolib
+
+    out = subprocess.run(
+        [sumolib.checkBinary("sumo"), "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    first = out.splitlines()[0] if out else ""
+    return first.rsplit(" ", 1)[-1]
+
+
+def run(
+    scenario_path: Path, out_dir: Path, settings: RunSettings, progress: Progress | None = None
+) -> RunResult:
+    scenario, net, layout = prepare(scenario_path)
+    controller = make_controller(settings.controller, layout)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    end = min(settings.end_s or scenario.end_s, scenario.end_s)
+    adds = list(scenario.additional_files)
+    if controller.uses_detectors:
+        lengths = lambda lane: float(net.getLane(lane).getLength())  # noqa: E731
+        adds.append(write_additional(layout, lengths, out_dir / "detectors.add.xml"))
+    args = sumo_args(scenario, settings.seed, out_dir, adds, end)
+    backend = sb.open_backend(settings.backend)
+    wall = time.perf_counter()
+    backend.start(args)
+    try:
+        writes = _loop(backend, scenario, layout, controller, settings, end, progress)
+    finally:
+        backend.close()
+    wall = time.perf_counter() - wall
+    kinds = emergency_types([*scenario.route_files, *scenario.additional_files])
+    free_flow = free_flow_times(scenario, kinds, out_dir) if kinds else {}
+    summary = summarize(
+        out_dir / "tripinfo.xml", out_dir / "statistics.xml", end - scenario.begin_s, kinds, free_flow
+    )
+    metrics = Metrics(
+        scenario=scenario.name,
+        controller=controller.name,
+        seed=settings.seed,
+        sumo_version=sumo_version(),
+        mean_delay_s=summary.mean_delay_s,
+        mean_travel_time_s=summary.mean_travel_time_s,
+        mean_waiting_time_s=summary.mean_waiting_time_s,
+        throughput_veh_per_h=summary.throughput_veh_per_h,
+        vehicles=VehicleCounts(summary.completed, summary.unfinished, summary.never_departed),
+        emergency=summary.emergency,
+        wall_time_s=wall,
+        extra={
+            "backend": settings.backend,
+            "window_s": [scenario.begin_s, end],
+            "signal_writes": writes,
+            "sensors": {
+                "camera_miss_rate": settings.sensors.camera_miss_rate,
+                "camera_double_rate": settings.sensors.camera_double_rate,
+                "failed_loops_per_intersection": settings.sensors.failed_loops_per_intersection,
+                "loop_fault": str(settings.sensors.loop_fault),
+            },
+        },
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
+    return RunResult(metrics, out_dir, writes)
+
+
+def sumo_args(
+    scenario: Scenario, seed: int, out_dir: Path, adds: list[Path], end_s: float
+) -> list[str]:
+    import sumolib
+
+    args = [
+        sumolib.checkBinary("sumo"),
+        "-c", str(scenario.config),
+        "--seed", str(seed),
+        *RESCO_FLAGS,
+        "--tripinfo-output", str(out_dir / "tripinfo.xml"),
+        "--statistic-output", str(out_dir / "statistics.xml"),
+        "--end", f"{end_s:g}",
+        "--no-step-log", "true",
+        "--no-warnings", "true",
+    ]
+    if adds:
+        args += ["--additional-files", ",".join(str(a) for a in adds)]
+    return args
+
+
+class _Signals:
+    """Applies envelope output, writing to SUMO only where its own program would differ."""
+
+    def __init__(self, backend: sb.Backend, intersections: tuple[Intersection, ...]) -> None:
+        self.backend = backend
+        self.plans = {x.id: [s.state for s in x.plan] for x in intersections}
+        self.overridden: set[str] = set()
+        self.writes = 0
+
+    def apply(self, signal: str, wanted: str, sumo: dict[int, Any]) -> None:
+        upcoming = sumo[sb.TL_RED_YELLOW_GREEN_STATE]
+        if signal not in self.overridden and self.backend.time() >= sumo[sb.TL_NEXT_SWITCH]:
+            plan = self.plans[signal]
+            upcoming = plan[(int(sumo[sb.TL_CURRENT_PHASE]) + 1) % len(plan)]
+        if wanted != upcoming:
+            self.backend.set_signal_state(signal, wanted)
+            self.overridden.add(signal)
+            self.writes += 1
+
+
+def _loop(
+    backend: sb.Backend,
+    scenario: Scenario,
+    layout: Layout,
+    controller: Controller,
+    settings: RunSettings,
+    end: float,
+    progress: Progress | None,
+) -> int:
+    xs = layout.intersections
+    loop_ids = [d.id for d in layout.loops] if controller.uses_detectors else []
+    cam_ids = [d.id for d in layout.cameras] if controller.uses_detectors else []
+    backend.subscribe(loop_ids, cam_ids, [x.id for x in xs])
+    sensors = SensorModel(layout, settings.sensors)
+    envelopes = {x.id: SafetyEnvelope(x, settings.envelope, scenario.begin_s) for x in xs}
+    signals = _Signals(backend, xs)
+    totals = np.zeros(len(loop_ids), dtype=np.int64)
+    loop_count = np.zeros(len(loop_ids), dtype=np.int64)
+    loop_occ = np.zeros(len(loop_ids), dtype=np.float64)
+    cam_count = np.zeros(len(cam_ids), dtype=np.int64)
+    cam_queue = np.zeros(len(cam_ids), dtype=np.int64)
+    t = backend.time()
+    while t < end - 1e-9:
+        if loop_ids:
+            values = backend.loop_values()
+            for i, d in enumerate(loop_ids):
+                v = values.get(d)
+                if v is None:
+                    continue
+                n = int(v[sb.VAR_INTERVAL_NUMBER])
+                loop_count[i] = n - totals[i] if n >= totals[i] else n
+                totals[i] = n
+                loop_occ[i] = float(v[sb.LAST_STEP_OCCUPANCY]) / 100.0
+            cams = backend.camera_values()
+            for i, d in enumerate(cam_ids):
+                v = cams.get(d)
+                if v is None:
+                    continue
+                cam_count[i] = int(v[sb.LAST_STEP_VEHICLE_NUMBER])
+                cam_queue[i] = int(v[sb.LAST_STEP_VEHICLE_HALTING_NUMBER])
+        lc, lo = sensors.loops(loop_count, loop_occ)
+        cc, cq = sensors.cameras(cam_count, cam_queue)
+        decision = controller.decide(Readings(t, lc, lo, cc, cq, envelopes))
+        requests = {r.intersection: r.phase for r in decision.requests}
+        states = backend.signal_states()
+        for x in xs:
+            wanted = envelopes[x.id].step(t, requests.get(x.id))
+            signals.apply(x.id, wanted, states[x.id])
+        backend.step()
+        t = backend.time()
+        if progress is not None:
+            progress(t)
+    return signals.writes
