@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
-from citybrain.control.actuated import ActuatedController
+from citybrain.control.actuated import ActuatedController, ActuatedTiming
 from citybrain.control.fixed import FixedTimeController
 from citybrain.control.port import Controller, Layout
 from citybrain.errors import CitybrainError
 
-CONTROLLERS: dict[str, Callable[[Layout], Controller]] = {
-    "fixed": FixedTimeController,
-    "actuated": ActuatedController,
+
+class ControllerOptions(Protocol):
+    """The settings sections controllers read (see ``citybrain.settings.Settings``)."""
+
+    @property
+    def actuated(self) -> ActuatedTiming: ...
+
+
+CONTROLLERS: dict[str, Callable[[Layout, ControllerOptions], Controller]] = {
+    "fixed": lambda layout, _: FixedTimeController(layout),
+    "actuated": lambda layout, options: ActuatedController(layout, options.actuated),
 }
 
 
-def make_controller(name: str, layout: Layout) -> Controller:
+def make_controller(name: str, layout: Layout, options: ControllerOptions) -> Controller:
     factory = CONTROLLERS.get(name)
     if factory is None:
         raise CitybrainError(
             f"unknown controller {name!r}; choose one of: {', '.join(CONTROLLERS)}"
         )
-    return factory(layout)
+    return factory(layout, options)

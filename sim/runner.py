@@ -5,36 +5,35 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from citybrain.control.catalog import make_controller
-from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope
+from citybrain.control.envelope import SafetyEnvelope
 from citybrain.control.model import Intersection
 from citybrain.control.port import Controller, Layout, Readings
 from citybrain.errors import ScenarioError
 from citybrain.sim import backend as sb
+from citybrain.settings import Settings
 from citybrain.sim.detectors import DetectorPlacement, build_layout, write_additional
 from citybrain.sim.freeflow import free_flow_times
 from citybrain.sim.metrics import Metrics, VehicleCounts, emergency_types, summarize
 from citybrain.sim.netmodel import read_net, intersections_from_net
 from citybrain.sim.scenario import Scenario, load_scenario
-from citybrain.sim.sensors import SensorModel, SensorSettings
+from citybrain.sim.sensors import SensorModel
 
 RESCO_FLAGS = ("--time-to-teleport", "-1", "--tripinfo-output.write-unfinished")
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class RunOptions:
     controller: str = "fixed"
     seed: int = 1
     backend: str = "libsumo"
-    sensors: SensorSettings = field(default_factory=SensorSettings)
-    envelope: EnvelopeTiming = field(default_factory=EnvelopeTiming)
-    placement: DetectorPlacement = field(default_factory=DetectorPlacement)
+    settings: Settings = field(default_factory=Settings)
     end_s: float | None = None
     """Stop earlier than the scenario's own end (for short checks)."""
 
@@ -50,14 +49,18 @@ class RunResult:
 Progress = Callable[[float], None]
 
 
-def prepare(scenario_path: Path) -> tuple[Scenario, Any, Layout]:
+def prepare(
+    scenario_path: Path, placement: DetectorPlacement | None = None
+) -> tuple[Scenario, Any, Layout]:
     """Load a scenario and build its intersection models and detector layout."""
     scenario = load_scenario(scenario_path)
     net = read_net(scenario.net_file)
     intersections = intersections_from_net(net)
     if not intersections:
         raise ScenarioError(f"{scenario.config.name}: the network has no traffic lights to control")
-    layout = build_layout(intersections, lambda lane: float(net.getLane(lane).getLength()))
+    layout = build_layout(
+        intersections, lambda lane: float(net.getLane(lane).getLength()), placement
+    )
     return scenario, net, layout
 
 
@@ -80,22 +83,22 @@ def _binary_version() -> str:
 
 
 def run(
-    scenario_path: Path, out_dir: Path, settings: RunSettings, progress: Progress | None = None
+    scenario_path: Path, out_dir: Path, options: RunOptions, progress: Progress | None = None
 ) -> RunResult:
-    scenario, net, layout = prepare(scenario_path)
-    controller = make_controller(settings.controller, layout)
+    scenario, net, layout = prepare(scenario_path, options.settings.detectors)
+    controller = make_controller(options.controller, layout, options.settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-    end = min(settings.end_s or scenario.end_s, scenario.end_s)
+    end = min(options.end_s or scenario.end_s, scenario.end_s)
     adds = list(scenario.additional_files)
     if controller.uses_detectors:
         lengths = lambda lane: float(net.getLane(lane).getLength())  # noqa: E731
         adds.append(write_additional(layout, lengths, out_dir / "detectors.add.xml"))
-    args = sumo_args(scenario, settings.seed, out_dir, adds, end)
-    backend = sb.open_backend(settings.backend)
+    args = sumo_args(scenario, options.seed, out_dir, adds, end)
+    backend = sb.open_backend(options.backend)
     wall = time.perf_counter()
     backend.start(args)
     try:
-        writes = _loop(backend, scenario, layout, controller, settings, end, progress)
+        writes = _loop(backend, scenario, layout, controller, options, end, progress)
     finally:
         backend.close()
     wall = time.perf_counter() - wall
@@ -107,7 +110,7 @@ def run(
     metrics = Metrics(
         scenario=scenario.name,
         controller=controller.name,
-        seed=settings.seed,
+        seed=options.seed,
         sumo_version=sumo_version(),
         mean_delay_s=summary.mean_delay_s,
         mean_travel_time_s=summary.mean_travel_time_s,
@@ -117,15 +120,10 @@ def run(
         emergency=summary.emergency,
         wall_time_s=wall,
         extra={
-            "backend": settings.backend,
+            "backend": options.backend,
             "window_s": [scenario.begin_s, end],
             "signal_writes": writes,
-            "sensors": {
-                "camera_miss_rate": settings.sensors.camera_miss_rate,
-                "camera_double_rate": settings.sensors.camera_double_rate,
-                "failed_loops_per_intersection": settings.sensors.failed_loops_per_intersection,
-                "loop_fault": str(settings.sensors.loop_fault),
-            },
+            "sensors": asdict(options.settings.sensors),
         },
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
@@ -178,7 +176,7 @@ def _loop(
     scenario: Scenario,
     layout: Layout,
     controller: Controller,
-    settings: RunSettings,
+    options: RunOptions,
     end: float,
     progress: Progress | None,
 ) -> int:
@@ -186,8 +184,8 @@ def _loop(
     loop_ids = [d.id for d in layout.loops] if controller.uses_detectors else []
     cam_ids = [d.id for d in layout.cameras] if controller.uses_detectors else []
     backend.subscribe(loop_ids, cam_ids, [x.id for x in xs])
-    sensors = SensorModel(layout, settings.sensors)
-    envelopes = {x.id: SafetyEnvelope(x, settings.envelope, scenario.begin_s) for x in xs}
+    sensors = SensorModel(layout, options.settings.sensors)
+    envelopes = {x.id: SafetyEnvelope(x, options.settings.envelope, scenario.begin_s) for x in xs}
     signals = _Signals(backend, xs)
     totals = np.zeros(len(loop_ids), dtype=np.int64)
     loop_count = np.zeros(len(loop_ids), dtype=np.int64)

@@ -1,0 +1,233 @@
+"""The ``citybrain`` command: ``sim``, ``control`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from citybrain.errors import CitybrainError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected at least one name")
+    return names
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("libsumo", "traci"), default="libsumo",
+                   help="libsumo (in-process, default) or traci (socket)")
+    p.add_argument("--config", type=Path, help="settings TOML (see configs/citybrain.toml)")
+    p.add_argument("--end", type=float, help="stop at this simulation time (default: the scenario's end)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citybrain", description="Smart traffic signal control, validated in SUMO."
+    )
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = top.add_parser("sim", help="run SUMO scenarios under our controllers")
+    sim_cmds = sim.add_subparsers(dest="sim_command", required=True, metavar="SUBCOMMAND")
+    r = sim_cmds.add_parser("run", help="run one scenario under one controller")
+    r.add_argument("scenario", type=Path, help="a SUMO .sumocfg")
+    r.add_argument("--controller", default="fixed", help="controller name (citybrain control list)")
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--out", type=Path, help="output folder (default: runs/SCENARIO-CONTROLLER-seedN)")
+    _add_run_options(r)
+    r.set_defaults(handler=_sim_run)
+
+    c = sim_cmds.add_parser("compare", help="compare controllers over seeds, in parallel")
+    c.add_argument("scenario", type=Path, help="a SUMO .sumocfg")
+    c.add_argument("--controllers", type=_names, default=["fixed", "actuated"])
+    c.add_argument("--seeds", type=_ints, default=[1, 2, 3])
+    c.add_argument("--out", type=Path, help="output folder (default: runs/compare-SCENARIO)")
+    c.add_argument("--workers", type=int, help="parallel processes (default: one per core)")
+    _add_run_options(c)
+    c.set_defaults(handler=_sim_compare)
+
+    s = sim_cmds.add_parser("scenario", help="build a scenario of the built-in library")
+    s.add_argument("name", nargs="?", help="single, arterial, grid, or a scenario TOML file")
+    s.add_argument("--out", type=Path, help="output folder (default: scenarios/NAME)")
+    s.add_argument("--seed", type=int, default=1, help="seed of the demand generator")
+    s.set_defaults(handler=_sim_scenario)
+
+    control = top.add_parser("control", help="controllers and intersection models")
+    control_cmds = control.add_subparsers(dest="control_command", required=True, metavar="SUBCOMMAND")
+    lst = control_cmds.add_parser("list", help="list the controllers")
+    lst.set_defaults(handler=_control_list)
+    ins = control_cmds.add_parser("inspect", help="show the intersection models of a net or scenario")
+    ins.add_argument("path", type=Path, help="a .net.xml or .sumocfg")
+    ins.add_argument("--json", action="store_true", help="print JSON")
+    ins.set_defaults(handler=_control_inspect)
+
+    demo = top.add_parser("demo", help="run the arterial under fixed and actuated control")
+    demo.add_argument("--out", type=Path, default=Path("citybrain-demo"))
+    demo.add_argument("--seeds", type=_ints, default=[1, 2, 3])
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CitybrainError as exc:
+        print(f"citybrain: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("citybrain: interrupted", file=sys.stderr)
+        return 130
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from citybrain.settings import load_settings
+
+    return load_settings(args.config)
+
+
+def _sim_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from citybrain.sim.runner import RunOptions, run
+    from citybrain.sim.scenario import load_scenario
+
+    from citybrain.control.catalog import CONTROLLERS
+
+    if args.controller not in CONTROLLERS:
+        raise CitybrainError(
+            f"unknown controller {args.controller!r}; choose one of: {', '.join(CONTROLLERS)}"
+        )
+    scenario = load_scenario(args.scenario)
+    settings = _settings(args)
+    out = args.out or Path("runs") / f"{scenario.name}-{args.controller}-seed{args.seed}"
+    end = min(args.end or scenario.end_s, scenario.end_s)
+    bar = tqdm(total=round(end - scenario.begin_s), unit="s", desc=scenario.name, disable=None,
+               leave=False)
+    last = [scenario.begin_s]
+
+    def progress(t: float) -> None:
+        if t - last[0] >= 60 or t >= end:
+            bar.update(round(t - last[0]))
+            last[0] = t
+
+    try:
+        result = run(args.scenario, out, RunOptions(args.controller, args.seed, args.backend,
+                                                    settings, args.end), progress)
+    finally:
+        bar.close()
+    m = result.metrics
+    print(f"{m.scenario} / {m.controller} / seed {m.seed}: mean delay {m.mean_delay_s:.1f} s, "
+          f"travel time {m.mean_travel_time_s:.1f} s, waiting {m.mean_waiting_time_s:.1f} s, "
+          f"throughput {m.throughput_veh_per_h:.0f} veh/h "
+          f"({m.vehicles.completed} completed, {m.vehicles.unfinished} unfinished, "
+          f"{m.vehicles.never_departed} never departed); wall {m.wall_time_s:.1f} s")
+    for e in m.emergency:
+        ff = f"{e.free_flow_time_s:.0f} s" if e.free_flow_time_s else "n/a"
+        print(f"  emergency {e.id}: travel {e.travel_time_s:.0f} s (free flow {ff}), stops {e.stops}")
+    print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'tripinfo.xml'}")
+    return 0
+
+
+def _sim_compare(args: argparse.Namespace) -> int:
+    from citybrain.control.catalog import CONTROLLERS
+    from citybrain.sim.compare import compare, table, write
+    from citybrain.sim.plots import comparison_chart
+    from citybrain.sim.scenario import load_scenario
+
+    unknown = [c for c in args.controllers if c not in CONTROLLERS]
+    if unknown:
+        raise CitybrainError(
+            f"unknown controller {unknown[0]!r}; choose one of: {', '.join(CONTROLLERS)}"
+        )
+    if not args.seeds:
+        raise CitybrainError("--seeds needs at least one seed")
+    scenario = load_scenario(args.scenario)
+    out = args.out or Path("runs") / f"compare-{scenario.name}"
+    comparison = compare(args.scenario, args.controllers, args.seeds, out, backend=args.backend,
+                         settings=_settings(args), end_s=args.end, workers=args.workers)
+    print(table(comparison))
+    path = write(comparison, out)
+    chart = comparison_chart(comparison, out / "compare.png")
+    print(f"wrote {path} and {chart}")
+    return 0
+
+
+def _sim_scenario(args: argparse.Namespace) -> int:
+    from citybrain.sim.library import SCENARIOS, build_scenario, load_spec
+
+    if args.name is None:
+        print("built-in scenarios: " + ", ".join(SCENARIOS))
+        return 0
+    spec = load_spec(args.name)
+    out = args.out or Path("scenarios") / Path(args.name).stem
+    cfg = build_scenario(spec, out, seed=args.seed)
+    print(f"wrote {cfg}")
+    return 0
+
+
+def _control_list(args: argparse.Namespace) -> int:
+    from citybrain.control.catalog import CONTROLLERS
+
+    for name, factory in CONTROLLERS.items():
+        print(name)
+    return 0
+
+
+def _control_inspect(args: argparse.Namespace) -> int:
+    from citybrain.sim.netmodel import intersections_from_net, read_net
+    from citybrain.sim.scenario import load_scenario
+
+    net_file = args.path
+    if args.path.suffix == ".sumocfg":
+        net_file = load_scenario(args.path).net_file
+    models = intersections_from_net(read_net(net_file))
+    if not models:
+        raise CitybrainError(f"{args.path}: the network has no traffic lights")
+    if args.json:
+        print(json.dumps([
+            {
+                "id": x.id,
+                "links": [[link.in_lane, link.out_lane] for link in x.links],
+                "phases": [p.state for p in x.phases],
+                "conflicts": [sorted(c) for c in x.conflicts],
+                "yellow_s": x.yellow_s,
+                "all_red_s": x.all_red_s,
+                "cycle_s": x.cycle_s,
+            }
+            for x in models
+        ], indent=2))
+        return 0
+    for x in models:
+        pairs = sum(len(c) for c in x.conflicts) // 2
+        print(f"{x.id}: {len(x.links)} links, {len(x.in_lanes)} approach lanes, "
+              f"{len(x.phases)} green phases, {pairs} conflicting pairs, cycle {x.cycle_s:g} s, "
+              f"yellow {x.yellow_s:g} s, all-red {x.all_red_s:g} s")
+        for p in x.phases:
+            print(f"  phase {p.index}: {p.state}  ({p.plan_duration_s:g} s in the plan)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from citybrain.demo import run_demo
+
+    return run_demo(args.out, args.seeds)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
