@@ -48,7 +48,7 @@ def test_minimum_green_holds_against_an_early_request() -> None:
     assert shown == ["GGrr"] * 5 + ["yyrr"] * 3  # asked at 3, changed at 5 (min green)
     # once begun, a change runs to its end even if the request flips back
     shown = [env.step(t, 0) for t in range(8, 16)]
-    assert shown == ["rrrr"] * 2 + ["rrGG"] * 5 + ["yyrr"]  # 5 s green, then back
+    assert shown == ["rrrr"] * 2 + ["rrGG"] * 5 + ["rryy"]  # 5 s green, then back
 
 
 def test_plan_shorter_than_minimum_keeps_its_own_green() -> None:
