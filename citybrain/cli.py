@@ -17,7 +17,9 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas: {text!r}"
+        ) from None
 
 
 def _names(text: str) -> list[str]:
@@ -28,10 +30,16 @@ def _names(text: str) -> list[str]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("libsumo", "traci"), default="libsumo",
-                   help="libsumo (in-process, default) or traci (socket)")
+    p.add_argument(
+        "--backend",
+        choices=("libsumo", "traci"),
+        default="libsumo",
+        help="libsumo (in-process, default) or traci (socket)",
+    )
     p.add_argument("--config", type=Path, help="settings TOML (see configs/citybrain.toml)")
-    p.add_argument("--end", type=float, help="stop at this simulation time (default: the scenario's end)")
+    p.add_argument(
+        "--end", type=float, help="stop at this simulation time (default: the scenario's end)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("scenario", type=Path, help="a SUMO .sumocfg")
     r.add_argument("--controller", default="fixed", help="controller name (citybrain control list)")
     r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--out", type=Path, help="output folder (default: runs/SCENARIO-CONTROLLER-seedN)")
+    r.add_argument(
+        "--out", type=Path, help="output folder (default: runs/SCENARIO-CONTROLLER-seedN)"
+    )
     _add_run_options(r)
     r.set_defaults(handler=_sim_run)
 
@@ -66,10 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(handler=_sim_scenario)
 
     control = top.add_parser("control", help="controllers and intersection models")
-    control_cmds = control.add_subparsers(dest="control_command", required=True, metavar="SUBCOMMAND")
+    control_cmds = control.add_subparsers(
+        dest="control_command", required=True, metavar="SUBCOMMAND"
+    )
     lst = control_cmds.add_parser("list", help="list the controllers")
     lst.set_defaults(handler=_control_list)
-    ins = control_cmds.add_parser("inspect", help="show the intersection models of a net or scenario")
+    ins = control_cmds.add_parser(
+        "inspect", help="show the intersection models of a net or scenario"
+    )
     ins.add_argument("path", type=Path, help="a .net.xml or .sumocfg")
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(handler=_control_inspect)
@@ -104,10 +118,9 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _sim_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from citybrain.control.catalog import CONTROLLERS
     from citybrain.sim.runner import RunOptions, run
     from citybrain.sim.scenario import load_scenario
-
-    from citybrain.control.catalog import CONTROLLERS
 
     if args.controller not in CONTROLLERS:
         raise CitybrainError(
@@ -117,8 +130,9 @@ def _sim_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     out = args.out or Path("runs") / f"{scenario.name}-{args.controller}-seed{args.seed}"
     end = min(args.end or scenario.end_s, scenario.end_s)
-    bar = tqdm(total=round(end - scenario.begin_s), unit="s", desc=scenario.name, disable=None,
-               leave=False)
+    bar = tqdm(
+        total=round(end - scenario.begin_s), unit="s", desc=scenario.name, disable=None, leave=False
+    )
     last = [scenario.begin_s]
 
     def progress(t: float) -> None:
@@ -127,19 +141,27 @@ def _sim_run(args: argparse.Namespace) -> int:
             last[0] = t
 
     try:
-        result = run(args.scenario, out, RunOptions(args.controller, args.seed, args.backend,
-                                                    settings, args.end), progress)
+        result = run(
+            args.scenario,
+            out,
+            RunOptions(args.controller, args.seed, args.backend, settings, args.end),
+            progress,
+        )
     finally:
         bar.close()
     m = result.metrics
-    print(f"{m.scenario} / {m.controller} / seed {m.seed}: mean delay {m.mean_delay_s:.1f} s, "
-          f"travel time {m.mean_travel_time_s:.1f} s, waiting {m.mean_waiting_time_s:.1f} s, "
-          f"throughput {m.throughput_veh_per_h:.0f} veh/h "
-          f"({m.vehicles.completed} completed, {m.vehicles.unfinished} unfinished, "
-          f"{m.vehicles.never_departed} never departed); wall {m.wall_time_s:.1f} s")
+    print(
+        f"{m.scenario} / {m.controller} / seed {m.seed}: mean delay {m.mean_delay_s:.1f} s, "
+        f"travel time {m.mean_travel_time_s:.1f} s, waiting {m.mean_waiting_time_s:.1f} s, "
+        f"throughput {m.throughput_veh_per_h:.0f} veh/h "
+        f"({m.vehicles.completed} completed, {m.vehicles.unfinished} unfinished, "
+        f"{m.vehicles.never_departed} never departed); wall {m.wall_time_s:.1f} s"
+    )
     for e in m.emergency:
         ff = f"{e.free_flow_time_s:.0f} s" if e.free_flow_time_s else "n/a"
-        print(f"  emergency {e.id}: travel {e.travel_time_s:.0f} s (free flow {ff}), stops {e.stops}")
+        print(
+            f"  emergency {e.id}: travel {e.travel_time_s:.0f} s (free flow {ff}), stops {e.stops}"
+        )
     print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'tripinfo.xml'}")
     return 0
 
@@ -159,8 +181,16 @@ def _sim_compare(args: argparse.Namespace) -> int:
         raise CitybrainError("--seeds needs at least one seed")
     scenario = load_scenario(args.scenario)
     out = args.out or Path("runs") / f"compare-{scenario.name}"
-    comparison = compare(args.scenario, args.controllers, args.seeds, out, backend=args.backend,
-                         settings=_settings(args), end_s=args.end, workers=args.workers)
+    comparison = compare(
+        args.scenario,
+        args.controllers,
+        args.seeds,
+        out,
+        backend=args.backend,
+        settings=_settings(args),
+        end_s=args.end,
+        workers=args.workers,
+    )
     print(table(comparison))
     path = write(comparison, out)
     chart = comparison_chart(comparison, out / "compare.png")
@@ -184,7 +214,7 @@ def _sim_scenario(args: argparse.Namespace) -> int:
 def _control_list(args: argparse.Namespace) -> int:
     from citybrain.control.catalog import CONTROLLERS
 
-    for name, factory in CONTROLLERS.items():
+    for name in CONTROLLERS:
         print(name)
     return 0
 
@@ -200,24 +230,31 @@ def _control_inspect(args: argparse.Namespace) -> int:
     if not models:
         raise CitybrainError(f"{args.path}: the network has no traffic lights")
     if args.json:
-        print(json.dumps([
-            {
-                "id": x.id,
-                "links": [[link.in_lane, link.out_lane] for link in x.links],
-                "phases": [p.state for p in x.phases],
-                "conflicts": [sorted(c) for c in x.conflicts],
-                "yellow_s": x.yellow_s,
-                "all_red_s": x.all_red_s,
-                "cycle_s": x.cycle_s,
-            }
-            for x in models
-        ], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": x.id,
+                        "links": [[link.in_lane, link.out_lane] for link in x.links],
+                        "phases": [p.state for p in x.phases],
+                        "conflicts": [sorted(c) for c in x.conflicts],
+                        "yellow_s": x.yellow_s,
+                        "all_red_s": x.all_red_s,
+                        "cycle_s": x.cycle_s,
+                    }
+                    for x in models
+                ],
+                indent=2,
+            )
+        )
         return 0
     for x in models:
         pairs = sum(len(c) for c in x.conflicts) // 2
-        print(f"{x.id}: {len(x.links)} links, {len(x.in_lanes)} approach lanes, "
-              f"{len(x.phases)} green phases, {pairs} conflicting pairs, cycle {x.cycle_s:g} s, "
-              f"yellow {x.yellow_s:g} s, all-red {x.all_red_s:g} s")
+        print(
+            f"{x.id}: {len(x.links)} links, {len(x.in_lanes)} approach lanes, "
+            f"{len(x.phases)} green phases, {pairs} conflicting pairs, cycle {x.cycle_s:g} s, "
+            f"yellow {x.yellow_s:g} s, all-red {x.all_red_s:g} s"
+        )
         for p in x.phases:
             print(f"  phase {p.index}: {p.state}  ({p.plan_duration_s:g} s in the plan)")
     return 0

@@ -87,6 +87,6 @@ def _convert(kind: Any, value: Any, source: str, key: str) -> Any:
             return value
         raise ConfigError(f"{source}: {key} must be a {kind.__name__}, not {value!r}")
     if isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind):
-        inner = [a for a in typing.get_args(kind) if a is not type(None)][0]
+        inner = next(a for a in typing.get_args(kind) if a is not type(None))
         return _convert(inner, value, source, key)
     raise ConfigError(f"{source}: {key} has an unsupported type")

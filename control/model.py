@@ -152,9 +152,7 @@ class Intersection:
         )
         steps = [PlanStep(yellow, self.yellow_s)]
         if self.all_red_s > 0:
-            red = "".join(
-                a[i] if (a[i] in GREEN and b[i] in GREEN) else "r" for i in range(len(a))
-            )
+            red = "".join(a[i] if (a[i] in GREEN and b[i] in GREEN) else "r" for i in range(len(a)))
             steps.append(PlanStep(red, self.all_red_s))
         return tuple(steps)
 

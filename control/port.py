@@ -85,7 +85,8 @@ class Readings:
 
     Loops: vehicles counted since the previous reading, and the fraction of the last interval
     the loop was occupied (0..1). Cameras: vehicles seen in the zone and those of them seen
-    standing (a queue). ``signals``: each intersection's own report of what it serves. Arrays are owned by the reader; a controller must not keep them.
+    standing (a queue). ``signals``: each intersection's own report of what it serves.
+    Arrays are owned by the reader; a controller must not keep them.
     """
 
     time_s: float

@@ -14,8 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from citybrain.sim.runner import RunOptions, run
 from citybrain.settings import Settings
+from citybrain.sim.runner import RunOptions, run
 
 METRICS = (
     ("mean_delay_s", "delay (s)"),
@@ -95,8 +95,9 @@ def compare(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(_one, job) for job in jobs]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="runs", unit="run",
-                        disable=None):
+        for fut in tqdm(
+            as_completed(futures), total=len(futures), desc="runs", unit="run", disable=None
+        ):
             runs.append(fut.result())
     runs.sort(key=lambda r: (list(controllers).index(r["controller"]), r["seed"]))
     summary = {
@@ -114,7 +115,10 @@ def table(comparison: Comparison) -> str:
         [c, *(str(comparison.summary[c][k]) for k, _ in METRICS)] for c in comparison.controllers
     ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [head, *rows]]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in [head, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -46,11 +46,15 @@ def build_layout(
             stop = min(placement.stop_loop_m, length / 2)
             upstream = max(stop, min(placement.upstream_loop_m, length - 0.5))
             camera = min(placement.camera_m, length)
-            loops.append(DetectorSpec(f"{PREFIX}_s_{lane}", DetectorKind.STOP_LOOP, x.id, lane, stop))
+            loops.append(
+                DetectorSpec(f"{PREFIX}_s_{lane}", DetectorKind.STOP_LOOP, x.id, lane, stop)
+            )
             loops.append(
                 DetectorSpec(f"{PREFIX}_u_{lane}", DetectorKind.UPSTREAM_LOOP, x.id, lane, upstream)
             )
-            cameras.append(DetectorSpec(f"{PREFIX}_c_{lane}", DetectorKind.CAMERA, x.id, lane, camera))
+            cameras.append(
+                DetectorSpec(f"{PREFIX}_c_{lane}", DetectorKind.CAMERA, x.id, lane, camera)
+            )
     return Layout(intersections, tuple(loops), tuple(cameras))
 
 
@@ -60,7 +64,7 @@ def write_additional(layout: Layout, lane_length: Callable[[str], float], path: 
     for d in layout.loops:
         pos = lane_length(d.lane) - d.distance_m
         lines.append(
-            f"    <inductionLoop id={quoteattr(d.id)} lane={quoteattr(d.lane)} pos=\"{pos:.2f}\""
+            f'    <inductionLoop id={quoteattr(d.id)} lane={quoteattr(d.lane)} pos="{pos:.2f}"'
             ' period="86400" file="NUL" friendlyPos="true"/>'
         )
     for d in layout.cameras:

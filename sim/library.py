@@ -12,7 +12,8 @@ jittered per slice by up to ``rate_noise`` (the generator's only randomness, dra
 ``seed``). Entries on the main road (``main_axis``) run at ``peak_veh_per_h``, the others at
 ``side_factor`` times that. Each entry's traffic is split into straight, left and right
 movements by heading; a left or right share is spread evenly over the exits with that heading.
-Flows give ``from``/``to`` edges only, so SUMO routes them.
+Flows give ``from``/``to`` edges only, so SUMO routes them, and use ``probability`` (one
+Bernoulli draw per second), so the arrival times themselves come from SUMO's own ``--seed``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import importlib.resources
 import math
 import random
+import re
 import subprocess
 import tomllib
 import xml.etree.ElementTree as ET
@@ -136,7 +138,7 @@ def _parse(text: str, source: str, default_name: str) -> ScenarioSpec:
     net = _net_spec(top.table("net"))
     demand = _demand_spec(top.table("demand"))
     return ScenarioSpec(
-        name=top.get("name", _text, "a non-empty string", default_name),
+        name=top.get("name", _file_stem, "letters, digits, '_', '-' or '.'", default_name),
         description=top.get("description", _any_text, "a string", ""),
         source=source,
         net=net,
@@ -292,6 +294,11 @@ def _unit_open(value: Any) -> float | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
+
+
+def _file_stem(value: Any) -> str | None:
+    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", value) is not None
+    return value if ok else None
 
 
 def _any_text(value: Any) -> str | None:

@@ -74,8 +74,11 @@ def _intersection(tls: Any, defaults: ClearanceDefaults) -> Intersection | None:
     if not phases:
         return None
     yellow = [s.duration_s for s in plan if is_clearance(s.state)]
-    all_red = [s.duration_s for s in plan if not is_clearance(s.state) and "G" not in s.state
-               and "g" not in s.state]
+    all_red = [
+        s.duration_s
+        for s in plan
+        if not is_clearance(s.state) and "G" not in s.state and "g" not in s.state
+    ]
     return Intersection(
         id=tls.getID(),
         links=links,
@@ -114,6 +117,10 @@ def _conflict_tables(
             if foes[len(foes) - jb - 1] == "1":
                 conflicts[a].add(b)
                 conflicts[b].add(a)
-            if response is not None and jb < len(response) and response[len(response) - jb - 1] == "1":
+            if (
+                response is not None
+                and jb < len(response)
+                and response[len(response) - jb - 1] == "1"
+            ):
                 yields_to[a].add(b)
     return tuple(frozenset(s) for s in conflicts), tuple(frozenset(s) for s in yields_to)

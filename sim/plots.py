@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from citybrain.sim.compare import METRICS, Comparison  # noqa: E402
+from citybrain.sim.compare import METRICS, Comparison
 
 
 def comparison_chart(comparison: Comparison, path: Path) -> Path:

@@ -16,12 +16,12 @@ from citybrain.control.envelope import SafetyEnvelope
 from citybrain.control.model import Intersection
 from citybrain.control.port import Controller, Layout, Readings
 from citybrain.errors import ScenarioError
-from citybrain.sim import backend as sb
 from citybrain.settings import Settings
+from citybrain.sim import backend as sb
 from citybrain.sim.detectors import DetectorPlacement, build_layout, write_additional
 from citybrain.sim.freeflow import free_flow_times
 from citybrain.sim.metrics import Metrics, VehicleCounts, emergency_types, summarize
-from citybrain.sim.netmodel import read_net, intersections_from_net
+from citybrain.sim.netmodel import intersections_from_net, read_net
 from citybrain.sim.scenario import Scenario, load_scenario
 from citybrain.sim.sensors import SensorModel
 
@@ -105,7 +105,11 @@ def run(
     kinds = emergency_types([*scenario.route_files, *scenario.additional_files])
     free_flow = free_flow_times(scenario, kinds, out_dir) if kinds else {}
     summary = summarize(
-        out_dir / "tripinfo.xml", out_dir / "statistics.xml", end - scenario.begin_s, kinds, free_flow
+        out_dir / "tripinfo.xml",
+        out_dir / "statistics.xml",
+        end - scenario.begin_s,
+        kinds,
+        free_flow,
     )
     metrics = Metrics(
         scenario=scenario.name,
@@ -137,14 +141,21 @@ def sumo_args(
 
     args = [
         sumolib.checkBinary("sumo"),
-        "-c", str(scenario.config),
-        "--seed", str(seed),
+        "-c",
+        str(scenario.config),
+        "--seed",
+        str(seed),
         *RESCO_FLAGS,
-        "--tripinfo-output", str(out_dir / "tripinfo.xml"),
-        "--statistic-output", str(out_dir / "statistics.xml"),
-        "--end", f"{end_s:g}",
-        "--no-step-log", "true",
-        "--no-warnings", "true",
+        "--tripinfo-output",
+        str(out_dir / "tripinfo.xml"),
+        "--statistic-output",
+        str(out_dir / "statistics.xml"),
+        "--end",
+        f"{end_s:g}",
+        "--no-step-log",
+        "true",
+        "--no-warnings",
+        "true",
     ]
     if adds:
         args += ["--additional-files", ",".join(str(a) for a in adds)]

@@ -65,7 +65,8 @@ class SensorModel:
             own = [
                 i
                 for i, d in enumerate(layout.loops)
-                if d.intersection == x.id and d.kind in (DetectorKind.STOP_LOOP, DetectorKind.UPSTREAM_LOOP)
+                if d.intersection == x.id
+                and d.kind in (DetectorKind.STOP_LOOP, DetectorKind.UPSTREAM_LOOP)
             ]
             if per and own:
                 take = self._rng.choice(len(own), size=min(per, len(own)), replace=False)

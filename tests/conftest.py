@@ -10,8 +10,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RESCO = ROOT.parent / "shared" / "scenarios" / "resco"
 RESCO_MAPS = (
-    "cologne1", "cologne3", "cologne8", "ingolstadt1", "ingolstadt7", "ingolstadt21",
-    "grid4x4", "arterial4x4",
+    "cologne1",
+    "cologne3",
+    "cologne8",
+    "ingolstadt1",
+    "ingolstadt7",
+    "ingolstadt21",
+    "grid4x4",
+    "arterial4x4",
 )
 
 

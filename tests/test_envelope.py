@@ -5,11 +5,20 @@ from __future__ import annotations
 import pytest
 
 from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope, plan_position
-from citybrain.control.model import Intersection, PlanStep, SignalLink, phases_from_plan, transitions_from_plan
+from citybrain.control.model import (
+    Intersection,
+    PlanStep,
+    SignalLink,
+    phases_from_plan,
+    transitions_from_plan,
+)
 
 PLAN = (
-    PlanStep("GGrr", 30), PlanStep("yyrr", 3), PlanStep("rrrr", 2),
-    PlanStep("rrGG", 20), PlanStep("rryy", 3),
+    PlanStep("GGrr", 30),
+    PlanStep("yyrr", 3),
+    PlanStep("rrrr", 2),
+    PlanStep("rrGG", 20),
+    PlanStep("rryy", 3),
 )
 
 
@@ -18,8 +27,15 @@ def crossing(offset: float = 0.0, plan: tuple[PlanStep, ...] = PLAN) -> Intersec
     links = tuple(SignalLink(i, f"in{i}", f"out{i}") for i in range(4))
     foes = (frozenset({2, 3}), frozenset({2, 3}), frozenset({0, 1}), frozenset({0, 1}))
     return Intersection(
-        id="x", links=links, conflicts=foes, yields_to=(frozenset(),) * 4, plan=plan,
-        plan_offset_s=offset, phases=phases, yellow_s=3, all_red_s=2,
+        id="x",
+        links=links,
+        conflicts=foes,
+        yields_to=(frozenset(),) * 4,
+        plan=plan,
+        plan_offset_s=offset,
+        phases=phases,
+        yellow_s=3,
+        all_red_s=2,
         transitions=transitions_from_plan(plan, phases),
     )
 

@@ -53,5 +53,5 @@ def test_emergency_types_are_read_from_route_files(tmp_path: Path) -> None:
 def test_missing_output_is_a_clear_error(tmp_path: Path) -> None:
     from citybrain.errors import ScenarioError
 
-    with pytest.raises(ScenarioError, match="tripinfo.xml"):
+    with pytest.raises(ScenarioError, match=r"tripinfo\.xml"):
         summarize(tmp_path / "tripinfo.xml", tmp_path / "statistics.xml", window_s=1)

@@ -73,8 +73,11 @@ def test_generated_change_interval_yellows_only_the_links_that_lose_green() -> N
 
 def test_plan_parsing_on_a_made_up_plan() -> None:
     plan = (
-        PlanStep("GGrr", 30), PlanStep("yyrr", 3), PlanStep("rrrr", 2),
-        PlanStep("rrGG", 20), PlanStep("rryy", 3),
+        PlanStep("GGrr", 30),
+        PlanStep("yyrr", 3),
+        PlanStep("rrrr", 2),
+        PlanStep("rrGG", 20),
+        PlanStep("rryy", 3),
     )
     phases = phases_from_plan(plan)
     assert [p.state for p in phases] == ["GGrr", "rrGG"]
@@ -92,6 +95,7 @@ def test_net_without_traffic_lights_has_no_models(tmp_path) -> None:  # type: ig
     net = tmp_path / "plain.net.xml"
     subprocess.run(
         [sumolib.checkBinary("netgenerate"), "--grid", "--grid.number", "2", "-o", str(net)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     assert intersections_from_net(read_net(net)) == ()

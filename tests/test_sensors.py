@@ -14,8 +14,13 @@ from .test_envelope import crossing
 
 def layout() -> Layout:
     loops = tuple(
-        DetectorSpec(f"l{i}", DetectorKind.STOP_LOOP if i % 2 else DetectorKind.UPSTREAM_LOOP,
-                     "x", f"in{i // 2}", 1.0)
+        DetectorSpec(
+            f"l{i}",
+            DetectorKind.STOP_LOOP if i % 2 else DetectorKind.UPSTREAM_LOOP,
+            "x",
+            f"in{i // 2}",
+            1.0,
+        )
         for i in range(8)
     )
     cams = tuple(DetectorSpec(f"c{i}", DetectorKind.CAMERA, "x", f"in{i}", 100.0) for i in range(4))
@@ -31,7 +36,9 @@ def test_perfect_sensors_pass_readings_through() -> None:
 
 
 def test_camera_misses_and_doubles_have_the_configured_rates() -> None:
-    model = SensorModel(layout(), SensorSettings(camera_miss_rate=0.1, camera_double_rate=0.05, seed=3))
+    model = SensorModel(
+        layout(), SensorSettings(camera_miss_rate=0.1, camera_double_rate=0.05, seed=3)
+    )
     true = np.full(4, 50)
     queue = np.full(4, 20)
     seen = np.array([model.cameras(true, queue)[0] for _ in range(2000)])
@@ -59,5 +66,5 @@ def test_failed_loops(fault: LoopFault, occupancy: float) -> None:
 
 
 def test_bad_rate_names_the_key() -> None:
-    with pytest.raises(ConfigError, match="sensors.camera_miss_rate"):
+    with pytest.raises(ConfigError, match=r"sensors\.camera_miss_rate"):
         SensorSettings(camera_miss_rate=1.5)
