@@ -16,7 +16,7 @@ from citybrain.errors import ScenarioError
 LAST_STEP_VEHICLE_NUMBER = 0x10
 LAST_STEP_OCCUPANCY = 0x13
 LAST_STEP_VEHICLE_HALTING_NUMBER = 0x14
-VAR_INTERVAL_NUMBER = 0x25
+LAST_STEP_VEHICLE_ID_LIST = 0x12
 TL_RED_YELLOW_GREEN_STATE = 0x20
 TL_CURRENT_PHASE = 0x28
 TL_NEXT_SWITCH = 0x2D
@@ -66,7 +66,7 @@ class ModuleBackend:
         self, loops: Sequence[str], cameras: Sequence[str], signals: Sequence[str]
     ) -> None:
         for d in loops:
-            self._m.inductionloop.subscribe(d, (VAR_INTERVAL_NUMBER, LAST_STEP_OCCUPANCY))
+            self._m.inductionloop.subscribe(d, (LAST_STEP_VEHICLE_ID_LIST, LAST_STEP_OCCUPANCY))
         for d in cameras:
             self._m.lanearea.subscribe(
                 d, (LAST_STEP_VEHICLE_NUMBER, LAST_STEP_VEHICLE_HALTING_NUMBER)

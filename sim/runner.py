@@ -198,7 +198,7 @@ def _loop(
     sensors = SensorModel(layout, options.settings.sensors)
     envelopes = {x.id: SafetyEnvelope(x, options.settings.envelope, scenario.begin_s) for x in xs}
     signals = _Signals(backend, xs)
-    totals = np.zeros(len(loop_ids), dtype=np.int64)
+    last_ids: list[tuple[str, ...]] = [() for _ in loop_ids]
     loop_count = np.zeros(len(loop_ids), dtype=np.int64)
     loop_occ = np.zeros(len(loop_ids), dtype=np.float64)
     cam_count = np.zeros(len(cam_ids), dtype=np.int64)
@@ -211,9 +211,10 @@ def _loop(
                 v = values.get(d)
                 if v is None:
                     continue
-                n = int(v[sb.VAR_INTERVAL_NUMBER])
-                loop_count[i] = n - totals[i] if n >= totals[i] else n
-                totals[i] = n
+                ids = v[sb.LAST_STEP_VEHICLE_ID_LIST]
+                seen = last_ids[i]
+                loop_count[i] = sum(1 for vid in ids if vid not in seen) if ids else 0
+                last_ids[i] = ids
                 loop_occ[i] = float(v[sb.LAST_STEP_OCCUPANCY]) / 100.0
             cams = backend.camera_values()
             for i, d in enumerate(cam_ids):
