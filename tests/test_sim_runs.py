@@ -11,8 +11,9 @@ import sumolib
 
 from citybrain.sim.metrics import summarize
 from citybrain.sim.runner import RunOptions, run
+from citybrain.sim.scenario import load_scenario
 
-from .conftest import resco_config
+from .conftest import RESCO_MAPS, resco_config
 
 pytestmark = pytest.mark.sumo
 
@@ -117,3 +118,29 @@ def test_metrics_json_has_the_contract_keys(single_cfg: Path, tmp_path: Path) ->
     assert set(data["vehicles"]) == {"completed", "unfinished", "never_departed"}
     assert data["sumo_version"].startswith("1.28")
     assert (tmp_path / "tripinfo.xml").is_file()
+
+
+@pytest.mark.resco
+@pytest.mark.parametrize("controller", ["fixed", "actuated"])
+@pytest.mark.parametrize("name", RESCO_MAPS)
+def test_every_resco_map_runs_under_both_controllers(
+    name: str, controller: str, tmp_path: Path
+) -> None:
+    cfg = resco_config(name)
+    scenario = load_scenario(cfg)
+    result = run(cfg, tmp_path, RunOptions(controller, seed=1, end_s=scenario.begin_s + 300))
+    m = result.metrics
+    assert m.vehicles.completed + m.vehicles.unfinished > 0
+    assert (result.signal_writes == 0) == (controller == "fixed")
+
+
+def test_emergency_vehicle_is_measured_against_its_free_flow_time(
+    arterial_cfg: Path, tmp_path: Path
+) -> None:
+    result = run(arterial_cfg, tmp_path, RunOptions("fixed", seed=1, end_s=2400))
+    (amb,) = result.metrics.emergency
+    assert amb.id == "ambulance" and amb.completed
+    assert amb.free_flow_time_s is not None
+    # alone, with the signals off, the trip is faster than in traffic, but not instant
+    assert 0 < amb.free_flow_time_s < amb.travel_time_s
+    assert amb.free_flow_time_s > 1000 / 14  # over 1 km of main road at <= 50 km/h
