@@ -134,7 +134,14 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "sumo": sumo_version(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": _git("rev-parse", "--short", "HEAD")
+        + (" + uncommitted changes" if _git("status", "--porcelain") else ""),
     }
+
+
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "?"
 
 
 def _values(results: list[Result], name: str, runner: str) -> dict[int, Result]:
@@ -212,7 +219,7 @@ def section(
         f"Command: `{command}`",
         "",
         f"Machine: {info['platform']}, {info['cpu']}, {info['cores']} cores, "
-        f"Python {info['python']}, SUMO {info['sumo']}, {info['date']}.",
+        f"Python {info['python']}, SUMO {info['sumo']}, {info['date']}; code {info['code']}.",
         "",
         "Delays: mean ± sample std over seeds (s). Delay ratios are ratios of the means; "
         "wall ratios are the mean over seeds of per-seed ratios of whole-process wall time "

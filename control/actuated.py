@@ -42,6 +42,7 @@ class _Signal:
 class ActuatedController:
     name = "actuated"
     uses_detectors = True
+    signal_program: str | None = None
 
     def __init__(self, layout: Layout, timing: ActuatedTiming | None = None) -> None:
         self.timing = timing or ActuatedTiming()

@@ -15,6 +15,7 @@ class FixedTimeController:
 
     name = "fixed"
     uses_detectors = False
+    signal_program: str | None = None
 
     def __init__(self, layout: Layout) -> None:
         self._intersections = layout.intersections

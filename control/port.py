@@ -45,6 +45,8 @@ class Layout:
     intersections: tuple[Intersection, ...]
     loops: tuple[DetectorSpec, ...]
     cameras: tuple[DetectorSpec, ...]
+    lane_length_m: Mapping[str, float] = field(default_factory=dict)
+    """Length of every approach lane (and of detected out lanes), from the road geometry."""
 
     def loops_on(self, lane: str, kind: DetectorKind) -> tuple[int, ...]:
         return tuple(i for i, d in enumerate(self.loops) if d.lane == lane and d.kind == kind)
@@ -100,10 +102,15 @@ class Readings:
 
 @dataclass(frozen=True, slots=True)
 class PhaseRequest:
-    """Ask an intersection's signal to serve green phase ``phase`` (an index of its phases)."""
+    """Ask an intersection's signal to serve green phase ``phase`` (an index of its phases).
+
+    ``hold`` declares a mode in which the green may run past its maximum (rest in green while
+    no other phase has demand, or an emergency preemption); the envelope reports such holds.
+    """
 
     intersection: str
     phase: int
+    hold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,5 +130,8 @@ class Controller(Protocol):
 
     name: str
     uses_detectors: bool
+    signal_program: str | None
+    """None, or the name of a program the signal runs by itself (the controller then only
+    watches); ``"actuated"`` is SUMO's built-in actuated logic."""
 
     def decide(self, readings: Readings) -> Decision: ...

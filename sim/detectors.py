@@ -55,7 +55,8 @@ def build_layout(
             cameras.append(
                 DetectorSpec(f"{PREFIX}_c_{lane}", DetectorKind.CAMERA, x.id, lane, camera)
             )
-    return Layout(intersections, tuple(loops), tuple(cameras))
+    lengths = {lane: lane_length(lane) for lane in seen}
+    return Layout(intersections, tuple(loops), tuple(cameras), lengths)
 
 
 def write_additional(layout: Layout, lane_length: Callable[[str], float], path: Path) -> Path:

@@ -90,6 +90,8 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     end = min(options.end_s or scenario.end_s, scenario.end_s)
     adds = list(scenario.additional_files)
+    if controller.signal_program == "actuated":
+        adds.append(write_actuated_programs(layout.intersections, out_dir / "programs.add.xml"))
     if controller.uses_detectors:
         lengths = lambda lane: float(net.getLane(lane).getLength())  # noqa: E731
         adds.append(write_additional(layout, lengths, out_dir / "detectors.add.xml"))
@@ -98,7 +100,7 @@ def run(
     wall = time.perf_counter()
     backend.start(args)
     try:
-        writes = _loop(backend, scenario, layout, controller, options, end, progress)
+        loop = _loop(backend, scenario, layout, controller, options, end, progress)
     finally:
         backend.close()
     wall = time.perf_counter() - wall
@@ -126,12 +128,13 @@ def run(
         extra={
             "backend": options.backend,
             "window_s": [scenario.begin_s, end],
-            "signal_writes": writes,
+            "signal_writes": loop.writes,
+            "decision_ms_per_intersection": loop.decision_stats(len(layout.intersections)),
             "sensors": asdict(options.settings.sensors),
         },
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
-    return RunResult(metrics, out_dir, writes)
+    return RunResult(metrics, out_dir, loop.writes)
 
 
 def sumo_args(
@@ -162,6 +165,23 @@ def sumo_args(
     return args
 
 
+@dataclass
+class _LoopStats:
+    writes: int = 0
+    decisions_ns: list[int] = field(default_factory=list)
+
+    def decision_stats(self, intersections: int) -> dict[str, float]:
+        """Cost of one controller decision per intersection, in milliseconds."""
+        if not self.decisions_ns:
+            return {}
+        per = np.array(self.decisions_ns, dtype=np.float64) / 1e6 / max(intersections, 1)
+        return {
+            "mean": float(per.mean()),
+            "p99": float(np.percentile(per, 99)),
+            "max": float(per.max()),
+        }
+
+
 class _Signals:
     """Applies envelope output, writing to SUMO only where its own program would differ."""
 
@@ -190,8 +210,10 @@ def _loop(
     options: RunOptions,
     end: float,
     progress: Progress | None,
-) -> int:
+) -> _LoopStats:
     xs = layout.intersections
+    own_program = controller.signal_program is not None
+    stats = _LoopStats()
     loop_ids = [d.id for d in layout.loops] if controller.uses_detectors else []
     cam_ids = [d.id for d in layout.cameras] if controller.uses_detectors else []
     backend.subscribe(loop_ids, cam_ids, [x.id for x in xs])
@@ -225,14 +247,18 @@ def _loop(
                 cam_queue[i] = int(v[sb.LAST_STEP_VEHICLE_HALTING_NUMBER])
         lc, lo = sensors.loops(loop_count, loop_occ)
         cc, cq = sensors.cameras(cam_count, cam_queue)
+        tick = time.perf_counter_ns()
         decision = controller.decide(Readings(t, lc, lo, cc, cq, envelopes))
-        requests = {r.intersection: r.phase for r in decision.requests}
-        states = backend.signal_states()
-        for x in xs:
-            wanted = envelopes[x.id].step(t, requests.get(x.id))
-            signals.apply(x.id, wanted, states[x.id])
+        stats.decisions_ns.append(time.perf_counter_ns() - tick)
+        if not own_program:
+            requests = {r.intersection: r.phase for r in decision.requests}
+            states = backend.signal_states()
+            for x in xs:
+                wanted = envelopes[x.id].step(t, requests.get(x.id))
+                signals.apply(x.id, wanted, states[x.id])
         backend.step()
         t = backend.time()
         if progress is not None:
             progress(t)
-    return signals.writes
+    stats.writes = signals.writes
+    return stats
