@@ -67,7 +67,9 @@ class ActuatedController:
             idx = s.phase_loops[view.phase]
             if idx.size and active[idx].any():
                 s.last_actuation = t
-            requests.append(PhaseRequest(s.x.id, self._choose(s, t - view.green_since, t)))
+            phase = self._choose(s, t - view.green_since, t)
+            rest = phase == view.phase and not s.calls.any()
+            requests.append(PhaseRequest(s.x.id, phase, hold=rest))
         return Decision(tuple(requests))
 
     def _choose(self, s: _Signal, green_s: float, t: float) -> int:

@@ -14,6 +14,8 @@ GREEN = frozenset("Gg")
 """Link states that let traffic go (``G`` has priority, ``g`` must yield)."""
 CLEARANCE = frozenset("yYu")
 """Link states of a change interval (yellow, and red+yellow before green)."""
+YELLOW = frozenset("yY")
+"""Link states that tell traffic to stop before the light turns red."""
 
 
 def green_links(state: str) -> frozenset[int]:
@@ -121,6 +123,20 @@ class Intersection:
                     bad.append((a, b))
         return bad
 
+    @cached_property
+    def plan_approved_pairs(self) -> frozenset[tuple[int, int]]:
+        """Unsafe pairs (see ``unsafe_pairs``) that the stored plan itself shows together.
+
+        The stored plan is the net engineer's approved program: a pair it shows green together
+        (two priority links merging into one lane, say) is accepted, and only such a pair.
+        """
+        return frozenset(pair for step in self.plan for pair in self.unsafe_pairs(step.state))
+
+    def unapproved_pairs(self, state: str) -> list[tuple[int, int]]:
+        """Unsafe pairs of ``state`` that the stored plan never shows together."""
+        approved = self.plan_approved_pairs
+        return [pair for pair in self.unsafe_pairs(state) if pair not in approved]
+
     def _one_yields(self, state: str, a: int, b: int) -> bool:
         return (state[a] == "g" and b in self.yields_to[a]) or (
             state[b] == "g" and a in self.yields_to[b]
@@ -143,6 +159,15 @@ class Intersection:
         known = self.transitions.get((src, dst))
         if known is not None:
             return known
+        return self.generated_interval(src, dst)
+
+    def generated_interval(self, src: int, dst: int) -> tuple[PlanStep, ...]:
+        """Yellow (``yellow_s``) for the links that lose green, then all-red (``all_red_s``).
+
+        Links green in both phases keep their green; no link turns green before ``dst``.
+        """
+        if src == dst:
+            return ()
         a, b = self.phases[src].state, self.phases[dst].state
         losing = [i for i in range(len(a)) if a[i] in GREEN and b[i] not in GREEN]
         if not losing:

@@ -21,7 +21,9 @@ from citybrain.sim import backend as sb
 from citybrain.sim.detectors import DetectorPlacement, build_layout, write_additional
 from citybrain.sim.freeflow import free_flow_times
 from citybrain.sim.metrics import Metrics, VehicleCounts, emergency_types, summarize
+from citybrain.sim.monitor import SignalMonitor
 from citybrain.sim.netmodel import intersections_from_net, read_net
+from citybrain.sim.programs import write_actuated_programs
 from citybrain.sim.scenario import Scenario, load_scenario
 from citybrain.sim.sensors import SensorModel
 
@@ -220,6 +222,7 @@ def _loop(
     sensors = SensorModel(layout, options.settings.sensors)
     envelopes = {x.id: SafetyEnvelope(x, options.settings.envelope, scenario.begin_s) for x in xs}
     signals = _Signals(backend, xs)
+    monitor = SignalMonitor(xs, options.settings.envelope)
     last_ids: list[tuple[str, ...]] = [() for _ in loop_ids]
     loop_count = np.zeros(len(loop_ids), dtype=np.int64)
     loop_occ = np.zeros(len(loop_ids), dtype=np.float64)
@@ -250,15 +253,23 @@ def _loop(
         tick = time.perf_counter_ns()
         decision = controller.decide(Readings(t, lc, lo, cc, cq, envelopes))
         stats.decisions_ns.append(time.perf_counter_ns() - tick)
+        holds = {r.intersection: r.hold for r in decision.requests}
         if not own_program:
             requests = {r.intersection: r.phase for r in decision.requests}
             states = backend.signal_states()
             for x in xs:
-                wanted = envelopes[x.id].step(t, requests.get(x.id))
+                hold = holds.get(x.id, False)
+                wanted = envelopes[x.id].step(t, requests.get(x.id), hold=hold)
                 signals.apply(x.id, wanted, states[x.id])
         backend.step()
+        shown = backend.signal_states()  # what SUMO showed during [t, t + 1)
+        for x in xs:
+            monitor.observe(
+                t, x.id, shown[x.id][sb.TL_RED_YELLOW_GREEN_STATE], holds.get(x.id, False)
+            )
         t = backend.time()
         if progress is not None:
             progress(t)
     stats.writes = signals.writes
+    monitor.raise_if_any()
     return stats
