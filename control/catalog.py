@@ -7,6 +7,7 @@ from typing import Protocol
 
 from citybrain.control.actuated import ActuatedController, ActuatedTiming
 from citybrain.control.fixed import FixedTimeController
+from citybrain.control.local import SignalProgramController
 from citybrain.control.port import Controller, Layout
 from citybrain.errors import CitybrainError
 
@@ -21,6 +22,7 @@ class ControllerOptions(Protocol):
 CONTROLLERS: dict[str, Callable[[Layout, ControllerOptions], Controller]] = {
     "fixed": lambda layout, _: FixedTimeController(layout),
     "actuated": lambda layout, options: ActuatedController(layout, options.actuated),
+    "sumo-actuated": lambda layout, _: SignalProgramController(layout),
 }
 
 

@@ -47,7 +47,8 @@ def write_actuated_programs(
             lines.append(f'        <param key="{key}" value="{value}"/>')
         for step in x.plan:
             if is_clearance(step.state) or x.phase_of_state(step.state) is None:
-                lines.append(f'        <phase duration="{step.duration_s:g}" state="{step.state}"/>')
+                fixed = f'duration="{step.duration_s:g}" state="{step.state}"'
+                lines.append(f"        <phase {fixed}/>")
                 continue
             lo = min(program.min_green_s, step.duration_s)
             hi = max(program.max_green_s, step.duration_s)
