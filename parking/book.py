@@ -1,0 +1,315 @@
+"""SessionBook: the matching rules applied to an in-memory state, as a state machine.
+
+Feed it reads (``add_read``) or already grouped passages (``add_passage``) and call
+``expire(now)`` periodically; each call returns the events it caused. It never reads a
+clock: the arrival time of each input and ``now`` are arguments.
+
+Lifecycle:
+
+* entry passage -> ``SessionOpened`` (or ``SentToReview`` CONFLICT when it falls inside a
+  decided stay); pending exits of the same look-alike key at the lot are then re-matched.
+* exit passage -> ``SessionClosed`` (exact / look-alike), ``SentToReview`` CONFLICT, or
+  ``ExitPending`` (no entry yet, or ambiguous). A pending exit waits ``grace`` from its
+  arrival; a later entry with a time before it can still pair with it.
+* ``expire(now)`` -> pending exits older than ``grace`` become review sessions (NO_ENTRY or
+  AMBIGUOUS); open sessions superseded by a later entry of the same plate known for
+  ``grace`` go to review (NO_EXIT).
+* a read within the passage window of a known passage -> ``ReadAbsorbed`` (evidence only:
+  the decision already taken for the passage stands).
+
+Passage and read ids make inputs idempotent: a replayed read or passage changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from citybrain.parking.matching import (
+    MatchKind,
+    MatchOutcome,
+    ReviewReason,
+    Session,
+    SessionStatus,
+    close_session,
+    entry_conflict,
+    match_exit,
+    open_session,
+    review_passage,
+    send_to_review,
+    settle,
+    superseded_by,
+)
+from citybrain.parking.passages import (
+    PASSAGE_WINDOW,
+    Direction,
+    Passage,
+    Read,
+    belongs_to,
+    extend,
+    start_passage,
+)
+from citybrain.parking.times import require_aware
+
+DEFAULT_GRACE = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class PendingExit:
+    """An exit waiting for its entry. ``reason`` is what it becomes if it expires."""
+
+    passage_id: str
+    lot_id: str
+    plate: str
+    at: datetime  # camera time of the exit
+    since: datetime  # arrival time: the grace period counts from here
+    reason: ReviewReason  # NO_ENTRY or AMBIGUOUS
+    candidates: tuple[str, ...] = ()  # session ids, when ambiguous
+
+
+@dataclass(frozen=True)
+class SessionOpened:
+    session: Session
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    session: Session
+    exit: Passage
+    matched_by: MatchKind
+
+
+@dataclass(frozen=True)
+class ExitPending:
+    pending: PendingExit
+
+
+@dataclass(frozen=True)
+class SentToReview:
+    session: Session
+    reason: ReviewReason
+
+
+@dataclass(frozen=True)
+class ReadAbsorbed:
+    read: Read
+    passage: Passage
+
+
+Event = SessionOpened | SessionClosed | ExitPending | SentToReview | ReadAbsorbed
+
+_Key = tuple[str, str]  # (lot_id, look-alike key)
+
+
+class SessionBook:
+    """In-memory sessions of all lots. See the module docstring for the lifecycle."""
+
+    def __init__(
+        self,
+        *,
+        grace: timedelta = DEFAULT_GRACE,
+        window: timedelta = PASSAGE_WINDOW,
+        sessions: Iterable[Session] = (),
+        pending: Iterable[PendingExit] = (),
+        passages: Iterable[Passage] = (),
+    ) -> None:
+        if grace < timedelta(0) or window < timedelta(0):
+            raise ValueError("grace and window must not be negative")
+        self.grace = grace
+        self.window = window
+        self._sessions: dict[str, Session] = {}
+        self._by_key: dict[_Key, set[str]] = defaultdict(set)
+        self._pending: dict[str, PendingExit] = {}
+        self._passages: dict[str, Passage] = {}
+        self._read_passage: dict[str, str] = {}
+        self._decided: set[str] = set()  # passage ids held by a session
+        self._by_plate: dict[tuple[str, Direction, str], list[str]] = defaultdict(list)
+        for p in passages:
+            self._remember(p)
+        for s in sessions:
+            self._store(s)
+        for x in pending:
+            if x.passage_id not in self._passages:
+                raise ValueError(f"pending exit {x.passage_id} needs its passage")
+            self._pending[x.passage_id] = x
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def add_read(self, read: Read, received_at: datetime) -> list[Event]:
+        """One camera read, arrived at ``received_at``."""
+        require_aware("received_at", received_at)
+        if read.read_id in self._read_passage:
+            return []
+        for pid in self._by_plate[(read.lot_id, read.direction, read.plate)]:
+            passage = self._passages[pid]
+            if belongs_to(passage, read, self.window):
+                grown = extend(passage, read)
+                self._remember(grown)
+                waiting = self._pending.get(pid)
+                if waiting is not None:
+                    self._pending[pid] = replace(waiting, at=grown.ts)
+                return [ReadAbsorbed(read, grown)]
+        return self.add_passage(start_passage(read), received_at)
+
+    def add_passage(self, passage: Passage, received_at: datetime) -> list[Event]:
+        """A passage (grouped reads), arrived at ``received_at``."""
+        require_aware("received_at", received_at)
+        if self._handled(passage.passage_id):
+            return []
+        self._remember(passage)
+        if passage.direction is Direction.IN:
+            return self._entry(passage, received_at)
+        return self._exit(passage, received_at)
+
+    def expire(self, now: datetime) -> list[Event]:
+        """Declare what waited too long: pending exits and stale open sessions -> review."""
+        require_aware("now", now)
+        events: list[Event] = []
+        for pending in sorted(self._pending.values(), key=lambda x: (x.since, x.at, x.passage_id)):
+            if pending.since + self.grace <= now:
+                del self._pending[pending.passage_id]
+                session = review_passage(
+                    self._passages[pending.passage_id],
+                    pending.reason,
+                    pending.since,
+                    pending.candidates,
+                )
+                self._store(session)
+                events.append(SentToReview(session, pending.reason))
+        for session in sorted(self.open_sessions(), key=lambda s: (s.entry_at, s.session_id)):
+            later = superseded_by(
+                session, self._pool(session.lot_id, session.plate_key), now, self.grace
+            )
+            if later:
+                reviewed = send_to_review(
+                    session, ReviewReason.NO_EXIT, (s.session_id for s in later)
+                )
+                self._store(reviewed)
+                events.append(SentToReview(reviewed, ReviewReason.NO_EXIT))
+        return events
+
+    def settle(self, session_id: str, *, account_bound: bool) -> Session:
+        """Record the charge of a closed session (settled, or unpaid without an account)."""
+        session = settle(self._sessions[session_id], account_bound=account_bound)
+        self._store(session)
+        return session
+
+    # ---- queries ------------------------------------------------------------------------
+
+    def session(self, session_id: str) -> Session:
+        return self._sessions[session_id]
+
+    def sessions(self, lot_id: str | None = None) -> list[Session]:
+        """All sessions (of one lot), by the time of their first passage."""
+        chosen = [s for s in self._sessions.values() if lot_id is None or s.lot_id == lot_id]
+        return sorted(chosen, key=_session_order)
+
+    def open_sessions(self, lot_id: str | None = None) -> list[Session]:
+        return [s for s in self.sessions(lot_id) if s.status is SessionStatus.OPEN]
+
+    def pending_exits(self) -> list[PendingExit]:
+        return sorted(self._pending.values(), key=lambda x: (x.at, x.passage_id))
+
+    def passage(self, passage_id: str) -> Passage:
+        return self._passages[passage_id]
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _entry(self, passage: Passage, received_at: datetime) -> list[Event]:
+        pool = self._pool(passage.lot_id, passage.plate_key)
+        events: list[Event] = []
+        conflict = entry_conflict(passage.lot_id, passage.plate, passage.ts, pool)
+        if conflict is not None:
+            session = review_passage(
+                passage, ReviewReason.CONFLICT, received_at, (conflict.session_id,)
+            )
+            events.append(SentToReview(session, ReviewReason.CONFLICT))
+        else:
+            session = open_session(passage, received_at)
+            events.append(SessionOpened(session))
+        self._store(session)
+        events.extend(self._retry_pending(passage.lot_id, passage.plate_key))
+        return events
+
+    def _exit(self, passage: Passage, received_at: datetime) -> list[Event]:
+        events, pending = self._try_exit(passage, received_at)
+        if pending is not None:
+            self._pending[passage.passage_id] = pending
+            events.append(ExitPending(pending))
+        return events
+
+    def _try_exit(
+        self, passage: Passage, since: datetime
+    ) -> tuple[list[Event], PendingExit | None]:
+        """Match an exit now; returns the events, or the pending record if it must wait."""
+        pool = self._pool(passage.lot_id, passage.plate_key)
+        result = match_exit(passage.lot_id, passage.plate, passage.ts, pool)
+        kind = result.matched_by
+        if kind is not None and result.session is not None:
+            closed = close_session(result.session, passage, kind)
+            self._store(closed)
+            return [SessionClosed(closed, passage, kind)], None
+        if result.outcome is MatchOutcome.CONFLICT:
+            related = tuple(s.session_id for s in result.candidates)
+            session = review_passage(passage, ReviewReason.CONFLICT, since, related)
+            self._store(session)
+            return [SentToReview(session, ReviewReason.CONFLICT)], None
+        ambiguous = result.outcome is MatchOutcome.AMBIGUOUS
+        return [], PendingExit(
+            passage_id=passage.passage_id,
+            lot_id=passage.lot_id,
+            plate=passage.plate,
+            at=passage.ts,
+            since=since,
+            reason=ReviewReason.AMBIGUOUS if ambiguous else ReviewReason.NO_ENTRY,
+            candidates=tuple(s.session_id for s in result.candidates),
+        )
+
+    def _retry_pending(self, lot_id: str, key: str) -> list[Event]:
+        """Re-match the pending exits of one lot and look-alike key, oldest exit first."""
+        events: list[Event] = []
+        waiting = [
+            x
+            for x in self._pending.values()
+            if x.lot_id == lot_id and self._passages[x.passage_id].plate_key == key
+        ]
+        for pending in sorted(waiting, key=lambda x: (x.at, x.passage_id)):
+            got, still = self._try_exit(self._passages[pending.passage_id], pending.since)
+            events.extend(got)
+            if still is None:
+                del self._pending[pending.passage_id]
+            else:
+                self._pending[pending.passage_id] = still
+        return events
+
+    def _handled(self, passage_id: str) -> bool:
+        return passage_id in self._pending or any(
+            passage_id in (s.entry_passage_id, s.exit_passage_id) for s in self._sessions.values()
+        )
+
+    def _pool(self, lot_id: str, key: str) -> list[Session]:
+        return [self._sessions[i] for i in self._by_key[(lot_id, key)]]
+
+    def _store(self, session: Session) -> None:
+        self._sessions[session.session_id] = session
+        self._by_key[(session.lot_id, session.plate_key)].add(session.session_id)
+        for pid in (session.entry_passage_id, session.exit_passage_id):
+            if pid is not None:
+                self._decided.add(pid)
+
+    def _remember(self, passage: Passage) -> None:
+        if passage.passage_id not in self._passages:
+            self._by_plate[(passage.lot_id, passage.direction, passage.plate)].append(
+                passage.passage_id
+            )
+        self._passages[passage.passage_id] = passage
+        for rid in passage.read_ids:
+            self._read_passage[rid] = passage.passage_id
+
+
+def _session_order(s: Session) -> tuple[datetime, str]:
+    first = s.entry_at if s.entry_at is not None else s.exit_at
+    assert first is not None
+    return (first, s.session_id)
