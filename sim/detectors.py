@@ -6,9 +6,9 @@ and writes it as an additional file of E1 (induction loop) and E2 (lane area) de
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from xml.sax.saxutils import quoteattr
 
 from citybrain.control.model import Intersection
@@ -27,25 +27,56 @@ class DetectorPlacement:
     """Camera zone length, ending at the stop line (clamped to the lane)."""
 
 
+class LaneGeometry(Protocol):
+    """What detector placement needs from the road network."""
+
+    def length(self, lane: str) -> float: ...
+    def predecessor(self, lane: str) -> str | None:
+        """The one lane leading straight into ``lane``, if there is exactly one."""
+        ...
+
+
+def upstream_path(geometry: LaneGeometry, lane: str, reach_m: float) -> list[tuple[str, float]]:
+    """Lanes from the stop line upstream, until ``reach_m`` is covered or the road branches."""
+    path = [(lane, geometry.length(lane))]
+    covered = path[0][1]
+    seen = {lane}
+    while covered < reach_m:
+        prev = geometry.predecessor(path[-1][0])
+        if prev is None or prev in seen:
+            break
+        seen.add(prev)
+        path.append((prev, geometry.length(prev)))
+        covered += path[-1][1]
+    return path
+
+
 def build_layout(
     intersections: tuple[Intersection, ...],
-    lane_length: Callable[[str], float],
+    geometry: LaneGeometry,
     placement: DetectorPlacement | None = None,
 ) -> Layout:
-    """Place detectors on every incoming lane of every intersection."""
+    """Place detectors on every incoming lane of every intersection.
+
+    A camera looks ``camera_m`` up the approach and the upstream loop sits ``upstream_loop_m``
+    up it, over the lanes leading into a short approach lane where the road does not branch
+    (a junction split into a short stub does not blind the detectors).
+    """
     placement = placement or DetectorPlacement()
     loops: list[DetectorSpec] = []
     cameras: list[DetectorSpec] = []
-    seen: set[str] = set()
+    lengths: dict[str, float] = {}
+    reach = max(placement.camera_m, placement.upstream_loop_m)
     for x in intersections:
         for lane in x.in_lanes:
-            if not lane or lane in seen:
+            if not lane or lane in lengths:
                 continue
-            seen.add(lane)
-            length = lane_length(lane)
-            stop = min(placement.stop_loop_m, length / 2)
-            upstream = max(stop, min(placement.upstream_loop_m, length - 0.5))
-            camera = min(placement.camera_m, length)
+            path = upstream_path(geometry, lane, reach)
+            covered = sum(length for _, length in path)
+            lengths[lane] = covered
+            stop = min(placement.stop_loop_m, path[0][1] / 2)
+            upstream = max(stop, min(placement.upstream_loop_m, covered - 0.5))
+            camera = min(placement.camera_m, covered)
             loops.append(
                 DetectorSpec(f"{PREFIX}_s_{lane}", DetectorKind.STOP_LOOP, x.id, lane, stop)
             )
@@ -55,24 +86,36 @@ def build_layout(
             cameras.append(
                 DetectorSpec(f"{PREFIX}_c_{lane}", DetectorKind.CAMERA, x.id, lane, camera)
             )
-    lengths = {lane: lane_length(lane) for lane in seen}
     return Layout(intersections, tuple(loops), tuple(cameras), lengths)
 
 
-def write_additional(layout: Layout, lane_length: Callable[[str], float], path: Path) -> Path:
+def _locate(path: list[tuple[str, float]], distance_m: float) -> tuple[int, float]:
+    """Which lane of the path lies ``distance_m`` before the stop line, and the offset on it."""
+    for k, (_, length) in enumerate(path):
+        if distance_m <= length or k == len(path) - 1:
+            return k, max(length - distance_m, 0.0)
+        distance_m -= length
+    return len(path) - 1, 0.0
+
+
+def write_additional(layout: Layout, geometry: LaneGeometry, path: Path) -> Path:
     """Write the layout as a SUMO additional file (outputs discarded: readings come via TraCI)."""
     lines = ["<additional>"]
+    reach = max([d.distance_m for d in (*layout.loops, *layout.cameras)], default=0.0)
     for d in layout.loops:
-        pos = lane_length(d.lane) - d.distance_m
+        lanes = upstream_path(geometry, d.lane, reach)
+        k, pos = _locate(lanes, d.distance_m)
         lines.append(
-            f'    <inductionLoop id={quoteattr(d.id)} lane={quoteattr(d.lane)} pos="{pos:.2f}"'
-            ' period="86400" file="NUL" friendlyPos="true"/>'
+            f"    <inductionLoop id={quoteattr(d.id)} lane={quoteattr(lanes[k][0])}"
+            f' pos="{pos:.2f}" period="86400" file="NUL" friendlyPos="true"/>'
         )
     for d in layout.cameras:
-        length = lane_length(d.lane)
+        lanes = upstream_path(geometry, d.lane, reach)
+        k, pos = _locate(lanes, d.distance_m)
+        span = " ".join(lane for lane, _ in reversed(lanes[: k + 1]))
         lines.append(
-            f"    <laneAreaDetector id={quoteattr(d.id)} lane={quoteattr(d.lane)}"
-            f' pos="{length - d.distance_m:.2f}" endPos="{length:.2f}"'
+            f"    <laneAreaDetector id={quoteattr(d.id)} lanes={quoteattr(span)}"
+            f' pos="{pos:.2f}" endPos="{lanes[0][1]:.2f}"'
             ' period="86400" file="NUL" friendlyPos="true"/>'
         )
     lines.append("</additional>")

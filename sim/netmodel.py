@@ -124,3 +124,20 @@ def _conflict_tables(
             ):
                 yields_to[a].add(b)
     return tuple(frozenset(s) for s in conflicts), tuple(frozenset(s) for s in yields_to)
+
+
+class NetGeometry:
+    """Lane lengths and straight predecessors, read from a sumolib net."""
+
+    def __init__(self, net: Any) -> None:
+        self._net = net
+
+    def length(self, lane: str) -> float:
+        return float(self._net.getLane(lane).getLength())
+
+    def predecessor(self, lane: str) -> str | None:
+        here = self._net.getLane(lane)
+        incoming = [p for p in here.getIncoming() if not p.getID().startswith(":")]
+        if len(incoming) != 1:
+            return None
+        return str(incoming[0].getID())

@@ -22,7 +22,7 @@ from citybrain.sim.detectors import DetectorPlacement, build_layout, write_addit
 from citybrain.sim.freeflow import free_flow_times
 from citybrain.sim.metrics import Metrics, VehicleCounts, emergency_types, summarize
 from citybrain.sim.monitor import SignalMonitor
-from citybrain.sim.netmodel import intersections_from_net, read_net
+from citybrain.sim.netmodel import NetGeometry, intersections_from_net, read_net
 from citybrain.sim.programs import write_actuated_programs
 from citybrain.sim.scenario import Scenario, load_scenario
 from citybrain.sim.sensors import SensorModel
@@ -60,9 +60,7 @@ def prepare(
     intersections = intersections_from_net(net)
     if not intersections:
         raise ScenarioError(f"{scenario.config.name}: the network has no traffic lights to control")
-    layout = build_layout(
-        intersections, lambda lane: float(net.getLane(lane).getLength()), placement
-    )
+    layout = build_layout(intersections, NetGeometry(net), placement)
     return scenario, net, layout
 
 
@@ -95,8 +93,7 @@ def run(
     if controller.signal_program == "actuated":
         adds.append(write_actuated_programs(layout.intersections, out_dir / "programs.add.xml"))
     if controller.uses_detectors:
-        lengths = lambda lane: float(net.getLane(lane).getLength())  # noqa: E731
-        adds.append(write_additional(layout, lengths, out_dir / "detectors.add.xml"))
+        adds.append(write_additional(layout, NetGeometry(net), out_dir / "detectors.add.xml"))
     args = sumo_args(scenario, options.seed, out_dir, adds, end)
     backend = sb.open_backend(options.backend)
     wall = time.perf_counter()
