@@ -6,9 +6,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from citybrain.control.actuated import ActuatedController, ActuatedTiming
+from citybrain.control.adaptive import AdaptiveController
 from citybrain.control.fixed import FixedTimeController
+from citybrain.control.greedy import GreedyController
 from citybrain.control.local import SignalProgramController
+from citybrain.control.maxpressure import MaxPressureController
 from citybrain.control.port import Controller, Layout
+from citybrain.control.webster import WebsterController
 from citybrain.errors import CitybrainError
 
 
@@ -23,6 +27,10 @@ CONTROLLERS: dict[str, Callable[[Layout, ControllerOptions], Controller]] = {
     "fixed": lambda layout, _: FixedTimeController(layout),
     "actuated": lambda layout, options: ActuatedController(layout, options.actuated),
     "sumo-actuated": lambda layout, _: SignalProgramController(layout),
+    "webster": lambda layout, _: WebsterController(layout),
+    "maxpressure": lambda layout, _: MaxPressureController(layout),
+    "greedy": lambda layout, _: GreedyController(layout),
+    "adaptive": lambda layout, _: AdaptiveController(layout),
 }
 
 

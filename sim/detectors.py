@@ -19,8 +19,8 @@ PREFIX = "cb"
 
 @dataclass(frozen=True, slots=True)
 class DetectorPlacement:
-    stop_loop_m: float = 1.0
-    """Stop-line loop: distance from the stop line to the loop."""
+    stop_loop_m: float = 2.0
+    """Stop-line loop: distance from the stop line (2 m: a car standing at the line covers it)."""
     upstream_loop_m: float = 60.0
     """Upstream loop: distance from the stop line (clamped to the lane)."""
     camera_m: float = 100.0

@@ -44,4 +44,4 @@ def test_additional_file_places_detectors_on_the_upstream_lanes(tmp_path: Path) 
     text = write_additional(layout, Road(), tmp_path / "d.add.xml").read_text()
     assert '<inductionLoop id="cb_u_in0" lane="far" pos="181.00"' in text  # 60 - 1 - 40 = 19 m up
     assert '<laneAreaDetector id="cb_c_in0" lanes="far mid in0" pos="141.00" endPos="1.00"' in text
-    assert '<inductionLoop id="cb_s_in1" lane="in1" pos="299.00"' in text
+    assert '<inductionLoop id="cb_s_in1" lane="in1" pos="298.00"' in text

@@ -144,3 +144,35 @@ def test_emergency_vehicle_is_measured_against_its_free_flow_time(
     # alone, with the signals off, the trip is faster than in traffic, but not instant
     assert 0 < amb.free_flow_time_s < amb.travel_time_s
     assert amb.free_flow_time_s > 1000 / 14  # over 1 km of main road at <= 50 km/h
+
+
+@pytest.mark.parametrize(
+    "controller", ["sumo-actuated", "webster", "maxpressure", "greedy", "adaptive"]
+)
+def test_every_controller_runs_inside_the_envelope(
+    controller: str, arterial_cfg: Path, tmp_path: Path
+) -> None:
+    # run() fails on any signal-monitor violation of what SUMO actually showed
+    result = run(arterial_cfg, tmp_path, RunOptions(controller, seed=1, end_s=900))
+    m = result.metrics
+    assert m.vehicles.completed > 0
+    assert m.extra["decision_ms_per_intersection"]["p99"] >= 0
+
+
+def test_adaptive_runs_with_noisy_cameras_and_failed_loops(
+    arterial_cfg: Path, tmp_path: Path
+) -> None:
+    from citybrain.settings import Settings
+    from citybrain.sim.sensors import LoopFault, SensorSettings
+
+    noisy = Settings(
+        sensors=SensorSettings(
+            camera_miss_rate=0.1,
+            camera_double_rate=0.05,
+            failed_loops_per_intersection=1,
+            loop_fault=LoopFault.DEAD,
+            seed=3,
+        )
+    )
+    result = run(arterial_cfg, tmp_path, RunOptions("adaptive", seed=1, settings=noisy, end_s=900))
+    assert result.metrics.vehicles.completed > 0
