@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--out", type=Path, help="output folder (default: runs/SCENARIO-CONTROLLER-seedN)"
     )
+    r.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also write timeline.json and timeline.png (every signal's phases over time)",
+    )
     _add_run_options(r)
     r.set_defaults(handler=_sim_run)
 
@@ -144,12 +149,23 @@ def _sim_run(args: argparse.Namespace) -> int:
         result = run(
             args.scenario,
             out,
-            RunOptions(args.controller, args.seed, args.backend, settings, args.end),
+            RunOptions(args.controller, args.seed, args.backend, settings, args.end, args.timeline),
             progress,
         )
     finally:
         bar.close()
     m = result.metrics
+    if args.timeline:
+        from citybrain.sim.plots import phase_timeline
+
+        timeline = json.loads((result.out_dir / "timeline.json").read_text())
+        begin, end_t = m.extra["window_s"]
+        phase_timeline(
+            {m.controller: timeline},
+            result.out_dir / "timeline.png",
+            (begin, end_t),
+            title=f"{m.scenario} / {m.controller} / seed {m.seed}",
+        )
     print(
         f"{m.scenario} / {m.controller} / seed {m.seed}: mean delay {m.mean_delay_s:.1f} s, "
         f"travel time {m.mean_travel_time_s:.1f} s, waiting {m.mean_waiting_time_s:.1f} s, "

@@ -66,9 +66,9 @@ def stat(values: Sequence[float]) -> Stat:
     return Stat(mean, math.sqrt(var), n)
 
 
-def _one(job: tuple[str, str, int, str, str, Settings, float | None]) -> dict[str, Any]:
-    scenario, controller, seed, backend, out, settings, end_s = job
-    options = RunOptions(controller, seed, backend, settings, end_s)
+def _one(job: tuple[str, str, int, str, str, Settings, float | None, bool]) -> dict[str, Any]:
+    scenario, controller, seed, backend, out, settings, end_s, timeline = job
+    options = RunOptions(controller, seed, backend, settings, end_s, timeline)
     result = run(Path(scenario), Path(out), options)
     return json.loads((result.out_dir / "metrics.json").read_text())  # type: ignore[no-any-return]
 
@@ -83,10 +83,11 @@ def compare(
     settings: Settings | None = None,
     end_s: float | None = None,
     workers: int | None = None,
+    timeline: bool = False,
 ) -> Comparison:
     settings = settings or Settings()
     jobs = [
-        (str(scenario), c, s, backend, str(out_dir / f"{c}-seed{s}"), settings, end_s)
+        (str(scenario), c, s, backend, str(out_dir / f"{c}-seed{s}"), settings, end_s, timeline)
         for c in controllers
         for s in seeds
     ]

@@ -38,3 +38,55 @@ def comparison_chart(comparison: Comparison, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def phase_timeline(
+    timelines: dict[str, dict[str, list[tuple[float, str]]]],
+    path: Path,
+    window: tuple[float, float],
+    title: str = "",
+) -> Path:
+    """Per-intersection signal timelines, one panel per controller.
+
+    Each row is an intersection; a bar's colour is the green phase shown (by its state), yellow
+    for change intervals, dark grey for all-red.
+    """
+    labels = list(timelines)
+    signals = sorted({s for tl in timelines.values() for s in tl})
+    fig, axes = plt.subplots(
+        len(labels), 1, figsize=(12, 1.2 + (0.8 + 0.45 * len(signals)) * len(labels)), squeeze=False
+    )
+    palette = ["#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22"]
+    t0, t1 = window
+    greens: dict[str, int] = {}  # the same state has the same colour in every panel
+    for ax, label in zip(axes[:, 0], labels, strict=True):
+        for row, signal in enumerate(signals):
+            changes = timelines[label].get(signal, [])
+            for k, (start, state) in enumerate(changes):
+                end = changes[k + 1][0] if k + 1 < len(changes) else t1
+                if end <= t0 or start >= t1:
+                    continue
+                if any(c in "yYu" for c in state):
+                    color: object = "#f2c100"
+                elif "G" in state or "g" in state:
+                    color = palette[greens.setdefault(state, len(greens)) % len(palette)]
+                else:
+                    color = "#444444"
+                ax.broken_barh(
+                    [(max(start, t0), min(end, t1) - max(start, t0))],
+                    (row - 0.4, 0.8),
+                    color=color,
+                )
+        ax.set_yticks(range(len(signals)), signals)
+        ax.set_xlim(t0, t1)
+        ax.set_title(
+            f"{label}: colours are green phases, yellow = change interval, grey = all red",
+            fontsize=9,
+        )
+        ax.set_xlabel("simulation time (s)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

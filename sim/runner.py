@@ -38,6 +38,8 @@ class RunOptions:
     settings: Settings = field(default_factory=Settings)
     end_s: float | None = None
     """Stop earlier than the scenario's own end (for short checks)."""
+    timeline: bool = False
+    """Write ``timeline.json``: every signal's shown states, as (time, state) at each change."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ def run(
         },
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
+    if options.timeline:
+        (out_dir / "timeline.json").write_text(json.dumps(loop.timeline) + "\n")
     return RunResult(metrics, out_dir, loop.writes)
 
 
@@ -168,6 +172,7 @@ def sumo_args(
 class _LoopStats:
     writes: int = 0
     decisions_ns: list[int] = field(default_factory=list)
+    timeline: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
 
     def decision_stats(self, intersections: int) -> dict[str, float]:
         """CPU cost of one controller decision per intersection, in milliseconds."""
@@ -261,9 +266,12 @@ def _loop(
         backend.step()
         shown = backend.signal_states()  # what SUMO showed during [t, t + 1)
         for x in xs:
-            monitor.observe(
-                t, x.id, shown[x.id][sb.TL_RED_YELLOW_GREEN_STATE], holds.get(x.id, False)
-            )
+            state = shown[x.id][sb.TL_RED_YELLOW_GREEN_STATE]
+            monitor.observe(t, x.id, state, holds.get(x.id, False))
+            if options.timeline:
+                changes = stats.timeline.setdefault(x.id, [])
+                if not changes or changes[-1][1] != state:
+                    changes.append((t, state))
         t = backend.time()
         if progress is not None:
             progress(t)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -176,3 +177,17 @@ def test_adaptive_runs_with_noisy_cameras_and_failed_loops(
     )
     result = run(arterial_cfg, tmp_path, RunOptions("adaptive", seed=1, settings=noisy, end_s=900))
     assert result.metrics.vehicles.completed > 0
+
+
+def test_timeline_records_every_change_and_plots(single_cfg: Path, tmp_path: Path) -> None:
+    from citybrain.sim.plots import phase_timeline
+
+    run(single_cfg, tmp_path, RunOptions("fixed", seed=1, end_s=400, timeline=True))
+    timeline = json.loads((tmp_path / "timeline.json").read_text())
+    (changes,) = timeline.values()
+    states = [state for _, state in changes]
+    assert all(a != b for a, b in itertools.pairwise(states))  # changes only
+    times = [t for t, _ in changes]
+    assert times == sorted(times) and len(changes) > 4  # 400 s of a 90 s cycle
+    png = phase_timeline({"fixed": timeline}, tmp_path / "t.png", (0, 400))
+    assert png.stat().st_size > 5_000
