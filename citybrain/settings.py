@@ -8,7 +8,6 @@ type or range, stops the program with ``file: section.key ...``.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from citybrain.control.envelope import EnvelopeTiming
 from citybrain.errors import ConfigError
 from citybrain.sim.detectors import DetectorPlacement
 from citybrain.sim.sensors import SensorSettings
+from citybrain.tomlfile import read_toml
 
 T = TypeVar("T")
 
@@ -36,13 +36,7 @@ class Settings:
 def load_settings(path: Path | None) -> Settings:
     if path is None:
         return Settings()
-    if not path.is_file():
-        raise ConfigError(f"configuration file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return from_mapping(Settings, data, str(path), "")
+    return from_mapping(Settings, read_toml(path, "configuration file"), str(path), "")
 
 
 def from_mapping(cls: type[T], data: Any, source: str, prefix: str) -> T:

@@ -23,7 +23,6 @@ it starts) and each window's sum is capped at ``daily_cap_cents``.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
@@ -33,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from citybrain.errors import ConfigError
 from citybrain.parking.times import require_aware
+from citybrain.tomlfile import read_toml
 
 MINUTES_PER_DAY = 24 * 60
 DAY = timedelta(days=1)
@@ -172,13 +172,7 @@ def fee_cents(tariff: Tariff, entry_at: datetime, exit_at: datetime) -> int:
 def load_tariffs(path: Path | str) -> dict[str, Tariff]:
     """Read and validate a tariff file; ``ConfigError`` names the file and the bad key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"tariff file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_tariffs(data, str(path))
+    return parse_tariffs(read_toml(path, "tariff file"), str(path))
 
 
 def parse_tariffs(data: Mapping[str, Any], source: str = "tariffs.toml") -> dict[str, Tariff]:

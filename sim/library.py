@@ -23,7 +23,6 @@ import math
 import random
 import re
 import subprocess
-import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 import sumolib
 
 from citybrain.errors import ConfigError, ScenarioError
+from citybrain.tomlfile import parse_toml
 
 SCENARIOS: tuple[str, ...] = ("single", "arterial", "grid")
 
@@ -129,11 +129,7 @@ def load_spec(name_or_path: str | Path) -> ScenarioSpec:
 
 
 def _parse(text: str, source: str, default_name: str) -> ScenarioSpec:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
-    top = _Table(source, "", data)
+    top = _Table(source, "", parse_toml(text, source))
     top.only({"name", "description", "net", "demand"})
     net = _net_spec(top.table("net"))
     demand = _demand_spec(top.table("demand"))
