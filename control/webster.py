@@ -1,8 +1,10 @@
 """``webster``: a fixed-time plan re-optimized from measured counts every few minutes.
 
-Webster's method: with critical flow ratios y_p (the largest arrival rate over saturation flow
-among each phase's lanes), Y = sum y_p and lost time L per cycle, the cycle is
-C = (1.5 L + 5) / (1 - Y), clamped, and the effective green is shared in proportion to y_p.
+Webster's method: with critical flow ratios y_p (the largest flow over saturation flow among
+each phase's lanes, the flow being what the lane's stop-line loop counted over the last period:
+lane by lane, unlike upstream detectors that a turn pocket's lanes share), Y = sum y_p and
+lost time L per cycle, the cycle is C = (1.5 L + 5) / (1 - Y), clamped, and the effective
+green is shared in proportion to y_p.
 Phases run in plan order, each for its computed green.
 """
 
@@ -69,7 +71,7 @@ class WebsterController(EstimatingController):
 
     def _tick(self, now_s: float) -> None:
         """Average arrival rates; replan at the end of every update period."""
-        self._rate_sum += self.estimator.arrival_rate
+        self._rate_sum += self.estimator.discharge_rate
         self._samples += 1
         if self._next_update is None:
             self._next_update = now_s + self.timing.update_s

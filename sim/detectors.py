@@ -32,7 +32,7 @@ class LaneGeometry(Protocol):
 
     def length(self, lane: str) -> float: ...
     def predecessor(self, lane: str) -> str | None:
-        """The one lane leading into ``lane`` and nowhere else, if there is one."""
+        """The one lane leading into ``lane``, if there is exactly one."""
         ...
 
 

@@ -140,7 +140,4 @@ class NetGeometry:
         incoming = [p for p in here.getIncoming() if not p.getID().startswith(":")]
         if len(incoming) != 1:
             return None
-        feeds = {c.getToLane().getID() for c in incoming[0].getOutgoing()}
-        if feeds != {lane}:
-            return None  # the lane before also feeds others (a turn pocket opens here)
         return str(incoming[0].getID())

@@ -113,12 +113,12 @@ def test_maxpressure_prefers_the_movement_with_room_downstream() -> None:
     assert run_steps(ctl, lay, View(0), {"in0": 3, "in2": 12}, steps=12) == 1
 
 
-def test_webster_replans_green_in_proportion_to_measured_arrivals() -> None:
+def test_webster_replans_green_in_proportion_to_measured_flows() -> None:
     lay = layout()
     ctl = WebsterController(lay, WebsterTiming(update_s=60))
     counts = np.zeros(len(lay.loops), dtype=np.int64)
-    heavy = [i for i, d in enumerate(lay.loops) if d.kind == "upstream_loop" and d.lane == "in0"]
-    light = [i for i, d in enumerate(lay.loops) if d.kind == "upstream_loop" and d.lane == "in2"]
+    heavy = [i for i, d in enumerate(lay.loops) if d.kind == "stop_loop" and d.lane == "in0"]
+    light = [i for i, d in enumerate(lay.loops) if d.kind == "stop_loop" and d.lane == "in2"]
     cams = np.zeros(len(lay.cameras), dtype=np.int64)
     for t in range(200):
         counts[:] = 0
