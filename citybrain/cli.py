@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(handler=_control_inspect)
 
+    from citybrain.parking_cli import add_parser as add_parking
+
+    add_parking(top)
+
     demo = top.add_parser("demo", help="run the arterial under fixed and actuated control")
     demo.add_argument("--out", type=Path, default=Path("citybrain-demo"))
     demo.add_argument("--seeds", type=_ints, default=[1, 2, 3])

@@ -1,0 +1,200 @@
+"""``citybrain parking ...``: the settlement service, the gateway, bindings and reports."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from citybrain.errors import CitybrainError
+
+DEFAULT_DB = "sqlite:///citybrain-parking.db"
+
+
+def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parking = top.add_parser("parking", help="leave first, pay later: settlement and gateways")
+    cmds = parking.add_subparsers(dest="parking_command", required=True, metavar="SUBCOMMAND")
+
+    serve = cmds.add_parser("serve", help="record plate reads from MQTT and settle stays")
+    serve.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    serve.add_argument("--db", default=DEFAULT_DB, help="SQLAlchemy URL (SQLite or PostgreSQL)")
+    serve.add_argument("--tariffs", type=Path, help="tariff TOML (default: configs/tariffs.toml)")
+    _credentials(serve)
+    serve.set_defaults(handler=_serve)
+
+    gw = cmds.add_parser("gateway", help="publish a lot's camera reads, keeping an outbox")
+    gw.add_argument("--lot", required=True)
+    gw.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    gw.add_argument("--feed", required=True, help="JSON lines file, or - for standard input")
+    gw.add_argument("--outbox", type=Path, help="outbox file (default: gateway-LOT.outbox)")
+    gw.add_argument(
+        "--exit-when-drained",
+        action="store_true",
+        help="stop once the feed has ended and every read is acknowledged",
+    )
+    _credentials(gw)
+    gw.set_defaults(handler=_gateway)
+
+    bind = cmds.add_parser("bind", help="bind plates to payment accounts (charges their debts)")
+    bind.add_argument("--db", default=DEFAULT_DB)
+    bind.add_argument("--plate")
+    bind.add_argument("--account")
+    bind.add_argument("--file", type=Path, help="CSV with columns plate,account")
+    bind.set_defaults(handler=_bind)
+
+    for name, help_text in (
+        ("sessions", "list parking sessions"),
+        ("charges", "list charges (and totals per account)"),
+        ("debts", "list unpaid stays"),
+        ("dead-letters", "list rejected reads with their reason"),
+    ):
+        report = cmds.add_parser(name, help=help_text)
+        report.add_argument("--db", default=DEFAULT_DB)
+        report.add_argument("--lot")
+        report.add_argument("--json", action="store_true")
+        report.set_defaults(handler=_report, report=name)
+
+
+def _credentials(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--ca-file", help="CA certificate for mqtts:// brokers")
+
+
+def _ledger(url: str, tariffs: Path | None = None):  # type: ignore[no-untyped-def]
+    from citybrain.parking.ledger import open_ledger
+    from citybrain.parking.tariff import load_tariffs
+
+    try:
+        return open_ledger(url, tariffs=load_tariffs(tariffs) if tariffs else None)
+    except CitybrainError:
+        raise
+    except Exception as exc:  # a bad URL or an unreachable database
+        raise CitybrainError(f"cannot open the ledger at {url}: {exc}") from None
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from citybrain.parking.service import run_service
+
+    ledger = _ledger(args.db, args.tariffs)
+    stop = _stop_on_signals()
+
+    def expire_loop() -> None:  # pending exits with no entry go to review after their grace
+        while not stop.wait(60.0):
+            ledger.expire(datetime.now(UTC))
+
+    threading.Thread(target=expire_loop, daemon=True).start()
+    print(f"serving {args.broker} into {args.db}", file=sys.stderr)
+    stats = run_service(
+        args.broker,
+        ledger,
+        username=args.username,
+        password=args.password,
+        ca_file=args.ca_file,
+        stop=stop,
+    )
+    print(f"stopped: {stats}", file=sys.stderr)
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from citybrain.parking.gateway import run_gateway
+
+    if args.feed != "-" and not Path(args.feed).is_file():
+        raise CitybrainError(f"feed file not found: {args.feed}")
+    stop = _stop_on_signals()
+    outbox = args.outbox or Path(f"gateway-{args.lot}.outbox")
+    stats = run_gateway(
+        args.lot,
+        args.broker,
+        args.feed,
+        outbox,
+        username=args.username,
+        password=args.password,
+        ca_file=args.ca_file,
+        exit_when_drained=args.exit_when_drained,
+        stop=stop,
+    )
+    print(f"stopped: {stats}", file=sys.stderr)
+    return 0
+
+
+def _bind(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        if not args.file.is_file():
+            raise CitybrainError(f"binding file not found: {args.file}")
+        with args.file.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"plate", "account"} <= set(rows[0]):
+            raise CitybrainError(f"{args.file}: needs the columns plate,account")
+        pairs = [(r["plate"], r["account"]) for r in rows]
+    elif args.plate and args.account:
+        pairs = [(args.plate, args.account)]
+    else:
+        raise CitybrainError("bind needs --plate and --account, or --file plates.csv")
+    ledger = _ledger(args.db)
+    charged = 0
+    for plate, account in pairs:
+        outcome = ledger.bind(plate, account)
+        charged += sum(c.cents for c in outcome.charges)
+        for c in outcome.charges:
+            print(f"charged {c.cents / 100:.2f} to {account} for {c.session_id}")
+    print(f"bound {len(pairs)} plate(s); debts charged: {charged / 100:.2f}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    ledger = _ledger(args.db)
+    name = args.report
+    if name == "sessions":
+        rows = [s.to_json() for s in ledger.sessions(args.lot)]
+    elif name == "charges":
+        rows = [_plain(c) for c in ledger.charges() if args.lot in (None, c.lot_id)]
+    elif name == "debts":
+        rows = [_plain(d) for d in ledger.debts() if args.lot in (None, d.lot_id)]
+    else:
+        rows = [_plain(d) for d in ledger.dead_letters(args.lot)]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    if name == "charges":
+        for account, cents in sorted(ledger.charge_totals().items()):
+            print(f"total {account}: {cents / 100:.2f}")
+    print(f"{len(rows)} {name.replace('-', ' ')}")
+    return 0
+
+
+def _plain(row: object) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in vars(row).items() if hasattr(row, "__dict__") else _slots(row):
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, bytes):
+            continue
+        out[key] = value
+    return out
+
+
+def _slots(row: object) -> list[tuple[str, object]]:
+    import dataclasses
+
+    return [(f.name, getattr(row, f.name)) for f in dataclasses.fields(row)]  # type: ignore[arg-type]

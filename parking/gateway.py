@@ -1,0 +1,374 @@
+"""A lot's gateway: camera reads in (JSON lines), MQTT out, retired only when acknowledged.
+
+Each valid read is committed to an on-disk outbox (SQLite, WAL, ``synchronous=FULL``)
+before it is published, so a killed gateway resends on restart whatever had no ack. A read
+is retired when the service's ack for its ``read_id`` arrives on the lot's acks topic (a
+persistent session, so acks sent while the gateway was away still arrive). Unacknowledged
+reads are resent after ``resend_after`` seconds and on every reconnection; at most
+``window`` reads are in flight. Re-reading the same feed is harmless: read ids already in
+the outbox (pending or retired) are ignored.
+
+Threads: paho's network thread and a feed-reader thread only put events on a queue; one
+thread (the caller's) owns the outbox and decides what to send.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from citybrain.parking.broker import FATAL_CONNACK, BrokerSettings, make_client
+from citybrain.parking.mqtt import (
+    QOS,
+    TOPIC_ROOT,
+    PayloadError,
+    SendWindow,
+    acks_topic,
+    check_lot_id,
+    encode_object,
+    mask_plate,
+    parse_ack,
+    read_from_object,
+    reads_topic,
+)
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    read_id   TEXT NOT NULL UNIQUE,
+    payload   BLOB NOT NULL,
+    queued_at TEXT NOT NULL,
+    acked_at  TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE acked_at IS NULL;
+"""
+
+
+def gateway_client_id(lot_id: str) -> str:
+    return f"citybrain-gw-{check_lot_id(lot_id)}"
+
+
+class Outbox:
+    """The gateway's durable queue: one row per read id, ``acked_at`` set on retirement."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, read_id: str, payload: bytes, now: datetime) -> bool:
+        """Queue a read; False when its id is already known (pending or retired)."""
+        return self.add_many([(read_id, payload)], now)[0]
+
+    def add_many(self, reads: Iterable[tuple[str, bytes]], now: datetime) -> list[bool]:
+        """Queue reads in one transaction (one sync to disk); per read, whether it is new."""
+        stamp = now.isoformat()
+        added: list[bool] = []
+        with self._transaction():
+            for read_id, payload in reads:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO outbox (read_id, payload, queued_at) VALUES (?, ?, ?)",
+                    (read_id, payload, stamp),
+                )
+                added.append(cur.rowcount == 1)
+        return added
+
+    def head(self, limit: int) -> list[tuple[str, bytes]]:
+        """The oldest ``limit`` pending reads, in the order they were queued."""
+        rows = self._db.execute(
+            "SELECT read_id, payload FROM outbox WHERE acked_at IS NULL ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(str(r[0]), bytes(r[1])) for r in rows]
+
+    def retire(self, read_ids: Iterable[str], now: datetime) -> int:
+        """Mark reads acknowledged (one transaction); returns how many were pending."""
+        ids = list(read_ids)
+        if not ids:
+            return 0
+        stamp = now.isoformat()
+        with self._transaction():
+            count = 0
+            for read_id in ids:
+                cur = self._db.execute(
+                    "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL",
+                    (stamp, read_id),
+                )
+                count += cur.rowcount
+        return count
+
+    def pending_count(self) -> int:
+        row = self._db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()
+        return int(row[0])
+
+    def retired_count(self) -> int:
+        row = self._db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NOT NULL").fetchone()
+        return int(row[0])
+
+    def prune(self, before: datetime) -> int:
+        """Forget reads retired before ``before`` (re-feeding one would resend it once)."""
+        cur = self._db.execute(
+            "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?",
+            (before.isoformat(),),
+        )
+        return cur.rowcount
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self._db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+@dataclass
+class GatewayStats:
+    ingested: int = 0
+    known: int = 0  # feed lines whose read id was already in the outbox
+    rejected: int = 0
+    sent: int = 0
+    resent: int = 0
+    acked: int = 0
+    connections: int = 0
+
+
+class GatewayRefused(RuntimeError):
+    """The broker refused the gateway's credentials or its acks subscription."""
+
+
+def prepare_line(line: str, lot_id: str) -> tuple[str, bytes, str]:
+    """``(read_id, payload, masked plate)`` for one feed line, or ``PayloadError``.
+
+    A missing ``lot_id`` is filled in with the gateway's lot; another lot's read is
+    rejected. The payload is the object as given (extra fields kept), re-encoded."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        raise PayloadError("line is not JSON") from None
+    if not isinstance(obj, dict):
+        raise PayloadError("line is not a JSON object")
+    obj.setdefault("lot_id", lot_id)
+    read = read_from_object(obj, topic_lot=lot_id)
+    return read.read_id, encode_object(obj), mask_plate(read.raw_plate)
+
+
+def _feed_lines(feed: str | Path | IO[str]) -> tuple[IO[str], bool]:
+    if isinstance(feed, str | Path):
+        if str(feed) == "-":
+            return sys.stdin, False
+        return open(feed, encoding="utf-8"), True  # closed by the feed reader
+    return feed, False
+
+
+# Events from the other threads to the gateway's own thread.
+_CONNECTED = "connected"
+_DISCONNECTED = "disconnected"
+_ACK = "ack"
+_LINE = "line"
+_FEED_END = "feed_end"
+_REFUSED = "refused"
+
+
+def run_gateway(
+    lot: str,
+    broker_url: str,
+    feed: str | Path | IO[str],
+    outbox_path: str | Path,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | None = None,
+    client_id: str | None = None,
+    topic_root: str = TOPIC_ROOT,
+    window: int = 100,
+    resend_after: float = 10.0,
+    keepalive: int = 30,
+    keep_retired: timedelta = timedelta(days=7),
+    exit_when_drained: bool = False,
+    stop: threading.Event | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> GatewayStats:
+    """Feed ``lot``'s camera reads to the broker until ``stop`` is set (or, with
+    ``exit_when_drained``, until the feed has ended and every read is acknowledged).
+
+    ``feed`` is a path, ``"-"`` for stdin, or an open text stream of JSON lines. Reconnects
+    by itself; raises ``GatewayRefused`` on bad credentials or a refused subscription.
+    """
+    lot = check_lot_id(lot)
+    settings = BrokerSettings.from_url(
+        broker_url, username=username, password=password, ca_file=ca_file
+    )
+    address = settings.address
+    stop = stop if stop is not None else threading.Event()
+    out_topic = reads_topic(lot, topic_root)
+    in_topic = acks_topic(lot, topic_root)
+    stats = GatewayStats()
+    events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=10_000)
+    sub_mid = [-1]
+
+    client = make_client(settings, client_id or gateway_client_id(lot), clean_session=False)
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+
+    def on_connect(
+        c: Client, _u: Any, _f: ConnectFlags, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            log.error("broker %s refused gateway %s: %s", address.url, lot, rc)
+            if rc.value in FATAL_CONNACK:
+                events.put((_REFUSED, f"connection refused: {rc}"))
+            return
+        _, mid = c.subscribe(in_topic, qos=QOS)
+        sub_mid[0] = -1 if mid is None else mid
+        events.put((_CONNECTED, None))
+
+    def on_subscribe(
+        _c: Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        if mid == sub_mid[0] and any(code.is_failure for code in codes):
+            events.put((_REFUSED, f"subscription to {in_topic} refused (check the ACL)"))
+
+    def on_disconnect(
+        _c: Client, _u: Any, _f: DisconnectFlags, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        events.put((_DISCONNECTED, str(rc)))
+
+    def on_message(_c: Client, _u: Any, message: MQTTMessage) -> None:
+        if message.topic != in_topic:
+            return
+        try:
+            events.put((_ACK, parse_ack(bytes(message.payload))))
+        except PayloadError as exc:
+            log.warning("ignoring a malformed ack: %s", exc)
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_disconnect = on_disconnect
+    client.on_message = on_message
+
+    stream, owned = _feed_lines(feed)
+    finished = threading.Event()  # tells the feed reader to stop
+
+    def read_feed() -> None:
+        try:
+            for line in stream:
+                if finished.is_set():
+                    return
+                if line.strip():
+                    events.put((_LINE, line))
+        except Exception:
+            log.exception("reading the feed failed")
+        finally:
+            if owned:
+                stream.close()
+            events.put((_FEED_END, None))
+
+    outbox = Outbox(outbox_path)
+    pruned = outbox.prune(clock() - keep_retired)
+    if pruned:
+        log.info("pruned %d retired reads from the outbox", pruned)
+    send_window = SendWindow(size=window, resend_after=resend_after)
+    connected = False
+    feed_done = False
+    reader = threading.Thread(target=read_feed, name=f"feed-{lot}", daemon=True)
+    client.connect_async(address.host, address.port, keepalive=keepalive)
+    client.loop_start()
+    reader.start()
+    log.info("gateway %s: %d reads pending in %s", lot, outbox.pending_count(), outbox.path)
+    try:
+        while not stop.is_set():
+            acks: list[str] = []
+            batch: list[tuple[str, Any]] = []
+            try:
+                batch.append(events.get(timeout=0.05))
+                while len(batch) < 1000:
+                    batch.append(events.get_nowait())
+            except queue.Empty:
+                pass
+            lines: list[str] = []
+            for kind, value in batch:
+                if kind == _LINE:
+                    lines.append(str(value))
+                elif kind == _ACK:
+                    acks.append(str(value))
+                elif kind == _CONNECTED:
+                    connected = True
+                    stats.connections += 1
+                    send_window.reset()
+                    log.info("gateway %s connected to %s", lot, address.url)
+                elif kind == _DISCONNECTED:
+                    connected = False
+                    log.info("gateway %s disconnected: %s", lot, value)
+                elif kind == _FEED_END:
+                    feed_done = True
+                elif kind == _REFUSED:
+                    raise GatewayRefused(str(value))
+            if lines:
+                _ingest(outbox, lines, lot, clock(), stats)
+            if acks:
+                stats.acked += outbox.retire(acks, clock())
+                send_window.acked(acks)
+            if connected:
+                head = outbox.head(send_window.size)
+                payloads = dict(head)
+                first, again = send_window.due([rid for rid, _ in head], time.monotonic())
+                for read_id in first + again:
+                    client.publish(out_topic, payloads[read_id], qos=QOS)
+                stats.sent += len(first)
+                stats.resent += len(again)
+                if again:
+                    log.info("gateway %s: resent %d unacknowledged reads", lot, len(again))
+            if exit_when_drained and feed_done and events.empty() and not outbox.pending_count():
+                break
+    finally:
+        finished.set()
+        client.disconnect()
+        client.loop_stop()
+        outbox.close()
+    return stats
+
+
+def _ingest(outbox: Outbox, lines: list[str], lot: str, now: datetime, stats: GatewayStats) -> None:
+    """Validate feed lines and commit the valid ones to the outbox in one transaction."""
+    prepared: list[tuple[str, bytes, str]] = []
+    for line in lines:
+        try:
+            prepared.append(prepare_line(line, lot))
+        except PayloadError as exc:
+            stats.rejected += 1
+            log.warning("gateway %s: rejected a feed line: %s", lot, exc)
+    added = outbox.add_many([(read_id, data) for read_id, data, _ in prepared], now)
+    for (read_id, _, masked), new in zip(prepared, added, strict=True):
+        if new:
+            stats.ingested += 1
+            log.debug("gateway %s: queued read %s plate %s", lot, read_id, masked)
+        else:
+            stats.known += 1
+            log.debug("gateway %s: read %s is already in the outbox", lot, read_id)

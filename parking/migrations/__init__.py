@@ -1,0 +1,1 @@
+"""Alembic migrations of the parking ledger (``citybrain.parking.ledger.upgrade`` runs them)."""

@@ -1,0 +1,1 @@
+"""Alembic revisions of the parking ledger, oldest first (``v0001_initial`` ...)."""

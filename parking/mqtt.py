@@ -1,0 +1,368 @@
+"""The parking MQTT protocol, without any I/O: topics, payloads, broker URLs, plate masking,
+the service's ack plan and the gateway's send window.
+
+Topics (``root`` defaults to ``citybrain/parking``)::
+
+    {root}/{lot_id}/reads   gateway -> service, QoS 1, one camera read per message
+    {root}/{lot_id}/acks    service -> gateway, QoS 1, {"read_id": ...} once it is durable
+
+A read payload is one JSON object::
+
+    {"read_id": "...", "lot_id": "...", "camera_id": "...", "direction": "in" | "out",
+     "plate": "浙A·12345", "confidence": 0.97, "ts": "2026-11-22T08:00:00+08:00"}
+
+Unknown extra fields are allowed (and kept by the gateway). Nothing here opens a socket, a
+file or reads a clock: callers pass ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from citybrain.parking.passages import Direction, Read
+from citybrain.parking.plates import normalize
+
+TOPIC_ROOT = "citybrain/parking"
+QOS = 1
+
+# A lot id is one topic level and part of a broker user name (gw-<lot>): keep it plain.
+_LOT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MAX_ID = 128
+# RFC 3339 date-time: full date, full time, optional fraction, mandatory offset.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+TopicKind = Literal["reads", "acks"]
+OutcomeKind = Literal["recorded", "duplicate", "dead_letter"]
+OUTCOME_KINDS: frozenset[str] = frozenset({"recorded", "duplicate", "dead_letter"})
+
+
+class PayloadError(ValueError):
+    """A message that is not a valid read or ack. The text never contains the plate."""
+
+
+# ---------------------------------------------------------------------------- topics
+
+
+def check_lot_id(lot_id: str) -> str:
+    """``lot_id`` itself, or ``ValueError``: 1-64 of ``A-Z a-z 0-9 . _ -``, not starting
+    with a punctuation character (it is a topic level and part of a user name)."""
+    if not isinstance(lot_id, str) or not _LOT_ID.fullmatch(lot_id):
+        raise ValueError(f"invalid lot id {lot_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    return lot_id
+
+
+def check_topic_root(root: str) -> str:
+    """``root`` itself, or ``ValueError`` if it has wildcards or empty levels."""
+    levels = root.split("/")
+    if not root or any(
+        not level or level in ("+", "#") or "+" in level or "#" in level for level in levels
+    ):
+        raise ValueError(f"invalid topic root {root!r}")
+    return root
+
+
+def lot_topic(lot_id: str, kind: TopicKind, root: str = TOPIC_ROOT) -> str:
+    return f"{check_topic_root(root)}/{check_lot_id(lot_id)}/{kind}"
+
+
+def reads_topic(lot_id: str, root: str = TOPIC_ROOT) -> str:
+    return lot_topic(lot_id, "reads", root)
+
+
+def acks_topic(lot_id: str, root: str = TOPIC_ROOT) -> str:
+    return lot_topic(lot_id, "acks", root)
+
+
+def all_reads_filter(root: str = TOPIC_ROOT) -> str:
+    """The service's subscription: every lot's reads."""
+    return f"{check_topic_root(root)}/+/reads"
+
+
+def lot_of_topic(topic: str, kind: TopicKind, root: str = TOPIC_ROOT) -> str | None:
+    """The lot id of ``{root}/{lot}/{kind}``, or ``None`` for any other topic."""
+    prefix = check_topic_root(root) + "/"
+    suffix = "/" + kind
+    if not (topic.startswith(prefix) and topic.endswith(suffix)):
+        return None
+    lot = topic[len(prefix) : len(topic) - len(suffix)]
+    return lot if _LOT_ID.fullmatch(lot) else None
+
+
+# ---------------------------------------------------------------------------- payloads
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An aware datetime from an RFC 3339 date-time (offset required), else ``PayloadError``."""
+    if not _RFC3339.fullmatch(text):
+        raise PayloadError("ts must be an RFC 3339 date-time with an offset")
+    canonical = text[:10] + "T" + text[11:]
+    canonical = canonical[:-1] + "+00:00" if canonical[-1] in "Zz" else canonical
+    try:
+        return datetime.fromisoformat(canonical)
+    except ValueError as exc:  # e.g. month 13, second 60
+        raise PayloadError(f"ts is not a valid date-time: {exc}") from None
+
+
+def format_rfc3339(ts: datetime) -> str:
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError("ts must be timezone-aware")
+    return ts.isoformat()
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise PayloadError("payload is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise PayloadError("payload is not a JSON object")
+    return obj
+
+
+def _text_field(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise PayloadError(f"{name} must be a non-empty string")
+    if len(value) > _MAX_ID:
+        raise PayloadError(f"{name} is longer than {_MAX_ID} characters")
+    return value
+
+
+def read_id_of(payload: bytes) -> str | None:
+    """The read id of a payload when it has a usable one, even if the rest is invalid
+    (so a dead letter can still be acknowledged to its gateway)."""
+    try:
+        return _text_field(_json_object(payload), "read_id")
+    except PayloadError:
+        return None
+
+
+def read_from_object(obj: dict[str, Any], topic_lot: str | None = None) -> Read:
+    """Validate one read object; ``topic_lot`` (the lot of the topic it came on) must match
+    its ``lot_id``."""
+    read_id = _text_field(obj, "read_id")
+    lot_id = _text_field(obj, "lot_id")
+    if topic_lot is not None and lot_id != topic_lot:
+        raise PayloadError(
+            f"read {read_id}: lot_id {lot_id!r} differs from topic lot {topic_lot!r}"
+        )
+    camera_id = _text_field(obj, "camera_id")
+    direction = obj.get("direction")
+    if direction not in (Direction.IN.value, Direction.OUT.value):
+        raise PayloadError(f"read {read_id}: direction must be 'in' or 'out'")
+    plate = obj.get("plate")
+    if not isinstance(plate, str) or not normalize(plate):
+        raise PayloadError(f"read {read_id}: plate must be a string with plate characters")
+    if len(plate) > 32:
+        raise PayloadError(f"read {read_id}: plate is longer than 32 characters")
+    confidence = obj.get("confidence")
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, int | float)
+        or not math.isfinite(confidence)
+        or not 0.0 <= confidence <= 1.0
+    ):
+        raise PayloadError(f"read {read_id}: confidence must be a number within 0..1")
+    ts_text = obj.get("ts")
+    if not isinstance(ts_text, str):
+        raise PayloadError(f"read {read_id}: ts must be an RFC 3339 string")
+    ts = parse_rfc3339(ts_text)
+    try:
+        return Read(
+            read_id=read_id,
+            lot_id=lot_id,
+            camera_id=camera_id,
+            direction=Direction(direction),
+            raw_plate=plate,
+            confidence=float(confidence),
+            ts=ts,
+        )
+    except (TypeError, ValueError):  # its message may quote the plate
+        raise PayloadError(f"read {read_id}: not a valid read") from None
+
+
+def parse_read(payload: bytes, topic_lot: str | None = None) -> Read:
+    """The ``Read`` in a reads message, or ``PayloadError`` (whose text has no plate)."""
+    return read_from_object(_json_object(payload), topic_lot)
+
+
+def encode_object(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def read_object(read: Read) -> dict[str, Any]:
+    return {
+        "read_id": read.read_id,
+        "lot_id": read.lot_id,
+        "camera_id": read.camera_id,
+        "direction": read.direction.value,
+        "plate": read.raw_plate,
+        "confidence": read.confidence,
+        "ts": format_rfc3339(read.ts),
+    }
+
+
+def encode_read(read: Read) -> bytes:
+    return encode_object(read_object(read))
+
+
+def encode_ack(read_id: str) -> bytes:
+    return encode_object({"read_id": read_id})
+
+
+def parse_ack(payload: bytes) -> str:
+    """The read id of an ack message, or ``PayloadError``."""
+    return _text_field(_json_object(payload), "read_id")
+
+
+# ---------------------------------------------------------------------------- logging
+
+
+def mask_plate(raw: str) -> str:
+    """A plate for logs: province and letter, one more character, the rest starred.
+
+    ``"浙A·12345"`` -> ``"浙A·1****"``; ``"AB1234"`` -> ``"AB·1***"``; 3 characters or
+    fewer are fully starred.
+    """
+    plate = normalize(raw) if isinstance(raw, str) else ""
+    if not plate:
+        return "<no plate>"
+    if len(plate) <= 3:
+        return "*" * len(plate)
+    return f"{plate[:2]}·{plate[2]}{'*' * (len(plate) - 3)}"
+
+
+# ---------------------------------------------------------------------------- broker URL
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a broker is. ``password`` is excluded from ``repr``."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        user = f", username={self.username!r}" if self.username else ""
+        return f"BrokerAddress({self.host!r}, {self.port}, tls={self.tls}{user})"
+
+    @property
+    def url(self) -> str:
+        """The URL without credentials (for logs)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://HOST[:PORT]`` (1883) or ``mqtts://HOST[:PORT]`` (TLS, 8883); user info in
+    the URL (``mqtt://user:pass@host``) is accepted, though options are better for secrets."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("broker URL must have no path, query or fragment")
+    host = parts.hostname
+    if not host:
+        raise ValueError("broker URL has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("broker URL has an invalid port") from None
+    tls = scheme == "mqtts"
+    return BrokerAddress(
+        host=host,
+        port=port if port is not None else (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------- service
+
+
+@dataclass(frozen=True)
+class AckPlan:
+    """What the service sends once a read's transaction has committed: an ack to the
+    gateway (``topic``/``payload``, or ``None``), then always the broker's PUBACK."""
+
+    topic: str | None
+    payload: bytes | None
+
+
+def plan_ack(kind: str, read_id: str | None, topic_lot: str, root: str = TOPIC_ROOT) -> AckPlan:
+    """Recorded and duplicate reads are acked to their gateway (a duplicate means the
+    gateway missed an earlier ack); so are dead letters that have a read id, since
+    resending them cannot help. ``ValueError`` for an unknown outcome kind."""
+    if kind not in OUTCOME_KINDS:
+        raise ValueError(f"unknown record outcome {kind!r}")
+    if read_id is None:
+        if kind != "dead_letter":
+            raise ValueError(f"a {kind} outcome must carry the read id")
+        return AckPlan(None, None)
+    return AckPlan(acks_topic(topic_lot, root), encode_ack(read_id))
+
+
+# ---------------------------------------------------------------------------- gateway
+
+
+class SendWindow:
+    """Which outbox reads a gateway (re)sends now.
+
+    The caller passes the ``head``: the ids of the oldest ``size`` unacknowledged reads, in
+    outbox order. A read is sent when it is in the head and was not sent in this connection,
+    or was sent ``resend_after`` seconds ago or more without an ack. Reads are sent in
+    outbox order, so the ones in flight are always the oldest pending: at most ``size`` are
+    in flight, whatever the backlog. ``reset`` (on every new connection) makes every pending
+    read due again.
+    """
+
+    def __init__(self, size: int = 100, resend_after: float = 10.0) -> None:
+        if size < 1:
+            raise ValueError("window size must be at least 1")
+        if resend_after <= 0:
+            raise ValueError("resend_after must be positive")
+        self.size = size
+        self.resend_after = resend_after
+        self._sent_at: dict[str, float] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._sent_at)
+
+    def reset(self) -> None:
+        self._sent_at.clear()
+
+    def acked(self, read_ids: Iterable[str]) -> None:
+        for read_id in read_ids:
+            self._sent_at.pop(read_id, None)
+
+    def due(self, head: Sequence[str], now: float) -> tuple[list[str], list[str]]:
+        """``(first_sends, resends)`` among ``head``, recorded as sent at ``now``."""
+        head = head[: self.size]
+        current = set(head)
+        for gone in [rid for rid in self._sent_at if rid not in current]:
+            del self._sent_at[gone]  # acked elsewhere, or retired by another path
+        first: list[str] = []
+        again: list[str] = []
+        for read_id in head:
+            sent = self._sent_at.get(read_id)
+            if sent is None:
+                first.append(read_id)
+            elif now - sent >= self.resend_after:
+                again.append(read_id)
+            else:
+                continue
+            self._sent_at[read_id] = now
+        return first, again

@@ -1,0 +1,287 @@
+"""The parking service's MQTT side: take reads off the broker, record them, acknowledge.
+
+Why no read is lost and none is charged twice, even under ``kill -9``:
+
+1. The service holds a persistent session (fixed client id, ``clean_session=False``) with
+   a QoS 1 subscription to every lot's reads, so the broker keeps each delivery until the
+   service sends its PUBACK, across disconnects and process deaths, and redelivers the
+   unacknowledged ones when the session resumes.
+2. paho runs with ``manual_ack=True``: receiving a message sends nothing back. The handler
+   first calls ``ReadSink.record`` (one committed database transaction, idempotent by
+   ``read_id``), then publishes the gateway ack, and only then ``client.ack(mid)``.
+3. A death before the commit leaves no effect and no PUBACK: the broker redelivers and the
+   read is recorded then. A death after the commit but before the PUBACK makes the broker
+   redeliver a read that is already recorded: the sink answers ``duplicate`` (no second
+   charge) and the service acks it. A death after the PUBACK loses nothing either.
+4. When the sink fails (the database is down), that message is not acked, later messages
+   are not processed, and the service disconnects and reconnects after a back-off: the
+   broker then redelivers everything unacknowledged, in order.
+
+(aiomqtt 2.x instead hands messages to the application after paho has already acked them
+on receipt; a death while the application processes the message loses it.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from citybrain.parking.broker import FATAL_CONNACK, BrokerSettings, make_client
+from citybrain.parking.mqtt import (
+    QOS,
+    TOPIC_ROOT,
+    OutcomeKind,
+    all_reads_filter,
+    check_topic_root,
+    lot_of_topic,
+    plan_ack,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_CLIENT_ID = "citybrain-parking-service"
+
+
+class RecordOutcome(Protocol):
+    """What the sink did with one message."""
+
+    @property
+    def read_id(self) -> str | None: ...
+
+    @property
+    def kind(self) -> str: ...  # "recorded" | "duplicate" | "dead_letter"
+
+
+class ReadSink(Protocol):
+    def record(self, topic_lot: str, payload: bytes, received_at: datetime) -> RecordOutcome:
+        """Record one reads message in one database transaction, idempotent by read id.
+
+        Returns after the commit. Invalid payloads are kept as dead letters (``kind`` is
+        ``"dead_letter"``, ``read_id`` when one could be read). Raises only when nothing
+        could be committed (the message will be redelivered)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A plain ``RecordOutcome``."""
+
+    read_id: str | None
+    kind: OutcomeKind
+
+
+class Transport(Protocol):
+    """The part of paho's ``Client`` the handler uses."""
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> Any: ...
+
+    def ack(self, mid: int, qos: int) -> Any: ...
+
+
+@dataclass
+class ServiceStats:
+    recorded: int = 0
+    duplicate: int = 0
+    dead_letter: int = 0
+    foreign_topic: int = 0
+    sink_failures: int = 0
+    connections: int = 0
+
+    @property
+    def handled(self) -> int:
+        return self.recorded + self.duplicate + self.dead_letter + self.foreign_topic
+
+
+class ReadHandler:
+    """Record, ack the gateway, ack the broker: in that order, for each message.
+
+    After a sink failure the handler is ``broken``: it acks nothing more until ``reset``
+    (the caller reconnects so the broker redelivers)."""
+
+    def __init__(
+        self,
+        sink: ReadSink,
+        transport: Transport,
+        *,
+        root: str = TOPIC_ROOT,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        stats: ServiceStats | None = None,
+    ) -> None:
+        self.sink = sink
+        self.transport = transport
+        self.root = check_topic_root(root)
+        self.clock = clock
+        self.stats = stats if stats is not None else ServiceStats()
+        self.broken = False
+
+    def reset(self) -> None:
+        self.broken = False
+
+    def handle(self, topic: str, payload: bytes, mid: int, qos: int) -> bool:
+        """Process one delivery; True when it was acknowledged to the broker."""
+        if self.broken:
+            return False
+        lot = lot_of_topic(topic, "reads", self.root)
+        if lot is None:
+            # Not ours (cannot happen with our subscription): nothing to record or answer.
+            self.stats.foreign_topic += 1
+            log.warning("ignoring a message on unexpected topic %r", topic)
+            self.transport.ack(mid, qos)
+            return True
+        try:
+            outcome = self.sink.record(lot, payload, self.clock())
+            plan = plan_ack(outcome.kind, outcome.read_id, lot, self.root)
+        except Exception:
+            self.broken = True
+            self.stats.sink_failures += 1
+            log.exception("recording a read from lot %s failed; it stays unacknowledged", lot)
+            return False
+        kind = outcome.kind
+        if kind == "recorded":
+            self.stats.recorded += 1
+        elif kind == "duplicate":
+            self.stats.duplicate += 1
+        else:
+            self.stats.dead_letter += 1
+            log.warning("dead letter from lot %s (read id %s)", lot, outcome.read_id)
+        log.debug("%s read %s from lot %s", kind, outcome.read_id, lot)
+        if plan.topic is not None and plan.payload is not None:
+            self.transport.publish(plan.topic, plan.payload, QOS)
+        self.transport.ack(mid, qos)
+        return True
+
+
+class BrokerRefused(RuntimeError):
+    """The broker refused our credentials or subscription: retrying cannot help."""
+
+
+def run_service(
+    broker_url: str,
+    sink: ReadSink,
+    *,
+    client_id: str = SERVICE_CLIENT_ID,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | None = None,
+    topic_root: str = TOPIC_ROOT,
+    keepalive: int = 30,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
+    max_backoff: float = 10.0,
+) -> ServiceStats:
+    """Subscribe to every lot's reads and record them until ``stop`` is set.
+
+    Reconnects by itself (broker restarts, network loss, sink failures) with a back-off
+    up to ``max_backoff`` seconds. ``on_ready`` is called after each subscription is
+    granted. Raises ``BrokerRefused`` when the credentials or the ACL are wrong.
+    """
+    settings = BrokerSettings.from_url(
+        broker_url, username=username, password=password, ca_file=ca_file
+    )
+    address = settings.address
+    stop = stop if stop is not None else threading.Event()
+    client = make_client(settings, client_id, clean_session=False, manual_ack=True)
+    stats = ServiceStats()
+    handler = ReadHandler(sink, client, root=topic_root, stats=stats)
+    subscription = all_reads_filter(topic_root)
+    refused: list[str] = []
+    state = {"sub_mid": -1}
+
+    def on_connect(
+        c: Client, _u: Any, flags: ConnectFlags, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            log.error("broker %s refused the connection: %s", address.url, rc)
+            if rc.value in FATAL_CONNACK:
+                refused.append(f"connection refused: {rc}")
+            return
+        stats.connections += 1
+        log.info(
+            "connected to %s as %s (session %s)",
+            address.url,
+            client_id,
+            "resumed" if flags.session_present else "new",
+        )
+        _, mid = c.subscribe(subscription, qos=QOS)
+        state["sub_mid"] = -1 if mid is None else mid
+
+    def on_subscribe(
+        _c: Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        if mid != state["sub_mid"]:
+            return
+        if any(code.is_failure for code in codes):
+            refused.append(f"subscription to {subscription} refused (check the ACL)")
+            return
+        log.info("subscribed to %s", subscription)
+        if on_ready is not None:
+            on_ready()
+
+    def on_message(_c: Client, _u: Any, message: MQTTMessage) -> None:
+        handler.handle(message.topic, bytes(message.payload), message.mid, message.qos)
+
+    def on_disconnect(
+        _c: Client, _u: Any, _f: DisconnectFlags, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        log.info("disconnected from %s: %s", address.url, rc)
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.on_disconnect = on_disconnect
+
+    backoff = 0.2
+    handled = 0
+    try:
+        while not stop.is_set():
+            try:
+                client.connect(address.host, address.port, keepalive=keepalive)
+            except OSError as exc:  # refused, unreachable, TLS handshake failed
+                log.warning("cannot reach broker %s: %s", address.url, exc)
+                stop.wait(backoff)
+                backoff = min(max_backoff, backoff * 2)
+                continue
+            handler.reset()
+            while not stop.is_set():
+                rc = client.loop(timeout=0.2)
+                if refused:
+                    raise BrokerRefused(refused[0])
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    log.warning("connection to %s lost: %s", address.url, rc)
+                    break
+                if handler.broken:
+                    # Drop the connection: the broker will redeliver what is unacked.
+                    _close_gently(client)
+                    break
+                if stats.handled > handled:  # progress: the next failure retries quickly
+                    handled, backoff = stats.handled, 0.2
+            if not stop.is_set():
+                stop.wait(backoff)
+                backoff = min(max_backoff, backoff * 2)
+    finally:
+        _close_gently(client)
+    return stats
+
+
+def _close_gently(client: Client, grace: float = 0.1) -> None:
+    """Send what is queued (PUBACKs) and read what the broker already sent, then disconnect.
+
+    Closing a socket that has unread input resets the connection, and the broker may then
+    drop PUBACKs it had not read yet: harmless (they come back as duplicates), but noisy.
+    """
+    deadline = time.monotonic() + grace
+    while client.is_connected() and time.monotonic() < deadline:
+        if client.loop(timeout=0.01) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            break
+    if client.is_connected():
+        client.disconnect()
