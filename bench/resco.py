@@ -37,7 +37,13 @@ MAPS = (
     "grid4x4", "arterial4x4",
 )
 PLAIN = "plain"
-BEGIN, END = "<!-- resco-bench:begin -->", "<!-- resco-bench:end -->"
+def markers(controllers: list[str]) -> tuple[str, str]:
+    """Each controller set has its own section, so runs of different sets do not overwrite."""
+    tag = "" if controllers == ["fixed", "actuated"] else ":" + ",".join(controllers)
+    return f"<!-- resco-bench{tag}:begin -->", f"<!-- resco-bench{tag}:end -->"
+
+
+BASELINES = ("fixed", "actuated", "sumo-actuated", "webster", "maxpressure", "greedy")
 TARGET_MAP, TARGET_RATIO = "ingolstadt21", 1.5
 INTRO = """# Benchmarks
 
@@ -203,18 +209,39 @@ def table(
     return "\n".join(lines), ratios
 
 
+def adaptive_table(results: list[Result], maps: list[str], controllers: list[str]) -> str:
+    """Mean delay per controller and map, and adaptive over the best baseline."""
+    shown = [c for c in controllers if c != "adaptive"]
+    head = ["map", *shown, "adaptive", "best baseline", "adaptive / best"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in maps:
+        means = {
+            c: statistics.fmean(r.delay_s or 0.0 for r in runs.values())
+            for c in controllers if (runs := _values(results, name, c))
+        }
+        base = {c: v for c, v in means.items() if c in BASELINES}
+        best = min(base, key=base.__getitem__) if base else None
+        cells = [f"{means[c]:.1f}" if c in means else "error" for c in [*shown, "adaptive"]]
+        ratio = (means["adaptive"] / base[best]) if best and "adaptive" in means else None
+        lines.append("| " + " | ".join([name, *cells, best or "—", _fmt(ratio)]) + " |")
+    return "\n".join(lines)
+
+
 def section(
     command: str, info: dict[str, Any], body: str, ratios: dict[str, dict[str, float | None]],
-    results: list[Result],
+    results: list[Result], controllers: list[str],
 ) -> str:
+    begin, end = markers(controllers)
     target = ratios.get(TARGET_MAP, {}).get("wall_fixed")
     verdict = "not run" if target is None else (
         f"measured {target:.2f}x, {'met' if target <= TARGET_RATIO else 'NOT met'}"
     )
     errors = [f"- {r.map} seed {r.seed} {r.runner}: {r.error}" for r in results if r.error]
+    title = "plain SUMO vs citybrain" if begin.endswith("bench:begin -->") else (
+        "every controller")
     parts = [
-        BEGIN,
-        "## RESCO maps: plain SUMO vs citybrain",
+        begin,
+        f"## RESCO maps: {title}",
         "",
         f"Command: `{command}`",
         "",
@@ -227,19 +254,22 @@ def section(
         "",
         body,
         "",
+        *([adaptive_table(results, sorted({r.map for r in results}, key=MAPS.index),
+                          controllers), ""] if "adaptive" in controllers else []),
         f"Target (issue): wall time of `fixed` ≤ {TARGET_RATIO}x plain sumo on {TARGET_MAP}: "
         f"{verdict}.",
     ]
     if errors:
         parts += ["", "Failed runs:", *errors]
-    return "\n".join([*parts, END, ""])
+    return "\n".join([*parts, end, ""])
 
 
-def write_markdown(path: Path, text: str) -> None:
+def write_markdown(path: Path, text: str, controllers: list[str]) -> None:
+    begin, end = markers(controllers)
     old = path.read_text() if path.is_file() else INTRO
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + text.rstrip("\n") + rest.split(end, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + text
     path.write_text(new)
@@ -253,7 +283,11 @@ def main() -> int:
     p.add_argument("--controllers", type=_csv, default=["fixed", "actuated"])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     p.add_argument("--write", type=Path, help="markdown file to write the results section into")
+    p.add_argument("--from-results", type=Path,
+                   help="rebuild the section from an earlier run's results.json, running nothing")
     args = p.parse_args()
+    if args.from_results:
+        return report_only(args)
     command = shlex.join(["python", *sys.argv])
     resco: Path = args.resco.resolve()
     for name in args.maps:
@@ -277,15 +311,29 @@ def main() -> int:
         results.append(res)
 
     body, ratios = table(results, args.maps, args.controllers, references(resco / "README.md"))
-    text = section(command, info, body, ratios, results)
+    text = section(command, info, body, ratios, results, args.controllers)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(
         {"command": command, "machine": info, "ratios": ratios,
          "runs": [asdict(r) for r in results]}, indent=2) + "\n")
     if args.write:
-        write_markdown(args.write, text)
+        write_markdown(args.write, text, args.controllers)
     return 1 if any(r.error for r in results) else 0
+
+
+def report_only(args: argparse.Namespace) -> int:
+    saved = json.loads(args.from_results.read_text())
+    results = [Result(**r) for r in saved["runs"]]
+    controllers = [c for c in args.controllers if any(r.runner == c for r in results)]
+    maps = [m for m in MAPS if any(r.map == m for r in results)]
+    resco: Path = args.resco.resolve()
+    body, ratios = table(results, maps, controllers, references(resco / "README.md"))
+    text = section(saved["command"], saved["machine"], body, ratios, results, controllers)
+    print(text)
+    if args.write:
+        write_markdown(args.write, text, controllers)
+    return 0
 
 
 if __name__ == "__main__":

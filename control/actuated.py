@@ -1,9 +1,10 @@
 """``actuated``: gap-out actuated control from the inductive loops, with min and max green.
 
 Each intersection serves its green phases in plan order and skips a phase nobody waits for.
-A green is extended while its loops keep detecting vehicles (each detection buys
-``passage_s``), ends when the gap runs out or at ``max_green_s``, and rests when no other
-phase has a call.
+A green is extended while vehicles keep passing over its loops (each one buys
+``passage_s``; a car standing on a loop, say a turn waiting for a gap, places a call but does
+not extend), ends when the gap runs out or at ``max_green_s``, and rests when no other phase
+has a call.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ class ActuatedController:
 
     def decide(self, readings: Readings) -> Decision:
         t = readings.time_s
-        active = (readings.loop_count > 0) | (readings.loop_occupancy > 0)
+        passing = readings.loop_count > 0  # a vehicle went over the loop: extends a green
+        present = passing | (readings.loop_occupancy > 0)  # someone is there: places a call
         requests = []
         for s in self._signals:
             view = readings.signals[s.x.id]
             for p, idx in enumerate(s.phase_loops):
-                if idx.size and active[idx].any():
+                if idx.size and present[idx].any():
                     s.calls[p] = True
             if view.in_clearance:
                 requests.append(PhaseRequest(s.x.id, view.phase))
@@ -65,7 +67,7 @@ class ActuatedController:
                 s.last_actuation = t
             s.calls[view.phase] = False
             idx = s.phase_loops[view.phase]
-            if idx.size and active[idx].any():
+            if idx.size and passing[idx].any():
                 s.last_actuation = t
             phase = self._choose(s, t - view.green_since, t)
             rest = phase == view.phase and not s.calls.any()
