@@ -71,7 +71,7 @@ class NetSpec:
 
 @dataclass(frozen=True)
 class EmergencySpec:
-    """One emergency vehicle (no bluelight device: it obeys the signals)."""
+    """One emergency vehicle. It has no blue-light device: it obeys the signals."""
 
     id: str
     depart: float
