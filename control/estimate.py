@@ -262,10 +262,11 @@ class TrafficEstimator:
         for k, x in enumerate(xs):
             for p, phase in enumerate(x.phases):
                 for link, ch in zip(x.links, phase.state, strict=False):
-                    j = self.lane_index.get(link.in_lane)
-                    if j is not None and self._lane_x[j] == k:
-                        self._go[j, p] |= ch in "Gg"
-                        self._go_free[j, p] |= ch == "G"
+                    for lane, _ in link.movements:
+                        j = self.lane_index.get(lane)
+                        if j is not None and self._lane_x[j] == k:
+                            self._go[j, p] |= ch in "Gg"
+                            self._go_free[j, p] |= ch == "G"
         self._rows = np.arange(n)
 
         # approaches of each intersection, for ``blind``

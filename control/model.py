@@ -35,6 +35,12 @@ class SignalLink:
     index: int
     in_lane: str
     out_lane: str
+    also: tuple[tuple[str, str], ...] = ()
+    """Further (in lane, out lane) movements the same signal index controls."""
+
+    @property
+    def movements(self) -> tuple[tuple[str, str], ...]:
+        return ((self.in_lane, self.out_lane), *self.also)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,7 @@ class Intersection:
     @cached_property
     def in_lanes(self) -> tuple[str, ...]:
         """Incoming lanes in link order, each once."""
-        return tuple(dict.fromkeys(link.in_lane for link in self.links))
+        return tuple(dict.fromkeys(i for link in self.links for i, _ in link.movements))
 
     @property
     def cycle_s(self) -> float:
@@ -101,10 +107,12 @@ class Intersection:
     def phase_lanes(self, phase: int) -> tuple[str, ...]:
         """Incoming lanes that have at least one green link in ``phase``."""
         green = self.phases[phase].green
-        return tuple(dict.fromkeys(self.links[i].in_lane for i in sorted(green)))
+        return tuple(
+            dict.fromkeys(lane for i in sorted(green) for lane, _ in self.links[i].movements)
+        )
 
     def lane_links(self, lane: str) -> tuple[int, ...]:
-        return tuple(link.index for link in self.links if link.in_lane == lane)
+        return tuple(link.index for link in self.links if any(i == lane for i, _ in link.movements))
 
     def is_conflicting(self, i: int, j: int) -> bool:
         return j in self.conflicts[i]

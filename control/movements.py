@@ -45,24 +45,26 @@ def _table(x: Intersection, lane_index: dict[str, int]) -> PhaseTable:
     lanes, link_in, link_out, shares = [], [], [], []
     per_lane: dict[str, int] = {}
     for link in x.links:
-        per_lane[link.in_lane] = per_lane.get(link.in_lane, 0) + 1
+        for lane, _ in link.movements:
+            per_lane[lane] = per_lane.get(lane, 0) + 1
     for phase in x.phases:
         ins: list[int] = []
         outs: list[int] = []
         for i in sorted(phase.green):
             link = x.links[i]
-            if link.in_lane not in lane_index:
-                continue
-            ins.append(lane_index[link.in_lane])
-            outs.append(lane_index.get(link.out_lane, -1))
+            for lane, out in link.movements:
+                if lane in lane_index:
+                    ins.append(lane_index[lane])
+                    outs.append(lane_index.get(out, -1))
         own = sorted(set(ins))
         lanes.append(np.array(own, dtype=np.int64))
         weight = dict.fromkeys(own, 0.0)
         for i in phase.green:
             link = x.links[i]
-            if link.in_lane in lane_index:
-                share = 1.0 if phase.state[i] == "G" else 0.5
-                weight[lane_index[link.in_lane]] += share / per_lane[link.in_lane]
+            for lane, _ in link.movements:
+                if lane in lane_index:
+                    share = 1.0 if phase.state[i] == "G" else 0.5
+                    weight[lane_index[lane]] += share / per_lane[lane]
         shares.append(np.array([min(weight[n], 1.0) for n in own], dtype=np.float64))
         link_in.append(np.array(ins, dtype=np.int64))
         link_out.append(np.array(outs, dtype=np.int64))

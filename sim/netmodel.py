@@ -54,21 +54,21 @@ def _intersection(tls: Any, defaults: ClearanceDefaults) -> Intersection | None:
     program = programs[sorted(programs)[0]]
     plan = tuple(PlanStep(p.state, float(p.duration)) for p in program.getPhases())
     n = len(plan[0].state)
-    by_index: dict[int, SignalLink] = {}
-    junction_index: dict[int, tuple[Any, int]] = {}
-    link_index_cache: dict[tuple[str, str, str], int] = {}
+    movements: dict[int, list[tuple[str, str]]] = {}
+    junction_index: list[tuple[int, Any, int]] = []
     for in_lane, out_lane, index in tls.getConnections():
-        if index in by_index or index >= n:
+        if index >= n or (in_lane.getID(), out_lane.getID()) in movements.get(index, []):
             continue
-        by_index[index] = SignalLink(index, in_lane.getID(), out_lane.getID())
+        movements.setdefault(index, []).append((in_lane.getID(), out_lane.getID()))
         conn = _connection(in_lane, out_lane)
         if conn is not None:
-            node = conn.getJunction()
-            key = (node.getID(), in_lane.getID(), out_lane.getID())
-            if key not in link_index_cache:
-                link_index_cache[key] = conn.getJunctionIndex()
-            junction_index[index] = (node, link_index_cache[key])
-    links = tuple(by_index.get(i, SignalLink(i, "", "")) for i in range(n))
+            junction_index.append((index, conn.getJunction(), conn.getJunctionIndex()))
+    links = tuple(
+        SignalLink(i, *movements[i][0], also=tuple(movements[i][1:]))
+        if i in movements
+        else SignalLink(i, "", "")
+        for i in range(n)
+    )
     conflicts, yields_to = _conflict_tables(n, junction_index)
     phases = phases_from_plan(plan)
     if not phases:
@@ -101,27 +101,23 @@ def _connection(in_lane: Any, out_lane: Any) -> Any:
 
 
 def _conflict_tables(
-    n: int, junction_index: dict[int, tuple[Any, int]]
+    n: int, junction_index: list[tuple[int, Any, int]]
 ) -> tuple[tuple[frozenset[int], ...], tuple[frozenset[int], ...]]:
+    """Conflicts between signal indices, from every movement they control."""
     conflicts: list[set[int]] = [set() for _ in range(n)]
     yields_to: list[set[int]] = [set() for _ in range(n)]
-    items = sorted(junction_index.items())
-    for a, (node_a, ja) in items:
+    for a, node_a, ja in junction_index:
         foes = node_a._foes.get(ja)
         response = node_a._prohibits.get(ja)
         if foes is None or ja < 0:
             continue
-        for b, (node_b, jb) in items:
+        for b, node_b, jb in junction_index:
             if a == b or node_b is not node_a or jb < 0 or jb >= len(foes):
                 continue
             if foes[len(foes) - jb - 1] == "1":
                 conflicts[a].add(b)
                 conflicts[b].add(a)
-            if (
-                response is not None
-                and jb < len(response)
-                and response[len(response) - jb - 1] == "1"
-            ):
+            if response is not None and jb < len(response) and response[-jb - 1] == "1":
                 yields_to[a].add(b)
     return tuple(frozenset(s) for s in conflicts), tuple(frozenset(s) for s in yields_to)
 

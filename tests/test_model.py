@@ -36,6 +36,19 @@ def test_every_resco_map_loads(name: str) -> None:
             assert all(i in x.conflicts[j] for j in row)
 
 
+@pytest.mark.parametrize("name", RESCO_MAPS)
+def test_every_controlled_movement_is_kept(name: str) -> None:
+    # several movements can share one signal index (ingolstadt21 has six such): all of them,
+    # and so all their approach lanes, must be in the model, or their queues go unseen
+    net = read_net(load_scenario(resco_config(name)).net_file)
+    models = {x.id: x for x in intersections_from_net(net)}
+    for tls in net.getTrafficLights():
+        x = models[tls.getID()]
+        for in_lane, out_lane, index in tls.getConnections():
+            assert (in_lane.getID(), out_lane.getID()) in x.links[index].movements
+            assert in_lane.getID() in x.in_lanes
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_counts_match_the_net_files(name: str) -> None:
     signals, phases, links = EXPECTED[name]
