@@ -256,8 +256,8 @@ def section(
         "",
         *([adaptive_table(results, sorted({r.map for r in results}, key=MAPS.index),
                           controllers), ""] if "adaptive" in controllers else []),
-        f"Target (issue): wall time of `fixed` ≤ {TARGET_RATIO}x plain sumo on {TARGET_MAP}: "
-        f"{verdict}.",
+        *([f"Target (issue): wall time of `fixed` ≤ {TARGET_RATIO}x plain sumo on {TARGET_MAP}: "
+           f"{verdict}."] if begin.endswith("bench:begin -->") else []),
     ]
     if errors:
         parts += ["", "Failed runs:", *errors]
