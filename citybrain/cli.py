@@ -127,14 +127,11 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _sim_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from citybrain.control.catalog import CONTROLLERS
+    from citybrain.control.catalog import check_controller
     from citybrain.sim.runner import RunOptions, run
     from citybrain.sim.scenario import load_scenario
 
-    if args.controller not in CONTROLLERS:
-        raise CitybrainError(
-            f"unknown controller {args.controller!r}; choose one of: {', '.join(CONTROLLERS)}"
-        )
+    check_controller(args.controller)
     scenario = load_scenario(args.scenario)
     settings = _settings(args)
     out = args.out or Path("runs") / f"{scenario.name}-{args.controller}-seed{args.seed}"
@@ -187,16 +184,13 @@ def _sim_run(args: argparse.Namespace) -> int:
 
 
 def _sim_compare(args: argparse.Namespace) -> int:
-    from citybrain.control.catalog import CONTROLLERS
+    from citybrain.control.catalog import check_controller
     from citybrain.sim.compare import compare, table, write
     from citybrain.sim.plots import comparison_chart
     from citybrain.sim.scenario import load_scenario
 
-    unknown = [c for c in args.controllers if c not in CONTROLLERS]
-    if unknown:
-        raise CitybrainError(
-            f"unknown controller {unknown[0]!r}; choose one of: {', '.join(CONTROLLERS)}"
-        )
+    for name in args.controllers:
+        check_controller(name)
     if not args.seeds:
         raise CitybrainError("--seeds needs at least one seed")
     scenario = load_scenario(args.scenario)

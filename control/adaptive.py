@@ -69,7 +69,6 @@ class AdaptiveController(EstimatingController):
         self._lane_green: FloatArray = np.full(len(self.estimator.lanes), np.nan)
         self._next: FloatArray = np.full(len(self.tables), -np.inf)
         self._request = [0] * len(self.tables)
-        self._full: FloatArray = np.zeros(len(self.estimator.lanes))
 
     def decide(self, readings: Readings) -> Decision:
         if np.isnan(self._lane_green).any():  # the first reading: every lane starts its wait now

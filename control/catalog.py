@@ -34,10 +34,14 @@ CONTROLLERS: dict[str, Callable[[Layout, ControllerOptions], Controller]] = {
 }
 
 
-def make_controller(name: str, layout: Layout, options: ControllerOptions) -> Controller:
-    factory = CONTROLLERS.get(name)
-    if factory is None:
+def check_controller(name: str) -> None:
+    """Fail with the list of names when ``name`` is not a controller."""
+    if name not in CONTROLLERS:
         raise CitybrainError(
             f"unknown controller {name!r}; choose one of: {', '.join(CONTROLLERS)}"
         )
-    return factory(layout, options)
+
+
+def make_controller(name: str, layout: Layout, options: ControllerOptions) -> Controller:
+    check_controller(name)
+    return CONTROLLERS[name](layout, options)
