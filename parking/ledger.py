@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import tomllib
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -450,7 +451,16 @@ def open_ledger(
     """
     engine = make_engine(url)
     try:
-        upgrade(engine)
+        for attempt in range(5):
+            try:
+                upgrade(engine)
+                break
+            except OperationalError as exc:
+                # SQLite: switching a new file to WAL takes a lock that the busy timeout does
+                # not wait for, so processes opening one new database at once may collide.
+                if "locked" not in str(exc.orig) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except OperationalError as exc:
         engine.dispose()
         shown = engine.url.render_as_string(hide_password=True)
