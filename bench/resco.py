@@ -98,17 +98,22 @@ def run_plain(cfg: Path, seed: int, out: Path) -> Result:
     return Result(name, seed, PLAIN, delay, wall)
 
 
-def run_citybrain(cfg: Path, controller: str, seed: int, out: Path) -> Result:
+def run_citybrain(cfg: Path, runner: str, seed: int, out: Path) -> Result:
+    """``runner`` is a controller name, or ``NAME@SETTINGS`` to run it with
+    ``configs/SETTINGS.toml`` (``adaptive@sensors-noisy``: the degraded detectors)."""
     script = Path(sys.executable).with_name("citybrain")
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "citybrain.cli"]
+    controller, _, settings = runner.partition("@")
     cmd = [*base, "sim", "run", str(cfg), "--controller", controller, "--seed", str(seed),
            "--out", str(out)]
+    if settings:
+        cmd += ["--config", str(ROOT / "configs" / f"{settings}.toml")]
     wall, proc = _timed(cmd)
     name = cfg.name.removesuffix(".sumocfg")
     if err := _failure(proc):
-        return Result(name, seed, controller, None, wall, err)
+        return Result(name, seed, runner, None, wall, err)
     metrics = json.loads((out / "metrics.json").read_text())
-    return Result(name, seed, controller, float(metrics["mean_delay_s"]), wall)
+    return Result(name, seed, runner, float(metrics["mean_delay_s"]), wall)
 
 
 def references(readme: Path) -> dict[str, tuple[str, str]]:
@@ -211,7 +216,7 @@ def table(
 
 def adaptive_table(results: list[Result], maps: list[str], controllers: list[str]) -> str:
     """Mean delay per controller and map, and adaptive over the best baseline."""
-    shown = [c for c in controllers if c != "adaptive"]
+    shown = [c for c in controllers if c != "adaptive" and "@" not in c]
     head = ["map", *shown, "adaptive", "best baseline", "adaptive / best"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in maps:
@@ -225,6 +230,54 @@ def adaptive_table(results: list[Result], maps: list[str], controllers: list[str
         ratio = (means["adaptive"] / base[best]) if best and "adaptive" in means else None
         lines.append("| " + " | ".join([name, *cells, best or "—", _fmt(ratio)]) + " |")
     return "\n".join(lines)
+
+
+def robustness_table(results: list[Result], maps: list[str], controllers: list[str]) -> str:
+    """Each ``NAME@SETTINGS`` run against ``NAME`` on the same seeds (issue: at most +10 %)."""
+    pairs = [(c.partition("@")[0], c) for c in controllers if "@" in c]
+    head = ["map", *[f"{v} / {c}" for c, v in pairs]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in maps:
+        cells = [
+            _fmt(_ratio(_values(results, name, v), _values(results, name, c), wall=False))
+            for c, v in pairs
+        ]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def charts(results: list[Result], maps: list[str], runners: list[str], folder: Path) -> list[Path]:
+    """One bar chart per map: mean delay per runner over the seeds, error bars one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in maps:
+        shown = [r for r in [PLAIN, *runners] if _values(results, name, r)]
+        if not shown:
+            continue
+        stats = [[v.delay_s or 0.0 for v in _values(results, name, r).values()] for r in shown]
+        means = [statistics.fmean(v) for v in stats]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in stats]
+        fig, ax = plt.subplots(figsize=(1.3 * len(shown) + 2, 4))
+        colors = ["#7f7f7f" if r in (PLAIN, "fixed") else "#d62728" if r.startswith("adaptive")
+                  else "#1f77b4" for r in shown]
+        bars = ax.bar(shown, means, yerr=stds, capsize=4, color=colors)
+        ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], padding=3, fontsize=8)
+        ax.set_ylabel("RESCO average delay (s)")
+        seeds = sorted({s for r in shown for s in _values(results, name, r)})
+        ax.set_title(f"{name}: mean over seeds {', '.join(map(str, seeds))} (± 1 std)")
+        ax.tick_params(axis="x", rotation=30)
+        ax.margins(y=0.15)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def section(
@@ -256,6 +309,14 @@ def section(
         "",
         *([adaptive_table(results, sorted({r.map for r in results}, key=MAPS.index),
                           controllers), ""] if "adaptive" in controllers else []),
+        *(["Sensor robustness: delay with degraded detectors over delay with clean ones "
+           "(same seeds).", "",
+           robustness_table(results, sorted({r.map for r in results}, key=MAPS.index),
+                            controllers), ""]
+          if any("@" in c for c in controllers) else []),
+        *(["Charts: " + " · ".join(f"[{m}](bench/charts/{m}.png)" for m in
+                                   sorted({r.map for r in results}, key=MAPS.index)), ""]
+          if len(controllers) > 2 else []),
         *([f"Target (issue): wall time of `fixed` ≤ {TARGET_RATIO}x plain sumo on {TARGET_MAP}: "
            f"{verdict}."] if begin.endswith("bench:begin -->") else []),
     ]
@@ -319,6 +380,8 @@ def main() -> int:
          "runs": [asdict(r) for r in results]}, indent=2) + "\n")
     if args.write:
         write_markdown(args.write, text, args.controllers)
+        if len(args.controllers) > 2:
+            charts(results, args.maps, args.controllers, ROOT / "bench" / "charts")
     return 1 if any(r.error for r in results) else 0
 
 
@@ -333,6 +396,8 @@ def report_only(args: argparse.Namespace) -> int:
     print(text)
     if args.write:
         write_markdown(args.write, text, controllers)
+        if len(controllers) > 2:
+            charts(results, maps, controllers, ROOT / "bench" / "charts")
     return 0
 
 

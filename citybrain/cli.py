@@ -40,6 +40,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--end", type=float, help="stop at this simulation time (default: the scenario's end)"
     )
+    p.add_argument(
+        "--escort",
+        nargs="?",
+        const="corridor",
+        default="none",
+        choices=("none", "local", "corridor"),
+        help="escort emergency vehicles: corridor (green wave, the default of a bare --escort), "
+        "local (green on approach, Opticom-style) or none",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +159,15 @@ def _sim_run(args: argparse.Namespace) -> int:
         result = run(
             args.scenario,
             out,
-            RunOptions(args.controller, args.seed, args.backend, settings, args.end, args.timeline),
+            RunOptions(
+                args.controller,
+                args.seed,
+                args.backend,
+                settings,
+                args.end,
+                args.timeline,
+                escort=args.escort,
+            ),
             progress,
         )
     finally:
@@ -176,9 +193,22 @@ def _sim_run(args: argparse.Namespace) -> int:
     )
     for e in m.emergency:
         ff = f"{e.free_flow_time_s:.0f} s" if e.free_flow_time_s else "n/a"
+        ratio = f" = {e.ratio_to_free_flow:.2f}x" if e.ratio_to_free_flow else ""
+        civ = ""
+        if e.civilian_delay_change is not None and e.escort != "none":
+            civ = (
+                f", civilian delay {e.civilian_delay_s:.1f} s vs "
+                f"{e.civilian_delay_no_escort_s:.1f} s without escort "
+                f"({100 * e.civilian_delay_change:+.1f} %)"
+            )
         print(
-            f"  emergency {e.id}: travel {e.travel_time_s:.0f} s (free flow {ff}), stops {e.stops}"
+            f"  emergency {e.id} (escort {e.escort}): travel {e.travel_time_s:.0f} s "
+            f"(free flow {ff}{ratio}), stops {e.stops}, ran red {e.ran_red}{civ}"
         )
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in e.id)
+        diagram = result.out_dir / f"timespace-{safe}.png"
+        if diagram.is_file():
+            print(f"  time-space diagram: {diagram}")
     print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'tripinfo.xml'}")
     return 0
 
@@ -204,6 +234,7 @@ def _sim_compare(args: argparse.Namespace) -> int:
         settings=_settings(args),
         end_s=args.end,
         workers=args.workers,
+        escort=args.escort,
     )
     print(table(comparison))
     path = write(comparison, out)

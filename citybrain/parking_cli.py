@@ -25,6 +25,18 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     serve.add_argument("--db", default=DEFAULT_DB, help="SQLAlchemy URL (SQLite or PostgreSQL)")
     serve.add_argument("--tariffs", type=Path, help="tariff TOML (default: configs/tariffs.toml)")
+    serve.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=200,
+        help="at most this many reads per database transaction (default 200; 1: no batching)",
+    )
+    serve.add_argument(
+        "--batch-window-ms",
+        type=_non_negative_float,
+        default=5.0,
+        help="wait up to this long after a read for more to share its transaction (default 5)",
+    )
     _credentials(serve)
     serve.set_defaults(handler=_serve)
 
@@ -59,6 +71,40 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         report.add_argument("--lot")
         report.add_argument("--json", action="store_true")
         report.set_defaults(handler=_report, report=name)
+
+    val = cmds.add_parser(
+        "validate", help="validate settlement end to end in SUMO (cameras -> MQTT -> ledger)"
+    )
+    val.add_argument("--out", type=Path, default=Path("parking-validation"))
+    val.add_argument("--broker", help="MQTT broker URL (default: an embedded Mosquitto)")
+    val.add_argument("--db", help="an empty ledger's URL (default: OUT/ledger.db, SQLite)")
+    val.add_argument("--seed", type=int, default=1)
+    val.add_argument("--vehicles", type=int, default=40)
+    val.add_argument("--ocr-error-rate", type=float, help="per read (default 0.03)")
+    val.add_argument("--double-rate", type=float, help="repeated frame per camera (0.3)")
+    val.add_argument("--drop-rate", type=float, help="one camera misses a passage (0.1)")
+    val.add_argument("--unread-rate", type=float, help="no camera reads a passage (0)")
+    val.set_defaults(handler=_validate)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return value
 
 
 def _credentials(p: argparse.ArgumentParser) -> None:
@@ -109,6 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
         password=args.password,
         ca_file=args.ca_file,
         stop=stop,
+        batch_size=args.batch_size,
+        batch_window=args.batch_window_ms / 1000,
     )
     print(f"stopped: {stats}", file=sys.stderr)
     return 0
@@ -181,6 +229,38 @@ def _report(args: argparse.Namespace) -> int:
             print(f"total {account}: {cents / 100:.2f}")
     print(f"{len(rows)} {name.replace('-', ' ')}")
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from citybrain.sim.parking_cameras import CameraOptions
+    from citybrain.sim.parking_validate import DEFAULT_CAMERAS, run_parking_validation
+
+    rates = {
+        "ocr_error_rate": args.ocr_error_rate,
+        "double_rate": args.double_rate,
+        "drop_rate": args.drop_rate,
+        "unread_rate": args.unread_rate,
+    }
+    for name, value in rates.items():
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise CitybrainError(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if args.vehicles < 1:
+        raise CitybrainError("--vehicles must be at least 1")
+    chosen = {k: v for k, v in rates.items() if v is not None}
+    cameras: CameraOptions = replace(DEFAULT_CAMERAS, seed=args.seed, **chosen)
+    run = run_parking_validation(
+        args.out,
+        broker=args.broker,
+        db=args.db,
+        seed=args.seed,
+        vehicles=args.vehicles,
+        cameras=cameras,
+    )
+    print(run.report_txt.read_text(encoding="utf-8"), end="")
+    print(f"report: {run.report_json}\nchart: {run.plot}")
+    return 0 if run.report.ok else 1
 
 
 def _plain(row: object) -> dict[str, object]:

@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 
 from citybrain.control.actuated import ActuatedTiming
 from citybrain.control.envelope import EnvelopeTiming
+from citybrain.control.escort import EscortSettings
 from citybrain.errors import ConfigError
 from citybrain.sim.detectors import DetectorPlacement
+from citybrain.sim.gps import GpsSettings
 from citybrain.sim.sensors import SensorSettings
 from citybrain.tomlfile import read_toml
 
@@ -31,6 +33,8 @@ class Settings:
     envelope: EnvelopeTiming = field(default_factory=EnvelopeTiming)
     actuated: ActuatedTiming = field(default_factory=ActuatedTiming)
     detectors: DetectorPlacement = field(default_factory=DetectorPlacement)
+    escort: EscortSettings = field(default_factory=EscortSettings)
+    gps: GpsSettings = field(default_factory=GpsSettings)
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -1,22 +1,27 @@
-"""``adaptive``: phase choice by waiting load, with gap-out, spillback care and no starvation.
+"""``adaptive``: stay or switch by the delay each choice costs, coordinated with neighbours.
 
-For every intersection, once its green has had its minimum:
+For every intersection, every second once its green has had its minimum:
 
-* **Reconsider every ``interval_s``.** The phase with the largest waiting load is served:
-  standing vehicles plus half of those approaching in the camera zone, on each lane counted
-  by the share of the lane's movements the phase lets go (vehicles on a shared lane do not
-  all turn the same way).
-* **Gap-out.** A green whose stop lines saw no vehicle cross for ``passage_s``, that
-  shows no queue and sees nobody approaching in its camera zones (a platoon on its way is
-  not cut off) is idle: it is given up at once, without waiting for the next interval.
-* **Spillback.** A movement whose exit lane is full counts for little: a green is not spent
-  feeding a full lane.
+* **Stay or switch (delay balance).** Keeping the green ``step_s`` longer lets the vehicles
+  it would serve in that time pass now instead of waiting a whole round of the other phases
+  (their change intervals plus the greens their queues need); it makes every vehicle waiting
+  on red wait ``step_s`` longer. The green stays while the first outweighs the second: the
+  extension rule of Miller's delay-minimizing actuation, fed with queue and arrival
+  estimates from the detector layer. Switching pays the change interval, so greens are not
+  cut short for a vehicle or two, nor kept for a trickle while queues build elsewhere.
+* **Stalled greens.** A green whose stop lines have seen nobody cross for ``stall_s`` serves
+  only what is arriving: a standing queue that does not move (its exit is blocked) is not
+  counted as served, so the green is given up.
+* **Which phase next.** The one with the largest waiting load: standing vehicles plus those
+  approaching in the camera zone, on each lane counted by the share of its movements the
+  phase lets go, weighted up the longer the lane has waited.
+* **Neighbours.** A movement into a full lane counts for little (spillback). Two signals a
+  few car lengths apart (a short link between them) act as one: a short link counts the
+  queues waiting to enter it as its own demand, so the downstream signal opens for them, and
+  the upstream signal does not feed a short link its neighbour shows red.
 * **No starvation.** A phase serving a lane whose queue has had no green for ``max_red_s`` is
   served next; no green runs past ``max_green_s`` while others wait.
 * **Rest.** With nobody waiting elsewhere the green rests (a declared hold).
-
-Status: a first version. It is not yet 10 % better than the best baseline everywhere (see
-BENCHMARKS.md); coordination between neighbours is still to come.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from citybrain.control.base import EstimatingController
+from citybrain.control.base import SATURATION_VEH_S, EstimatingController
 from citybrain.control.movements import PhaseTable
 from citybrain.control.port import (
     Decision,
     DetectorKind,
     FloatArray,
+    IntArray,
     Layout,
     PhaseRequest,
     Readings,
@@ -41,16 +47,25 @@ from citybrain.control.port import (
 @dataclass(frozen=True, slots=True)
 class AdaptiveTiming:
     max_green_s: float = 60.0
-    passage_s: float = 3.0
-    """A green with no vehicle crossing its stop lines for this long has done its work."""
+    min_green_s: float = 5.0
+    """The shortest green the delay balance plans with (the envelope enforces its own)."""
     max_red_s: float = 180.0
-    arriving_veh: float = 1.0
-    """A green with this many vehicles approaching in its camera zones is not idle."""
-    interval_s: float = 10.0
-    """How often the phase choice is reconsidered while the green is in use."""
     """Vehicles that have waited this long are served next."""
+    step_s: float = 2.0
+    """The extension the delay balance weighs."""
+    stall_s: float = 3.0
+    """A green whose stop lines saw nobody cross for this long serves no standing queue."""
+    zone_travel_s: float = 8.0
+    """Time a moving vehicle takes to cross a camera zone to the stop line."""
+    wait_weight_s: float = 120.0
+    """A lane that has waited this long counts twice when choosing the next phase."""
     full_density: float = 0.8
     """An exit lane this full blocks the movements into it."""
+    age_weight: float = 0.0
+    stuck_memory_s: float = 30.0
+    short_link_veh: float = 4.0
+    red_feed_weight: float = 0.3
+    """A lane holding fewer vehicles than this joins the two signals at its ends."""
 
 
 class AdaptiveController(EstimatingController):
@@ -58,67 +73,157 @@ class AdaptiveController(EstimatingController):
 
     def __init__(self, layout: Layout, timing: AdaptiveTiming | None = None) -> None:
         super().__init__(layout)
-        self.timing = timing or AdaptiveTiming()
+        self.timing = t = timing or AdaptiveTiming()
         lanes = self.estimator.lane_index
         stops = [
             (i, d.lane) for i, d in enumerate(layout.loops) if d.kind is DetectorKind.STOP_LOOP
         ]
         self._stop_loop = np.array([i for i, _ in stops], dtype=np.int64)
         self._stop_lane = np.array([lanes[lane] for _, lane in stops], dtype=np.int64)
-        self._crossed_at: FloatArray = np.full(len(self.estimator.lanes), -np.inf)
-        self._lane_green: FloatArray = np.full(len(self.estimator.lanes), np.nan)
-        self._next: FloatArray = np.full(len(self.tables), -np.inf)
-        self._request = [0] * len(self.tables)
+        n = len(self.estimator.lanes)
+        self._lane_green: FloatArray = np.full(n, np.nan)
+        self._crossed_at: FloatArray = np.full(n, -np.inf)
+        self._stalled_at: FloatArray = np.full(n, -np.inf)
+        self._lost = [_lost_times(table) for table in self.tables]
+        self._n_lanes = [
+            np.array([max(float(s.sum()), 1.0) for s in table.lane_share]) for table in self.tables
+        ]
+        self._short = self.capacity < t.short_link_veh
+        feeds = sorted(
+            {
+                (i, o)
+                for table in self.tables
+                for ins, outs in zip(table.link_in, table.link_out, strict=True)
+                for i, o in zip(ins.tolist(), outs.tolist(), strict=True)
+                if o >= 0 and self._short[o]
+            }
+        )
+        self._feed_in: IntArray = np.array([i for i, _ in feeds], dtype=np.int64)
+        self._feed_out: IntArray = np.array([o for _, o in feeds], dtype=np.int64)
+        self._demand: FloatArray = np.zeros(n)
+        self._green_now = np.zeros(n, dtype=bool)
 
     def decide(self, readings: Readings) -> Decision:
+        now = readings.time_s
         if np.isnan(self._lane_green).any():  # the first reading: every lane starts its wait now
-            self._lane_green = np.where(
-                np.isnan(self._lane_green), readings.time_s, self._lane_green
-            )
+            self._lane_green = np.where(np.isnan(self._lane_green), now, self._lane_green)
         crossed = readings.loop_count[self._stop_loop] > 0
-        self._crossed_at[self._stop_lane[crossed]] = readings.time_s
+        self._crossed_at[self._stop_lane[crossed]] = now
         return super().decide(readings)
+
+    def prepare(self, readings: Readings) -> None:
+        est = self.estimator
+        demand = est.queue + est.approaching
+        green = np.zeros(len(demand), dtype=bool)
+        for table in self.tables:
+            view = readings.signals[table.intersection.id]
+            if not view.in_clearance:
+                green[table.lanes[view.phase]] = True
+        self._green_now = green
+        if self._feed_in.size:
+            # a queue waiting to enter a short link pulls the link's own signal open: fully
+            # while its signal lets it go, a little while it waits at red
+            pull = np.where(green[self._feed_in], 1.0, self.timing.red_feed_weight)
+            demand = demand.copy()
+            np.add.at(demand, self._feed_out, est.queue[self._feed_in] * pull)
+        self._demand = demand
 
     def choose(self, k: int, table: PhaseTable, view: SignalView, now_s: float) -> PhaseRequest:
         x = table.intersection
         cur = view.phase
         if view.in_clearance:
             return PhaseRequest(x.id, cur)
+        t = self.timing
         self._lane_green[table.lanes[cur]] = now_s
         est = self.estimator
-        queue, moving = est.queue, est.approaching
-        full = (queue + moving) / self.capacity >= self.timing.full_density
+        queue, demand = est.queue, self._demand
+        blocked_lane = (demand / self.capacity >= t.full_density) | (
+            self._short & ~self._green_now
+        )
+        waited = now_s - self._lane_green
+        stuck = now_s - self._stalled_at < t.stuck_memory_s
         n = len(table.lanes)
         load = np.zeros(n)
+        free = np.ones(n)
         for p in range(n):
             ins, outs = table.link_in[p], table.link_out[p]
             if ins.size == 0:
                 continue
-            blocked = (outs >= 0) & full[np.maximum(outs, 0)]
+            blocked = (outs >= 0) & blocked_lane[np.maximum(outs, 0)]
+            free[p] = 1.0 - 0.8 * float(blocked.mean())
             lanes = table.lanes[p]
-            waiting = (queue[lanes] + moving[lanes]) * (table.lane_share[p] > 0)
-            load[p] = (1.0 - 0.8 * float(blocked.mean())) * float(waiting.sum())
-        score = load.copy()
-        red_too_long = (now_s - self._lane_green >= self.timing.max_red_s) & (queue > 0.5)
+            moves = np.where(stuck[lanes], 0.2, 1.0)
+            load[p] = free[p] * float((demand[lanes] * table.lane_share[p] * moves).sum())
+        if float(load.max()) <= 0.0:
+            return PhaseRequest(x.id, cur, hold=True)  # nobody anywhere: rest in green
+        red_too_long = (waited >= t.max_red_s) & (queue > 0.5)
         starving = np.array([bool(red_too_long[lanes].any()) for lanes in table.lanes])
-        lanes = table.lanes[cur]
-        idle = lanes.size == 0 or (
-            now_s - float(self._crossed_at[lanes].max()) >= self.timing.passage_s
-            and float(queue[lanes].sum()) < 0.5
-            and float((moving[lanes] * table.lane_share[cur]).sum()) < self.timing.arriving_veh
+        weight = np.array(
+            [
+                1.0 + float(waited[lanes].max()) / t.wait_weight_s if lanes.size else 1.0
+                for lanes in table.lanes
+            ]
         )
-        green = now_s - view.green_since
-        due = now_s >= self._next[k] or green >= self.timing.max_green_s
-        if not (due or idle or starving.any()):
-            return PhaseRequest(x.id, self._request[k])  # a choice stands until reconsidered
-        if starving.any():
-            score = np.where(starving, score + 1e6, score)
-        if green >= self.timing.max_green_s or idle:
-            score[cur] = -np.inf
+        score = load * weight + np.where(starving, 1e6, 0.0)
+        score[cur] = -np.inf
         best = int(np.argmax(score))
-        self._next[k] = now_s + self.timing.interval_s
-        if best == cur or score[best] <= 0:
-            self._request[k] = cur
-            return PhaseRequest(x.id, cur, hold=n == 1 or float(load.max()) <= 0)
-        self._request[k] = best
+        if n == 1 or (load[best] <= 0.0 and not starving[best]):
+            return PhaseRequest(x.id, cur, hold=True)  # nobody waits elsewhere: rest
+        green = now_s - view.green_since
+        if starving[best] or green >= t.max_green_s:
+            return PhaseRequest(x.id, best)
+        lanes = table.lanes[cur]
+        crossed = float(self._crossed_at[lanes].max(initial=-np.inf))
+        stalled = green >= t.stall_s and now_s - crossed >= t.stall_s
+        if stalled and t.stuck_memory_s > 0:
+            self._stalled_at[lanes[queue[lanes] > 0.5]] = now_s
+        if self._stay(k, table, cur, load, free, stalled, now_s):
+            return PhaseRequest(x.id, cur)
         return PhaseRequest(x.id, best)
+
+    def _stay(
+        self,
+        k: int,
+        table: PhaseTable,
+        cur: int,
+        load: FloatArray,
+        free: FloatArray,
+        stalled: bool,
+        now_s: float,
+    ) -> bool:
+        """The delay balance: does keeping the green ``step_s`` longer save more than it costs?"""
+        t = self.timing
+        lanes, share = table.lanes[cur], table.lane_share[cur]
+        if lanes.size == 0:
+            return False
+        est = self.estimator
+        step = t.step_s
+        coming = est.approaching[lanes] * min(step / t.zone_travel_s, 1.0)
+        if not stalled:  # a queue that does not move (its exit is blocked) is not served
+            coming = coming + self._demand[lanes] - est.approaching[lanes]
+        served = free[cur] * float((np.minimum(coming, SATURATION_VEH_S * step) * share).sum())
+        if served <= 0.0:
+            return False
+        # how long the current movements would wait for their next green if we switched now
+        lost = self._lost[k]
+        others = [p for p in range(len(load)) if p != cur and load[p] > 0.5]
+        need = np.clip(load / (SATURATION_VEH_S * self._n_lanes[k]), t.min_green_s, t.max_green_s)
+        back = sum(float(lost[cur, p]) + float(need[p]) for p in others) + float(lost.max())
+        # everyone waiting on a lane the current green does not fully serve waits ``step`` longer
+        red = np.ones(len(self._demand), dtype=bool)
+        red[lanes[share >= 0.99]] = False
+        approach = table.approach
+        age = 1.0 + t.age_weight * (now_s - self._lane_green[approach]) / t.wait_weight_s
+        waiting = float((est.queue[approach] * red[approach] * age).sum())
+        return bool(served * back >= waiting * step)
+
+
+def _lost_times(table: PhaseTable) -> FloatArray:
+    """Seconds of change interval between each pair of green phases (row: from, col: to)."""
+    x = table.intersection
+    n = len(x.phases)
+    lost = np.zeros((n, n))
+    for a in range(n):
+        for b in range(n):
+            lost[a, b] = sum(s.duration_s for s in x.change_interval(a, b))
+    return lost

@@ -34,6 +34,7 @@ class EstimatingController:
 
     def decide(self, readings: Readings) -> Decision:
         self.estimator.update(readings)
+        self.prepare(readings)
         requests = []
         notes: dict[str, str] = {}
         for k, table in enumerate(self.tables):
@@ -46,6 +47,9 @@ class EstimatingController:
                 continue
             requests.append(self.choose(k, table, view, readings.time_s))
         return Decision(tuple(requests), notes)
+
+    def prepare(self, readings: Readings) -> None:
+        """Work shared by every intersection's choice at this instant (after the estimates)."""
 
     def choose(self, k: int, table: PhaseTable, view: SignalView, now_s: float) -> PhaseRequest:
         raise NotImplementedError

@@ -1,11 +1,15 @@
 """``webster``: a fixed-time plan re-optimized from measured counts every few minutes.
 
-Webster's method: with critical flow ratios y_p (the largest flow over saturation flow among
-each phase's lanes, the flow being what the lane's stop-line loop counted over the last period:
-lane by lane, unlike upstream detectors that a turn pocket's lanes share), Y = sum y_p and
+Webster's method: with critical flow ratios y_p (the largest demand over saturation flow among
+each phase's lanes), Y = sum y_p and
 lost time L per cycle, the cycle is C = (1.5 L + 5) / (1 - Y), clamped, and the effective
 green is shared in proportion to y_p.
 Phases run in plan order, each for its computed green.
+
+A lane's demand over the last period is what its stop-line loop counted leaving (lane by lane,
+unlike upstream detectors that a turn pocket's lanes share) plus what its queue grew by: under
+saturation the stop line only counts what the green let through, and a plan made from that
+alone would keep a starved approach starved.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ import numpy as np
 
 from citybrain.control.base import SATURATION_VEH_S, EstimatingController
 from citybrain.control.movements import PhaseTable
-from citybrain.control.port import Layout, PhaseRequest, SignalView
+from citybrain.control.port import (
+    Decision,
+    DetectorKind,
+    Layout,
+    PhaseRequest,
+    Readings,
+    SignalView,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +60,52 @@ class WebsterController(EstimatingController):
         self.timing = timing or WebsterTiming()
         self.greens = [[p.plan_duration_s for p in t.intersection.phases] for t in self.tables]
         self._next_update: float | None = None
-        self._rate_sum = np.zeros(len(self.estimator.lanes))
+        stop = {d.lane: i for i, d in enumerate(layout.loops) if d.kind is DetectorKind.STOP_LOOP}
+        self._stop_loop = np.array(
+            [stop.get(lane, -1) for lane in self.estimator.lanes], dtype=np.int64
+        )
+        self._departed = np.zeros(len(self.estimator.lanes))
+        self._served = [[np.zeros(lanes.size) for lanes in t.lanes] for t in self.tables]
+        """Per intersection and phase: stop-line departures of its lanes while it was green."""
+        self._ratios = [[0.0] * len(t.lanes) for t in self.tables]
+        self._queue_start = np.zeros(len(self.estimator.lanes))
         self._samples = 0
         self._request = [0] * len(self.tables)
 
+    def decide(self, readings: Readings) -> Decision:
+        # departures at each stop line this step: the loop's count where it works, else the
+        # estimator's discharge rate
+        departed = self.estimator.discharge_rate.copy()
+        working = self._stop_loop >= 0
+        departed[working] = readings.loop_count[self._stop_loop[working]]
+        self._departed = departed
+        return super().decide(readings)
+
     def _replan(self) -> None:
-        rate = self._rate_sum / max(self._samples, 1)
-        self._rate_sum[:] = 0.0
+        samples = max(self._samples, 1)
+        queue = self.estimator.queue
+        grown = np.maximum(queue - self._queue_start, 0.0)
+        self._queue_start = queue.copy()
         self._samples = 0
         for k, table in enumerate(self.tables):
             x = table.intersection
-            ratios = [
-                float(rate[lanes].max()) / SATURATION_VEH_S if lanes.size else 0.0
-                for lanes in table.lanes
-            ]
+            # a lane served by several phases (a left turn with its own phase and a permissive
+            # one) counts, for each phase, what crossed while that phase was green; what its
+            # queue grew by is shared by the share each phase gives the lane
+            total = np.zeros(len(queue))
+            for lanes, share in zip(table.lanes, table.lane_share, strict=True):
+                total[lanes] += share
+            ratios = []
+            for p, (lanes, share) in enumerate(zip(table.lanes, table.lane_share, strict=True)):
+                if lanes.size == 0:
+                    ratios.append(0.0)
+                    continue
+                waiting = grown[lanes] * share / np.maximum(total[lanes], 1e-9)
+                demand = (self._served[k][p] + waiting) / samples
+                self._served[k][p][:] = 0.0
+                ratio = float(demand.max()) / SATURATION_VEH_S
+                self._ratios[k][p] = 0.5 * (self._ratios[k][p] + ratio)  # smooth over periods
+                ratios.append(self._ratios[k][p])
             lost = sum(
                 sum(s.duration_s for s in x.change_interval(p, (p + 1) % len(x.phases)))
                 for p in range(len(x.phases))
@@ -70,11 +113,11 @@ class WebsterController(EstimatingController):
             _, self.greens[k] = webster_greens(ratios, lost, self.timing)
 
     def _tick(self, now_s: float) -> None:
-        """Average arrival rates; replan at the end of every update period."""
-        self._rate_sum += self.estimator.discharge_rate
+        """Count the period's samples; replan at the end of every update period."""
         self._samples += 1
         if self._next_update is None:
             self._next_update = now_s + self.timing.update_s
+            self._queue_start = self.estimator.queue.copy()
         elif now_s >= self._next_update:
             self._replan()
             self._next_update = now_s + self.timing.update_s
@@ -85,6 +128,7 @@ class WebsterController(EstimatingController):
             self._tick(now_s)
         if view.in_clearance:
             return PhaseRequest(x.id, view.phase)
+        self._served[k][view.phase] += self._departed[table.lanes[view.phase]]
         if now_s - view.green_since >= self.greens[k][view.phase]:
             self._request[k] = (view.phase + 1) % len(x.phases)
         else:

@@ -14,8 +14,25 @@ Lifecycle:
 * ``expire(now)`` -> pending exits older than ``grace`` become review sessions (NO_ENTRY or
   AMBIGUOUS); open sessions superseded by a later entry of the same plate known for
   ``grace`` go to review (NO_EXIT).
-* a read within the passage window of a known passage -> ``ReadAbsorbed`` (evidence only:
-  the decision already taken for the passage stands).
+* a read within the passage window of a known passage of the same lot, direction and
+  look-alike key -> ``ReadAbsorbed``. The passage's plate is re-voted and its time is its
+  earliest read again (``passages``). Then:
+  - a pending exit follows it (time, plate) and is matched again;
+  - a session holding it that has no money decided yet (open, closed, review) follows it
+    (``matching.revise``) -> ``SessionRevised``; an open session whose plate changed may
+    now match a pending exit, which is retried;
+  - a settled or unpaid session does not change (evidence only).
+  A close itself is final: a read that changes an exit passage's plate after it closed a
+  session does not re-pair it (the stay's plates, which settlement looks accounts up by,
+  include every reading, so money is never moved on the strength of one reading).
+
+Order of arrival: the grouping of reads, each passage's plate and time, and the sessions
+of a car's stays depend only on the set of reads, as long as a car's stays are not
+interleaved with each other (an exit arriving before the previous stay's passages: see
+``test_passages_inside_an_already_decided_stay_go_to_review``). Ids are the exception:
+a passage (and its session) is named after the first of its reads to arrive. A read
+within the window of two passages of the same key joins the earliest; passages are
+never merged.
 
 Passage and read ids make inputs idempotent: a replayed read or passage changes nothing.
 """
@@ -38,8 +55,10 @@ from citybrain.parking.matching import (
     match_exit,
     open_session,
     review_passage,
+    revise,
     send_to_review,
     settle,
+    stay_plates,
     superseded_by,
 )
 from citybrain.parking.passages import (
@@ -51,6 +70,7 @@ from citybrain.parking.passages import (
     extend,
     start_passage,
 )
+from citybrain.parking.plates import lookalike_key
 from citybrain.parking.times import require_aware
 
 DEFAULT_GRACE = timedelta(minutes=10)
@@ -98,7 +118,15 @@ class ReadAbsorbed:
     passage: Passage
 
 
-Event = SessionOpened | SessionClosed | ExitPending | SentToReview | ReadAbsorbed
+@dataclass(frozen=True)
+class SessionRevised:
+    """A session (open, closed or review) changed because a read joined one of its
+    passages: entry or exit time, plate, exit plate or match kind. Persist it."""
+
+    session: Session
+
+
+Event = SessionOpened | SessionClosed | ExitPending | SentToReview | ReadAbsorbed | SessionRevised
 
 _Key = tuple[str, str]  # (lot_id, look-alike key)
 
@@ -124,8 +152,9 @@ class SessionBook:
         self._pending: dict[str, PendingExit] = {}
         self._passages: dict[str, Passage] = {}
         self._read_passage: dict[str, str] = {}
-        self._decided: set[str] = set()  # passage ids held by a session
-        self._by_plate: dict[tuple[str, Direction, str], list[str]] = defaultdict(list)
+        self._held_by: dict[str, str] = {}  # passage id -> the session holding it
+        # (lot, direction, look-alike key) -> passage ids, in the order they were created
+        self._by_gate: dict[tuple[str, Direction, str], list[str]] = defaultdict(list)
         for p in passages:
             self._remember(p)
         for s in sessions:
@@ -142,15 +171,13 @@ class SessionBook:
         require_aware("received_at", received_at)
         if read.read_id in self._read_passage:
             return []
-        for pid in self._by_plate[(read.lot_id, read.direction, read.plate)]:
-            passage = self._passages[pid]
-            if belongs_to(passage, read, self.window):
-                grown = extend(passage, read)
-                self._remember(grown)
-                waiting = self._pending.get(pid)
-                if waiting is not None:
-                    self._pending[pid] = replace(waiting, at=grown.ts)
-                return [ReadAbsorbed(read, grown)]
+        near = [
+            self._passages[pid]
+            for pid in self._by_gate[(read.lot_id, read.direction, read.plate_key)]
+            if belongs_to(self._passages[pid], read, self.window)
+        ]
+        if near:
+            return self._absorb(min(near, key=lambda p: (p.first_ts, p.passage_id)), read)
         return self.add_passage(start_passage(read), received_at)
 
     def add_passage(self, passage: Passage, received_at: datetime) -> list[Event]:
@@ -196,6 +223,19 @@ class SessionBook:
         self._store(session)
         return session
 
+    def decide(self, decided: Session) -> None:
+        """Record what settlement made of a closed session (``settlement.settle_stay``:
+        settled, unpaid, or review). From then on the session no longer follows its
+        passages. A store that settles at the close should call this right after the
+        ``SessionClosed`` event, before the next input: then the close is final whatever
+        the inputs are grouped into (one by one or in batches)."""
+        current = self._sessions[decided.session_id]
+        if current.status is not SessionStatus.CLOSED:
+            raise ValueError(f"session {current.session_id} is {current.status}, not closed")
+        if decided.status is SessionStatus.CLOSED or decided.status is SessionStatus.OPEN:
+            raise ValueError(f"session {decided.session_id}: {decided.status} is not a decision")
+        self._store(decided)
+
     # ---- queries ------------------------------------------------------------------------
 
     def session(self, session_id: str) -> Session:
@@ -215,7 +255,47 @@ class SessionBook:
     def passage(self, passage_id: str) -> Passage:
         return self._passages[passage_id]
 
+    def stay_plates(self, session_id: str) -> tuple[str, ...]:
+        """Every plate the session's stay was read as (``matching.stay_plates``), from
+        the session and whichever of its passages the book holds. Settlement looks the
+        account up by these (``settlement.settle_stay``)."""
+        s = self._sessions[session_id]
+        return stay_plates(s, self._own_passages(s))
+
     # ---- internals ----------------------------------------------------------------------
+
+    def _absorb(self, passage: Passage, read: Read) -> list[Event]:
+        """``read`` joins ``passage``; what waits on or holds the passage follows it."""
+        grown = extend(passage, read)
+        self._remember(grown)
+        events: list[Event] = [ReadAbsorbed(read, grown)]
+        pid = grown.passage_id
+        waiting = self._pending.get(pid)
+        if waiting is not None:
+            moved = replace(waiting, at=grown.ts, plate=grown.plate)
+            self._pending[pid] = moved
+            if moved.plate != waiting.plate:
+                events.extend(self._retry_pending(grown.lot_id, grown.plate_key))
+            return events
+        sid = self._held_by.get(pid)
+        if sid is None:
+            return events
+        before = self._sessions[sid]
+        after = revise(before, *self._own_passages_pair(before))
+        if after != before:
+            self._store(after)
+            events.append(SessionRevised(after))
+            if after.is_open and after.plate != before.plate:
+                events.extend(self._retry_pending(after.lot_id, after.plate_key))
+        return events
+
+    def _own_passages_pair(self, s: Session) -> tuple[Passage | None, Passage | None]:
+        entry = None if s.entry_passage_id is None else self._passages.get(s.entry_passage_id)
+        out = None if s.exit_passage_id is None else self._passages.get(s.exit_passage_id)
+        return entry, out
+
+    def _own_passages(self, s: Session) -> list[Passage]:
+        return [p for p in self._own_passages_pair(s) if p is not None]
 
     def _entry(self, passage: Passage, received_at: datetime) -> list[Event]:
         pool = self._pool(passage.lot_id, passage.plate_key)
@@ -249,6 +329,9 @@ class SessionBook:
         kind = result.matched_by
         if kind is not None and result.session is not None:
             closed = close_session(result.session, passage, kind)
+            entry_pid = closed.entry_passage_id
+            entry = None if entry_pid is None else self._passages.get(entry_pid)
+            closed = revise(closed, entry, passage)  # the displayed plate of the stay
             self._store(closed)
             return [SessionClosed(closed, passage, kind)], None
         if result.outcome is MatchOutcome.CONFLICT:
@@ -285,9 +368,7 @@ class SessionBook:
         return events
 
     def _handled(self, passage_id: str) -> bool:
-        return passage_id in self._pending or any(
-            passage_id in (s.entry_passage_id, s.exit_passage_id) for s in self._sessions.values()
-        )
+        return passage_id in self._pending or passage_id in self._held_by
 
     def _pool(self, lot_id: str, key: str) -> list[Session]:
         return [self._sessions[i] for i in self._by_key[(lot_id, key)]]
@@ -297,13 +378,12 @@ class SessionBook:
         self._by_key[(session.lot_id, session.plate_key)].add(session.session_id)
         for pid in (session.entry_passage_id, session.exit_passage_id):
             if pid is not None:
-                self._decided.add(pid)
+                self._held_by[pid] = session.session_id
 
     def _remember(self, passage: Passage) -> None:
         if passage.passage_id not in self._passages:
-            self._by_plate[(passage.lot_id, passage.direction, passage.plate)].append(
-                passage.passage_id
-            )
+            gate = (passage.lot_id, passage.direction, lookalike_key(passage.plate))
+            self._by_gate[gate].append(passage.passage_id)
         self._passages[passage.passage_id] = passage
         for rid in passage.read_ids:
             self._read_passage[rid] = passage.passage_id

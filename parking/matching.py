@@ -22,6 +22,24 @@ is P):
   inside a decided stay and goes to review; otherwise it opens a session.
 * An open session is stale — ``superseded_by`` — when a later entry of the same plate at the
   lot has been known for the grace period without an exit in between: review (no exit).
+
+A session follows its passages while no money is decided (``revise``; statuses ``open``,
+``closed``, ``review``): when a late read joins its entry or exit passage, the entry and
+exit times become the passages' first reads again, and the plates their best-supported
+readings. A ``settled`` or ``unpaid`` session is final, and so is a stay settlement sent
+to ``review`` (entry and exit, accounts disagree): later reads are evidence only.
+
+Displayed plate (``Session.plate``): the entry's plate, as the issue's contract says ("the
+session keeps the entry's plate"), unless the exit's plate has STRICTLY stronger support
+over all the reads of the stay known when it is decided (entry and exit passages pooled;
+``display_plate``): more reads, or as many and a higher summed confidence (the passage
+rule). An exact tie keeps the entry's plate; so does a passage known only as a bare
+summary without its reads. Typical win: one misread entry frame against a correct exit
+read of higher confidence. Known weak spot: evidence split three ways (entry read once
+right and once wrong, first exit frame misread with a slightly higher confidence) can show
+the misread, since the stay is decided at its first exit read. The displayed plate does
+not decide who pays (settlement looks up every plate of the stay, ``stay_plates``); it is
+where an unpaid stay's debt is recorded and what reports show.
 """
 
 from __future__ import annotations
@@ -31,7 +49,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from citybrain.parking.passages import Direction, Passage
+from citybrain.parking.passages import Direction, Passage, plate_support
 from citybrain.parking.plates import lookalike_key
 from citybrain.parking.times import require_aware
 
@@ -59,12 +77,16 @@ class MatchOutcome(StrEnum):
 
 class ReviewReason(StrEnum):
     NO_ENTRY = "no_entry"  # an exit with no entry after the grace period
-    AMBIGUOUS = "ambiguous"  # an exit with several look-alike candidates after the grace
+    # An exit with several look-alike candidates after the grace; or a closed stay whose
+    # plates (several readings) are bound to several different accounts (settlement).
+    AMBIGUOUS = "ambiguous"
     NO_EXIT = "no_exit"  # an open session superseded by a later entry of the same plate
     CONFLICT = "conflict"  # a passage inside a stay that is already decided
 
 
 DECIDED = frozenset({SessionStatus.CLOSED, SessionStatus.SETTLED, SessionStatus.UNPAID})
+# Statuses whose session still follows its passages (no money decided yet).
+REVISABLE = frozenset({SessionStatus.OPEN, SessionStatus.CLOSED, SessionStatus.REVIEW})
 
 
 @dataclass(frozen=True)
@@ -278,6 +300,82 @@ def review_passage(
         review_reason=reason,
         related=tuple(related),
     )
+
+
+def display_plate(entry: Passage, exit_passage: Passage | None) -> str:
+    """The plate a stay is shown (and owed) under: see the module docstring."""
+    if exit_passage is None or exit_passage.plate == entry.plate:
+        return entry.plate
+    if not (entry.has_evidence and exit_passage.has_evidence):
+        return entry.plate
+    support = {s.plate: s for s in plate_support((*entry.reads, *exit_passage.reads))}
+    ours, theirs = support[entry.plate], support[exit_passage.plate]
+    return exit_passage.plate if theirs.stronger_than(ours) else entry.plate
+
+
+def revise(session: Session, entry: Passage | None, exit_passage: Passage | None) -> Session:
+    """``session`` brought in line with its passages as they are now (``None``: unknown,
+    the session's own fields stand). Settled and unpaid sessions are returned unchanged.
+
+    Entry time and exit time are the passages' first reads; ``exit_plate`` the exit's
+    plate; ``plate`` the displayed plate (``display_plate``; the exit's plate for a session
+    with no entry); ``matched_by`` exact when entry and exit plates are equal, look-alike
+    otherwise (what ``match_exit`` would say of the two passages as they are now).
+    """
+    if session.status not in REVISABLE or _decided_stay(session):
+        return session
+    for p, pid, name in (
+        (entry, session.entry_passage_id, "entry"),
+        (exit_passage, session.exit_passage_id, "exit"),
+    ):
+        if p is not None and p.passage_id != pid:
+            raise ValueError(f"passage {p.passage_id} is not the {name} of {session.session_id}")
+    plate, entry_at = session.plate, session.entry_at
+    exit_at, exit_plate, matched_by = session.exit_at, session.exit_plate, session.matched_by
+    if entry is not None:
+        entry_at = entry.first_ts
+        plate = display_plate(entry, exit_passage)
+    if exit_passage is not None:
+        exit_at, exit_plate = exit_passage.first_ts, exit_passage.plate
+        if session.entry_passage_id is None:
+            plate = exit_passage.plate
+    if entry is not None and exit_passage is not None and matched_by is not None:
+        same = entry.plate == exit_passage.plate
+        matched_by = MatchKind.EXACT if same else MatchKind.LOOKALIKE
+    return replace(
+        session,
+        plate=plate,
+        entry_at=entry_at,
+        exit_at=exit_at,
+        exit_plate=exit_plate,
+        matched_by=matched_by,
+    )
+
+
+def _decided_stay(session: Session) -> bool:
+    """A review holding both an entry and an exit: settlement sent it there (accounts
+    disagree), with its fee; it is as final as a settled stay."""
+    return (
+        session.status is SessionStatus.REVIEW
+        and session.entry_at is not None
+        and session.exit_at is not None
+    )
+
+
+def stay_plates(session: Session, passages: Iterable[Passage] = ()) -> tuple[str, ...]:
+    """Every plate the stay was read as, sorted: the session's plate and exit plate, and
+    the readings of its entry and exit passages among ``passages`` (others are ignored).
+
+    One plate when every read agrees; several when some camera misread the car.
+    """
+    own = {session.entry_passage_id, session.exit_passage_id} - {None}
+    plates = {session.plate}
+    if session.exit_plate is not None:
+        plates.add(session.exit_plate)
+    for p in passages:
+        if p.passage_id in own:
+            plates.update(p.plates)
+    return tuple(sorted(plates))
 
 
 def send_to_review(session: Session, reason: ReviewReason, related: Iterable[str] = ()) -> Session:

@@ -12,6 +12,7 @@ the same key. Han characters (the province prefix) are never folded.
 from __future__ import annotations
 
 import unicodedata
+from functools import lru_cache
 
 # Separators a camera or an operator may put inside a plate, after NFKC folding (which
 # already maps the full-width forms to these): middle dots, hyphens and dashes, dots.
@@ -55,8 +56,14 @@ def normalize(raw: str) -> str:
 def lookalike_key(plate: str) -> str:
     """The plate with every look-alike character replaced by its class representative.
 
-    The input is normalized first, so raw reads can be passed too.
+    The input is normalized first, so raw reads can be passed too. Cached: passages,
+    sessions and pending exits ask for the key of the same few plates over and over.
     """
+    return _key(plate)
+
+
+@lru_cache(maxsize=1 << 16)
+def _key(plate: str) -> str:
     return normalize(plate).translate(_TO_REPRESENTATIVE)
 
 

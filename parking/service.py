@@ -7,15 +7,22 @@ Why no read is lost and none is charged twice, even under ``kill -9``:
    service sends its PUBACK, across disconnects and process deaths, and redelivers the
    unacknowledged ones when the session resumes.
 2. paho runs with ``manual_ack=True``: receiving a message sends nothing back. The handler
-   first calls ``ReadSink.record`` (one committed database transaction, idempotent by
+   first records the message (one committed database transaction, idempotent by
    ``read_id``), then publishes the gateway ack, and only then ``client.ack(mid)``.
+   Deliveries are batched: the service takes what arrives within ``batch_window`` seconds
+   of the first pending message (and whatever is already waiting on the socket then), up
+   to ``batch_size`` messages, records them in ONE transaction (``record_many``), and only
+   after its commit publishes the gateway acks and acks each message to the broker, in
+   the order they arrived. A sink without ``record_many`` is called once per message,
+   each acked right after its own commit. Everything (network loop, database, acks)
+   runs on one thread, so no ack can leave before its commit or go to a later connection.
 3. A death before the commit leaves no effect and no PUBACK: the broker redelivers and the
    read is recorded then. A death after the commit but before the PUBACK makes the broker
    redeliver a read that is already recorded: the sink answers ``duplicate`` (no second
    charge) and the service acks it. A death after the PUBACK loses nothing either.
-4. When the sink fails (the database is down), that message is not acked, later messages
-   are not processed, and the service disconnects and reconnects after a back-off: the
-   broker then redelivers everything unacknowledged, in order.
+4. When the sink fails (the database is down), that message (that batch) is not acked,
+   later messages are not processed, and the service disconnects and reconnects after a
+   back-off: the broker then redelivers everything unacknowledged, in order.
 
 (aiomqtt 2.x instead hands messages to the application after paho has already acked them
 on receipt; a death while the application processes the message loses it.)
@@ -26,10 +33,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import MQTTErrorCode
@@ -40,6 +47,7 @@ from citybrain.parking.broker import FATAL_CONNACK, BrokerSettings, make_client
 from citybrain.parking.mqtt import (
     QOS,
     TOPIC_ROOT,
+    AckPlan,
     OutcomeKind,
     all_reads_filter,
     check_topic_root,
@@ -72,6 +80,30 @@ class ReadSink(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchReadSink(ReadSink, Protocol):
+    def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> Sequence[RecordOutcome]:
+        """Record ``(topic_lot, payload, received_at)`` messages in ONE transaction, with
+        the outcomes ``record`` would give one after the other, in order. Returns after
+        the commit; raises when nothing could be committed (none of them is stored)."""
+        ...
+
+
+DEFAULT_BATCH_SIZE = 200
+DEFAULT_BATCH_WINDOW = 0.005  # seconds
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as paho handed it over (not yet acknowledged)."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_at: datetime | None = None  # None: when it is recorded
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A plain ``RecordOutcome``."""
@@ -96,6 +128,7 @@ class ServiceStats:
     foreign_topic: int = 0
     sink_failures: int = 0
     connections: int = 0
+    batches: int = 0  # transactions (record_many calls, or records for a one-by-one sink)
 
     @property
     def handled(self) -> int:
@@ -133,19 +166,79 @@ class ReadHandler:
             return False
         lot = lot_of_topic(topic, "reads", self.root)
         if lot is None:
-            # Not ours (cannot happen with our subscription): nothing to record or answer.
-            self.stats.foreign_topic += 1
-            log.warning("ignoring a message on unexpected topic %r", topic)
-            self.transport.ack(mid, qos)
+            self._foreign(topic, mid, qos)
             return True
         try:
             outcome = self.sink.record(lot, payload, self.clock())
             plan = plan_ack(outcome.kind, outcome.read_id, lot, self.root)
         except Exception:
-            self.broken = True
-            self.stats.sink_failures += 1
-            log.exception("recording a read from lot %s failed; it stays unacknowledged", lot)
+            self._failed(f"recording a read from lot {lot} failed; it stays unacknowledged")
             return False
+        self.stats.batches += 1
+        self._answer(lot, outcome, plan, mid, qos)
+        return True
+
+    def handle_batch(self, deliveries: Sequence[Delivery]) -> int:
+        """Record deliveries in one transaction, then ack each (gateway, then broker), in
+        order. Returns how many were acknowledged: all of them, or none when the sink
+        failed (the handler is then ``broken``). A sink without ``record_many`` records
+        and acks them one at a time (stopping at the first failure)."""
+        if self.broken or not deliveries:
+            return 0
+        if not isinstance(self.sink, BatchReadSink):
+            done = 0
+            for d in deliveries:
+                if not self.handle(d.topic, d.payload, d.mid, d.qos):
+                    break
+                done += 1
+            return done
+        lots = [lot_of_topic(d.topic, "reads", self.root) for d in deliveries]
+        now = self.clock()
+        items = [
+            (lot, d.payload, now if d.received_at is None else d.received_at)
+            for d, lot in zip(deliveries, lots, strict=True)
+            if lot is not None
+        ]
+        try:
+            outcomes = list(self.sink.record_many(items)) if items else []
+            if len(outcomes) != len(items):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(items)} messages")
+            answers = iter(outcomes)
+            plans: list[tuple[str, RecordOutcome, AckPlan] | None] = []
+            for lot in lots:
+                if lot is None:
+                    plans.append(None)
+                else:
+                    outcome = next(answers)
+                    plans.append(
+                        (lot, outcome, plan_ack(outcome.kind, outcome.read_id, lot, self.root))
+                    )
+        except Exception:
+            self._failed(
+                f"recording a batch of {len(items)} reads failed; they stay unacknowledged"
+            )
+            return 0
+        self.stats.batches += 1
+        for d, planned in zip(deliveries, plans, strict=True):
+            if planned is None:
+                self._foreign(d.topic, d.mid, d.qos)
+            else:
+                lot, outcome, plan = planned
+                self._answer(lot, outcome, plan, d.mid, d.qos)
+        return len(deliveries)
+
+    def _foreign(self, topic: str, mid: int, qos: int) -> None:
+        # Not ours (cannot happen with our subscription): nothing to record or answer.
+        self.stats.foreign_topic += 1
+        log.warning("ignoring a message on unexpected topic %r", topic)
+        self.transport.ack(mid, qos)
+
+    def _failed(self, what: str) -> None:
+        self.broken = True
+        self.stats.sink_failures += 1
+        log.exception(what)
+
+    def _answer(self, lot: str, outcome: RecordOutcome, plan: AckPlan, mid: int, qos: int) -> None:
         kind = outcome.kind
         if kind == "recorded":
             self.stats.recorded += 1
@@ -158,7 +251,6 @@ class ReadHandler:
         if plan.topic is not None and plan.payload is not None:
             self.transport.publish(plan.topic, plan.payload, QOS)
         self.transport.ack(mid, qos)
-        return True
 
 
 class BrokerRefused(RuntimeError):
@@ -178,13 +270,25 @@ def run_service(
     stop: threading.Event | None = None,
     on_ready: Callable[[], None] | None = None,
     max_backoff: float = 10.0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_window: float = DEFAULT_BATCH_WINDOW,
 ) -> ServiceStats:
     """Subscribe to every lot's reads and record them until ``stop`` is set.
 
     Reconnects by itself (broker restarts, network loss, sink failures) with a back-off
     up to ``max_backoff`` seconds. ``on_ready`` is called after each subscription is
     granted. Raises ``BrokerRefused`` when the credentials or the ACL are wrong.
+
+    Batching: a batch is recorded once ``batch_window`` seconds have passed since its
+    first message and nothing more is waiting on the socket, or once it holds
+    ``batch_size`` messages. Under load the batches grow by themselves (what arrived
+    during the previous transaction); at a low rate a message waits at most about
+    ``batch_window``. ``batch_size=1`` records one message per transaction.
     """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if batch_window < 0:
+        raise ValueError("batch_window must not be negative")
     settings = BrokerSettings.from_url(
         broker_url, username=username, password=password, ca_file=ca_file
     )
@@ -227,8 +331,17 @@ def run_service(
         if on_ready is not None:
             on_ready()
 
+    pending: list[Delivery] = []  # received, not yet recorded nor acknowledged
+    first_at = [0.0]  # monotonic arrival of pending[0]
+
     def on_message(_c: Client, _u: Any, message: MQTTMessage) -> None:
-        handler.handle(message.topic, bytes(message.payload), message.mid, message.qos)
+        if not pending:
+            first_at[0] = time.monotonic()
+        pending.append(
+            Delivery(
+                message.topic, bytes(message.payload), message.mid, message.qos, handler.clock()
+            )
+        )
 
     def on_disconnect(
         _c: Client, _u: Any, _f: DisconnectFlags, rc: ReasonCode, _p: Properties | None
@@ -252,13 +365,25 @@ def run_service(
                 backoff = min(max_backoff, backoff * 2)
                 continue
             handler.reset()
+            pending.clear()  # a new connection: the broker redelivers what was unacked
             while not stop.is_set():
-                rc = client.loop(timeout=0.2)
+                waiting = len(pending)
+                linger = first_at[0] + batch_window - time.monotonic() if waiting else 0.2
+                rc = client.loop(timeout=max(0.0, linger))
                 if refused:
                     raise BrokerRefused(refused[0])
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     log.warning("connection to %s lost: %s", address.url, rc)
                     break
+                if pending and (
+                    len(pending) >= batch_size
+                    or (len(pending) == waiting and time.monotonic() >= first_at[0] + batch_window)
+                ):
+                    batch = pending[:batch_size]
+                    del pending[:batch_size]
+                    if pending:
+                        first_at[0] = time.monotonic()
+                    handler.handle_batch(batch)
                 if handler.broken:
                     # Drop the connection: the broker will redeliver what is unacked.
                     _close_gently(client)

@@ -7,15 +7,40 @@
   account it becomes unpaid: a debt on the plate.
 * A debt is collected (unpaid -> settled, one charge) when an account is bound to the plate.
 
+Which account (``settle_stay``): the plates the stay was read as (``matching.stay_plates``:
+the session's plate and every reading of its entry and exit passages) are looked up, not
+only the displayed plate, because an OCR misread at the entry must not turn a bound car's
+stay into a debt on a plate nobody has. When every read agrees that is the one plate, as
+before. Among the stay's plates (only look-alikes of the session's plate count):
+
+* no bound account: unpaid, a debt on the session's (displayed) plate;
+* exactly one account (one plate bound, or several plates bound to the same account):
+  charged to it;
+* several different accounts: never guessed. The stay goes to ``review`` (reason
+  ``ambiguous``) with its fee recorded and nothing charged, whatever the fee.
+
+Known risk, accepted by that rule: an unbound car whose exit is misread as a look-alike
+plate that IS bound (a different car) is charged to that account. The passage vote
+(``passages``) keeps a single misread frame from becoming the passage's plate, but a stay
+read once at each gate has only the two readings to go on.
+
 The ledger writes the returned session and, when ``charge_cents`` is set, one ``charge``
 row; the database's UNIQUE ``charge.session_id`` backs the "at most once".
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from citybrain.parking.matching import Session, SessionStatus, settle
+from citybrain.parking.matching import (
+    ReviewReason,
+    Session,
+    SessionStatus,
+    send_to_review,
+    settle,
+)
+from citybrain.parking.plates import lookalike_key
 from citybrain.parking.tariff import Tariff, fee_cents
 
 
@@ -23,10 +48,11 @@ from citybrain.parking.tariff import Tariff, fee_cents
 class Settlement:
     """The decided session and the money that moves now."""
 
-    session: Session  # settled or unpaid
+    session: Session  # settled or unpaid; review when the stay's accounts disagree
     fee_cents: int
-    account: str | None  # who pays (None: unpaid, or a free stay without a binding)
+    account: str | None  # who pays (None: unpaid, review, or a free stay without binding)
     charge_cents: int | None  # cents to charge now; None when nothing is charged
+    candidates: tuple[str, ...] = ()  # the accounts of a stay sent to review, sorted
 
     @property
     def charged(self) -> bool:
@@ -63,3 +89,51 @@ def collect_debt(session: Session, fee: int, account: str) -> Settlement:
     if not account:
         raise ValueError("an account is needed to collect a debt")
     return Settlement(replace(session, status=SessionStatus.SETTLED), fee, account, fee)
+
+
+@dataclass(frozen=True)
+class AccountChoice:
+    """The accounts bound to the plates a stay was read as."""
+
+    plates: tuple[str, ...]  # the plates looked up (the stay's, look-alikes only), sorted
+    accounts: tuple[str, ...]  # distinct accounts bound to them, sorted
+
+    @property
+    def account(self) -> str | None:
+        """The one account to charge; None when there is none or several."""
+        return self.accounts[0] if len(self.accounts) == 1 else None
+
+    @property
+    def ambiguous(self) -> bool:
+        return len(self.accounts) > 1
+
+
+def choose_account(
+    session: Session, plates: Iterable[str], bindings: Mapping[str, str]
+) -> AccountChoice:
+    """The accounts bound (``bindings``: normalized plate -> account) to the session's
+    plate and to ``plates`` (the stay's readings; plates that are not look-alikes of the
+    session's plate are ignored: they cannot be this car)."""
+    key = session.plate_key
+    considered = sorted({session.plate, *(p for p in plates if lookalike_key(p) == key)})
+    accounts = sorted({bindings[p] for p in considered if p in bindings})
+    return AccountChoice(tuple(considered), tuple(accounts))
+
+
+def settle_stay(
+    session: Session, tariff: Tariff, plates: Iterable[str], bindings: Mapping[str, str]
+) -> Settlement:
+    """Settle a closed session with the account bound to the plates its stay was read as
+    (see the module docstring): settled, unpaid, or review when accounts disagree.
+
+    ``plates``: ``SessionBook.stay_plates`` / ``matching.stay_plates``; ``bindings`` must
+    hold the binding of every one of them that has one.
+    """
+    choice = choose_account(session, plates, bindings)
+    if not choice.ambiguous:
+        return settle_closed(session, tariff, choice.account)
+    if session.status is not SessionStatus.CLOSED:
+        raise ValueError(f"session {session.session_id} is {session.status}, not closed")
+    cents = stay_fee(session, tariff)
+    review = send_to_review(session, ReviewReason.AMBIGUOUS, session.related)
+    return Settlement(review, cents, None, None, choice.accounts)

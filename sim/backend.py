@@ -39,6 +39,20 @@ class Backend(Protocol):
     def camera_values(self) -> dict[str, dict[int, Any]]: ...
     def signal_states(self) -> dict[str, dict[int, Any]]: ...
     def set_signal_state(self, signal: str, state: str) -> None: ...
+    def departed(self) -> tuple[str, ...]:
+        """Vehicles that entered the network during the last step."""
+        ...
+    def arrived(self) -> tuple[str, ...]:
+        """Vehicles that left the network during the last step."""
+        ...
+    def vehicle_class(self, vehicle: str) -> str: ...
+    def vehicle_route(self, vehicle: str) -> tuple[str, ...]: ...
+    def vehicle_state(self, vehicle: str) -> tuple[float, float, float] | None:
+        """One vehicle's position (x, y) and speed; None if it is not in the network."""
+        ...
+    def next_signal(self, vehicle: str) -> tuple[str, int, float, str] | None:
+        """The next signal on one vehicle's way: id, link index, distance, lamp."""
+        ...
     def close(self) -> None: ...
 
 
@@ -87,6 +101,38 @@ class ModuleBackend:
 
     def set_signal_state(self, signal: str, state: str) -> None:
         self._m.trafficlight.setRedYellowGreenState(signal, state)
+
+    def departed(self) -> tuple[str, ...]:
+        return tuple(self._m.simulation.getDepartedIDList())
+
+    def arrived(self) -> tuple[str, ...]:
+        return tuple(self._m.simulation.getArrivedIDList())
+
+    def vehicle_class(self, vehicle: str) -> str:
+        return str(self._m.vehicle.getVehicleClass(vehicle))
+
+    def vehicle_route(self, vehicle: str) -> tuple[str, ...]:
+        return tuple(str(e) for e in self._m.vehicle.getRoute(vehicle))
+
+    def vehicle_state(self, vehicle: str) -> tuple[float, float, float] | None:
+        try:
+            x, y = self._m.vehicle.getPosition(vehicle)
+            speed = self._m.vehicle.getSpeed(vehicle)
+        except Exception:  # the vehicle left the network (or was never in it)
+            return None
+        if x < -1e9:  # SUMO's INVALID_DOUBLE_VALUE for a vehicle not on a lane
+            return None
+        return float(x), float(y), float(speed)
+
+    def next_signal(self, vehicle: str) -> tuple[str, int, float, str] | None:
+        try:
+            found = self._m.vehicle.getNextTLS(vehicle)
+        except Exception:
+            return None
+        if not found:
+            return None
+        tls, index, dist, state = found[0]
+        return str(tls), int(index), float(dist), str(state)
 
     def close(self) -> None:
         if self._running:

@@ -66,9 +66,12 @@ def stat(values: Sequence[float]) -> Stat:
     return Stat(mean, math.sqrt(var), n)
 
 
-def _one(job: tuple[str, str, int, str, str, Settings, float | None, bool]) -> dict[str, Any]:
-    scenario, controller, seed, backend, out, settings, end_s, timeline = job
-    options = RunOptions(controller, seed, backend, settings, end_s, timeline)
+Job = tuple[str, str, int, str, str, Settings, float | None, bool, str]
+
+
+def _one(job: Job) -> dict[str, Any]:
+    scenario, controller, seed, backend, out, settings, end_s, timeline, escort = job
+    options = RunOptions(controller, seed, backend, settings, end_s, timeline, escort=escort)
     result = run(Path(scenario), Path(out), options)
     return json.loads((result.out_dir / "metrics.json").read_text())  # type: ignore[no-any-return]
 
@@ -84,10 +87,14 @@ def compare(
     end_s: float | None = None,
     workers: int | None = None,
     timeline: bool = False,
+    escort: str = "none",
 ) -> Comparison:
     settings = settings or Settings()
-    jobs = [
-        (str(scenario), c, s, backend, str(out_dir / f"{c}-seed{s}"), settings, end_s, timeline)
+    jobs: list[Job] = [
+        (
+            str(scenario), c, s, backend, str(out_dir / f"{c}-seed{s}"), settings, end_s,
+            timeline, escort,
+        )
         for c in controllers
         for s in seeds
     ]

@@ -30,6 +30,19 @@ class EmergencyTrip:
     free_flow_time_s: float | None
     stops: int
     completed: bool
+    ratio_to_free_flow: float | None = None
+    """``travel_time_s / free_flow_time_s`` (None without a free-flow time)."""
+    ran_red: int | None = None
+    """Stop lines crossed on red, as the run saw the vehicle's own link (None: not watched)."""
+    on_yellow: int | None = None
+    """Stop lines crossed on yellow (legal; reported)."""
+    escort: str = "none"
+    civilian_delay_s: float | None = None
+    """Mean delay of every other vehicle in this run (RESCO's definition)."""
+    civilian_delay_no_escort_s: float | None = None
+    """The same, for the same seed without escort."""
+    civilian_delay_change: float | None = None
+    """Relative change: with / without - 1."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,18 @@ class TripSummary:
     never_departed_wait_s: float
     window_s: float
     emergency: list[EmergencyTrip]
+    emergency_delay_sum_s: float = 0.0
+
+    @property
+    def civilian_delay_s(self) -> float:
+        """Mean delay of all but the emergency vehicles (never-departed ones count)."""
+        n = self.completed + self.unfinished + self.never_departed - len(self.emergency)
+        total = (
+            self.delay_sum_s
+            - self.emergency_delay_sum_s
+            + self.never_departed * self.never_departed_wait_s
+        )
+        return total / n if n > 0 else 0.0
 
     @property
     def mean_delay_s(self) -> float:
@@ -99,7 +124,7 @@ def summarize(
     """Read a run's tripinfo (written with ``write-unfinished``) and statistic output."""
     kinds = set(emergency_types)
     free_flow_s = free_flow_s or {}
-    delay = duration = waiting = 0.0
+    delay = duration = waiting = emergency_delay = 0.0
     completed = unfinished = 0
     emergency: list[EmergencyTrip] = []
     for trip in _elements(tripinfo, "tripinfo"):
@@ -111,13 +136,17 @@ def summarize(
         unfinished += not done
         if trip.get("vType") in kinds:
             vid = trip.get("id", "")
+            emergency_delay += float(trip.get("timeLoss", 0)) + float(trip.get("departDelay", 0))
+            travel = float(trip.get("duration", 0))
+            free = free_flow_s.get(vid)
             emergency.append(
                 EmergencyTrip(
                     id=vid,
-                    travel_time_s=float(trip.get("duration", 0)),
-                    free_flow_time_s=free_flow_s.get(vid),
+                    travel_time_s=travel,
+                    free_flow_time_s=free,
                     stops=int(trip.get("waitingCount", 0)),
                     completed=done,
+                    ratio_to_free_flow=travel / free if free and done else None,
                 )
             )
     stats = _statistics(statistics)
@@ -131,6 +160,7 @@ def summarize(
         never_departed_wait_s=stats[1],
         window_s=window_s,
         emergency=emergency,
+        emergency_delay_sum_s=emergency_delay,
     )
 
 

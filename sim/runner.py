@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -13,19 +14,30 @@ import numpy as np
 
 from citybrain.control.catalog import make_controller
 from citybrain.control.envelope import SafetyEnvelope
+from citybrain.control.escort import EscortController, EscortMode
 from citybrain.control.model import Intersection
 from citybrain.control.port import Controller, Layout, Readings
-from citybrain.errors import ScenarioError
+from citybrain.errors import ConfigError, ScenarioError
 from citybrain.settings import Settings
 from citybrain.sim import backend as sb
+from citybrain.sim.corridor import NetCorridors
 from citybrain.sim.detectors import DetectorPlacement, build_layout, write_additional
 from citybrain.sim.freeflow import free_flow_times
-from citybrain.sim.metrics import Metrics, VehicleCounts, emergency_types, summarize
+from citybrain.sim.gps import EmergencyWatch
+from citybrain.sim.metrics import (
+    EmergencyTrip,
+    Metrics,
+    TripSummary,
+    VehicleCounts,
+    emergency_types,
+    summarize,
+)
 from citybrain.sim.monitor import SignalMonitor
 from citybrain.sim.netmodel import NetGeometry, intersections_from_net, read_net
 from citybrain.sim.programs import write_actuated_programs
 from citybrain.sim.scenario import Scenario, load_scenario
 from citybrain.sim.sensors import SensorModel
+from citybrain.sim.timespace import write_escort_records
 
 RESCO_FLAGS = ("--time-to-teleport", "-1", "--tripinfo-output.write-unfinished")
 
@@ -40,6 +52,12 @@ class RunOptions:
     """Stop earlier than the scenario's own end (for short checks)."""
     timeline: bool = False
     """Write ``timeline.json``: every signal's shown states, as (time, state) at each change."""
+    escort: str = "none"
+    """Escort emergency vehicles: ``none``, ``local`` (Opticom-style) or ``corridor``."""
+    begin_s: float | None = None
+    """Start later than the scenario's own begin (for short checks)."""
+    escort_baseline: bool = True
+    """With an escort, also run the same seed without one, for the civilian delay."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +105,32 @@ def _binary_version() -> str:
 def run(
     scenario_path: Path, out_dir: Path, options: RunOptions, progress: Progress | None = None
 ) -> RunResult:
+    mode = _escort_mode(options.escort)
     scenario, net, layout = prepare(scenario_path, options.settings.detectors)
+    if options.begin_s is not None and options.begin_s > scenario.begin_s:
+        scenario = dataclasses.replace(scenario, begin_s=options.begin_s)
     controller = make_controller(options.controller, layout, options.settings)
+    kinds = emergency_types([*scenario.route_files, *scenario.additional_files])
+    escort: EscortController | None = None
+    if kinds and (mode is not EscortMode.NONE or controller.signal_program is None):
+        escort = EscortController(
+            controller,
+            mode,
+            layout,
+            NetCorridors(net, layout.intersections),
+            options.settings.envelope,
+            options.settings.escort,
+        )
+        controller = escort
+    elif mode is not EscortMode.NONE and controller.signal_program is not None:
+        raise ConfigError(
+            f"--escort needs a controller whose requests go through the envelope, "
+            f"not {controller.name!r}"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     end = min(options.end_s or scenario.end_s, scenario.end_s)
+    if end <= scenario.begin_s:
+        raise ScenarioError(f"the run would end ({end:g}) before it begins ({scenario.begin_s:g})")
     adds = list(scenario.additional_files)
     if controller.signal_program == "actuated":
         adds.append(write_actuated_programs(layout.intersections, out_dir / "programs.add.xml"))
@@ -98,14 +138,21 @@ def run(
         adds.append(write_additional(layout, NetGeometry(net), out_dir / "detectors.add.xml"))
     args = sumo_args(scenario, options.seed, out_dir, adds, end)
     backend = sb.open_backend(options.backend)
+    watch = (
+        EmergencyWatch(
+            backend, NetCorridors(net, layout.intersections), escort, options.settings.gps,
+            options.seed,
+        )
+        if kinds
+        else None
+    )
     wall = time.perf_counter()
     backend.start(args)
     try:
-        loop = _loop(backend, scenario, layout, controller, options, end, progress)
+        loop = _loop(backend, scenario, layout, controller, options, end, progress, watch)
     finally:
         backend.close()
     wall = time.perf_counter() - wall
-    kinds = emergency_types([*scenario.route_files, *scenario.additional_files])
     free_flow = free_flow_times(scenario, kinds, out_dir) if kinds else {}
     summary = summarize(
         out_dir / "tripinfo.xml",
@@ -114,6 +161,10 @@ def run(
         kinds,
         free_flow,
     )
+    baseline = None
+    if watch is not None and mode is not EscortMode.NONE and options.escort_baseline:
+        plain = dataclasses.replace(options, escort="none", escort_baseline=False)
+        baseline = run(scenario_path, out_dir / "baseline", plain).metrics
     metrics = Metrics(
         scenario=scenario.name,
         controller=controller.name,
@@ -124,7 +175,7 @@ def run(
         mean_waiting_time_s=summary.mean_waiting_time_s,
         throughput_veh_per_h=summary.throughput_veh_per_h,
         vehicles=VehicleCounts(summary.completed, summary.unfinished, summary.never_departed),
-        emergency=summary.emergency,
+        emergency=_emergency(summary, watch, mode, baseline),
         wall_time_s=wall,
         extra={
             "backend": options.backend,
@@ -132,12 +183,54 @@ def run(
             "signal_writes": loop.writes,
             "decision_ms_per_intersection": loop.decision_stats(len(layout.intersections)),
             "sensors": asdict(options.settings.sensors),
+            "escort": str(mode),
+            "civilian_delay_s": summary.civilian_delay_s,
         },
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
     if options.timeline:
         (out_dir / "timeline.json").write_text(json.dumps(loop.timeline) + "\n")
+    if watch is not None:
+        title = f"{scenario.name} / {controller.name} / escort {mode}"
+        write_escort_records(watch, escort, out_dir, title)
     return RunResult(metrics, out_dir, loop.writes)
+
+
+def _escort_mode(name: str) -> EscortMode:
+    try:
+        return EscortMode(name)
+    except ValueError:
+        choices = ", ".join(m.value for m in EscortMode)
+        raise ConfigError(f"unknown escort mode {name!r}; choose one of: {choices}") from None
+
+
+def _emergency(
+    summary: TripSummary,
+    watch: EmergencyWatch | None,
+    mode: EscortMode,
+    baseline: Metrics | None,
+) -> list[EmergencyTrip]:
+    """Emergency trips with what the run saw of them and the civilian delay beside them."""
+    civilian = summary.civilian_delay_s
+    without = civilian if mode is EscortMode.NONE else None
+    if baseline is not None:
+        without = float(baseline.extra["civilian_delay_s"])
+    change = civilian / without - 1.0 if without else None
+    trips = []
+    for trip in summary.emergency:
+        rec = watch.records.get(trip.id) if watch is not None else None
+        trips.append(
+            dataclasses.replace(
+                trip,
+                ran_red=rec.ran_red if rec is not None else None,
+                on_yellow=rec.on_yellow if rec is not None else None,
+                escort=str(mode),
+                civilian_delay_s=civilian,
+                civilian_delay_no_escort_s=without,
+                civilian_delay_change=change,
+            )
+        )
+    return trips
 
 
 def sumo_args(
@@ -156,6 +249,8 @@ def sumo_args(
         str(out_dir / "tripinfo.xml"),
         "--statistic-output",
         str(out_dir / "statistics.xml"),
+        "--begin",
+        f"{scenario.begin_s:g}",
         "--end",
         f"{end_s:g}",
         "--no-step-log",
@@ -214,6 +309,7 @@ def _loop(
     options: RunOptions,
     end: float,
     progress: Progress | None,
+    watch: EmergencyWatch | None = None,
 ) -> _LoopStats:
     xs = layout.intersections
     own_program = controller.signal_program is not None
@@ -253,7 +349,8 @@ def _loop(
         lc, lo = sensors.loops(loop_count, loop_occ)
         cc, cq = sensors.cameras(cam_count, cam_queue)
         tick = time.thread_time_ns()  # CPU time: a preempted process does not count
-        decision = controller.decide(Readings(t, lc, lo, cc, cq, envelopes))
+        gps = watch.before(t) if watch is not None else ()
+        decision = controller.decide(Readings(t, lc, lo, cc, cq, envelopes, gps))
         stats.decisions_ns.append(time.thread_time_ns() - tick)
         holds = {r.intersection: r.hold for r in decision.requests}
         if not own_program:
@@ -265,6 +362,8 @@ def _loop(
                 signals.apply(x.id, wanted, states[x.id])
         backend.step()
         shown = backend.signal_states()  # what SUMO showed during [t, t + 1)
+        if watch is not None:
+            watch.after(shown)
         for x in xs:
             state = shown[x.id][sb.TL_RED_YELLOW_GREEN_STATE]
             monitor.observe(t, x.id, state, holds.get(x.id, False))

@@ -20,6 +20,7 @@ from citybrain.parking.book import (
     SessionBook,
     SessionClosed,
     SessionOpened,
+    SessionRevised,
 )
 from citybrain.parking.matching import (
     MatchKind,
@@ -124,14 +125,18 @@ def test_reads_61s_apart_are_two_passages() -> None:
     assert [p.read_ids for p in group_passages([a, b])] == [(a.read_id,), (b.read_id,)]
 
 
-def test_grouping_keys_on_lot_direction_and_exact_plate() -> None:
+def test_grouping_keys_on_lot_direction_and_lookalike_plate() -> None:
     reads = [
         read(IN, "浙A12345", at()),
         read(OUT, "浙A12345", at(seconds=5)),
         read(IN, "浙A12345", at(seconds=5), lot="L02"),
-        read(IN, "浙A1234S", at(seconds=5)),  # a look-alike read is its own passage
+        read(IN, "浙A1234S", at(seconds=5)),  # an OCR look-alike read: the same passage
+        read(IN, "浙A12346", at(seconds=5)),  # another plate: its own passage
     ]
-    assert len(group_passages(reads)) == 4
+    got = group_passages(reads)
+    assert len(got) == 4
+    [lookalike] = [p for p in got if len(p.read_ids) == 2]
+    assert lookalike.raw_plates == ("浙A12345", "浙A1234S")
 
 
 def test_a_duplicated_read_id_counts_once() -> None:
@@ -151,11 +156,14 @@ def test_streaming_reads_are_absorbed_into_their_passage() -> None:
         read(IN, "浙A12345", at(seconds=2), camera="cam3"),
         read(IN, "浙A12345", at(seconds=40), camera="cam1"),
     ):
-        [event] = book.add_read(r, at(seconds=41))
+        event, *revised = book.add_read(r, at(seconds=41))
         assert isinstance(event, ReadAbsorbed)
+        # the earlier read moves the open session's entry to it; the others change nothing
+        assert [type(e) for e in revised] == ([SessionRevised] if r.ts == at(seconds=2) else [])
     evidence = book.passage(first.read_id)
     assert len(evidence.read_ids) == 4
     assert (evidence.first_ts, evidence.last_ts) == (at(seconds=2), at(seconds=40))
+    assert book.session(f"L01/{first.read_id}").entry_at == at(seconds=2)
     assert book.add_read(first, at(minutes=1)) == []  # replayed read: nothing
     # the exit, read twice
     closed = book.add_read(read(OUT, "浙A12345", at(60)), at(60))

@@ -1,0 +1,877 @@
+"""Parking throughput and latency: gateways -> Mosquitto -> ``parking serve`` -> database.
+
+    python bench/parking.py                          # PostgreSQL and SQLite, own broker
+    python bench/parking.py --db postgresql --reads 30000 --rate 500
+    python bench/parking.py --write BENCHMARKS.md    # update the parking-bench section
+
+What runs (every part a process of its own, as in production):
+
+* a Mosquitto broker: by default a private one started with ``MosquittoProcess``
+  (``--broker URL`` uses another, e.g. ``mqtt://127.0.0.1:1883``);
+* the real service, ``run_service`` over ``open_ledger`` (what ``citybrain parking serve``
+  runs), with its own client id and topic root;
+* one real gateway per lot (``run_gateway``: on-disk outbox, QoS 1, retire on ack).
+
+The workload: cars entering and leaving many lots (stays from minutes to a day, a fifth
+of the passages read twice by a second camera, cars coming back), about 70 % of the plates
+bound to an account. Two measurements per database:
+
+* throughput: every lot's feed is in its file from the start, the gateways publish as fast
+  as their windows allow; reads/s = reads acknowledged between the 10 % and 90 % marks
+  divided by the time between them (steady state, start-up excluded); the whole-run rate
+  is shown too;
+* latency at a fixed rate: the bench hands reads to the gateways' standard input at
+  ``--rate`` reads/s and times each exit read from that moment to the arrival of the
+  service's ack for it (sent only after the transaction that settled the stay
+  committed): an upper bound of "exit read -> settled" that includes the gateway's outbox.
+
+After each run the ledger is checked: every read stored once, no dead letter, every
+session with the status and fee an in-memory ``SessionBook`` gives for the same reads,
+one charge per charged session and no other.
+
+The Mosquitto ceiling is measured in the same run: a paho QoS 1 publisher and a paho QoS 1
+subscriber, no database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- parking-bench:begin -->", "<!-- parking-bench:end -->"
+PG_URL = os.environ.get(
+    "CITYBRAIN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+TZ = ZoneInfo("Asia/Shanghai")
+T0 = dt.datetime(2026, 11, 22, 6, 0, tzinfo=TZ)
+TARGET_RATE, TARGET_P99_MS = 3000, 100.0
+
+
+# ---------------------------------------------------------------------------- workload
+
+
+@dataclass
+class Workload:
+    lots: list[str]
+    lines: list[tuple[str, str]]  # (lot, JSON line) in camera-time order
+    first_exit_reads: set[str]  # the first read of every exit passage
+    accounts: dict[str, str]  # normalized plate -> account
+
+    @property
+    def read_ids(self) -> list[str]:
+        return [json.loads(line)["read_id"] for _, line in self.lines]
+
+
+def tariffs_toml(lots: list[str]) -> str:
+    out = []
+    for lot in lots:
+        out.append(
+            f'[lots.{lot}]\ntimezone = "Asia/Shanghai"\nfree_minutes = 15\nunit_minutes = 30\n'
+            "daily_cap_cents = 6000\nrates = [\n"
+            '    { start = "08:00", end = "20:00", cents_per_unit = 500 },\n'
+            '    { start = "20:00", end = "08:00", cents_per_unit = 200 },\n]\n'
+        )
+    return "\n".join(out)
+
+
+def make_workload(n: int, lots: int, seed: int, tag: str) -> Workload:
+    """About ``n`` reads: visits of cars to lots, entries then exits, some double reads."""
+    rng = random.Random(seed)
+    lot_ids = [f"B{i:02d}" for i in range(1, lots + 1)]
+    plates = [f"浙A{i:05d}" for i in range(max(10, n // 5))]
+    free_at = dict.fromkeys(plates, T0)
+    events: list[tuple[dt.datetime, str, dict[str, Any]]] = []
+    first_exit: set[str] = set()
+    t = T0
+    count = 0
+    visit = 0
+    while count < n:
+        t += dt.timedelta(seconds=rng.expovariate(1 / 2.0))
+        plate = rng.choice(plates)
+        if free_at[plate] > t:
+            continue
+        lot = rng.choice(lot_ids)
+        stay = dt.timedelta(minutes=rng.choice((8, 40, 95, 240, 600, 1500)) * rng.uniform(0.8, 1.2))
+        visit += 1
+        for direction, when in (("in", t), ("out", t + stay)):
+            reads = 2 if rng.random() < 0.2 else 1
+            for k in range(reads):
+                read_id = f"{tag}-{visit:07d}-{direction}{k}"
+                raw = plate if rng.random() < 0.7 else f"{plate[:2]}·{plate[2:]}"
+                body = {
+                    "read_id": read_id,
+                    "lot_id": lot,
+                    "camera_id": f"{lot}-{direction}-{k + 1}",
+                    "direction": direction,
+                    "plate": raw,
+                    "confidence": round(rng.uniform(0.8, 1.0), 3),
+                    "ts": (when + dt.timedelta(seconds=2.5 * k)).isoformat(),
+                }
+                events.append((when + dt.timedelta(seconds=2.5 * k), lot, body))
+                if direction == "out" and k == 0:
+                    first_exit.add(read_id)
+                count += 1
+        free_at[plate] = t + stay + dt.timedelta(minutes=rng.uniform(5, 300))
+    events.sort(key=lambda e: (e[0], e[2]["read_id"]))
+    events = events[:n]
+    kept = {e[2]["read_id"] for e in events}
+    accounts = {p: f"acct-{p[-5:]}" for p in plates if rng.random() < 0.7}
+    lines = [(lot, json.dumps(body, ensure_ascii=False)) for _, lot, body in events]
+    return Workload(lot_ids, lines, first_exit & kept, accounts)
+
+
+@dataclass(frozen=True)
+class Expected:
+    reads: int
+    sessions: dict[str, tuple[str, int | None]]  # session id -> (status, fee)
+    charges: int
+    charged_cents: int
+
+
+def expected_outcome(work: Workload, tariffs: dict[str, Any]) -> Expected:
+    """What the ledger must end with: the pure rules on the same reads, one after another.
+
+    Decisions only involve one lot and look-alike key, so each (lot, key) gets a
+    ``SessionBook`` of its own (one book for everything would be quadratic)."""
+    from citybrain.parking.book import SessionBook, SessionClosed
+    from citybrain.parking.ledger import ReadIn, parse_read
+    from citybrain.parking.plates import lookalike_key
+    from citybrain.parking.settlement import settle_stay
+
+    binds = work.accounts
+    books: dict[tuple[str, str], SessionBook] = {}
+    fees: dict[str, int] = {}
+    charges = cents = 0
+    now = dt.datetime.now(dt.UTC)
+    for _, line in work.lines:
+        parsed = parse_read(line.encode())
+        assert isinstance(parsed, ReadIn)
+        read = parsed.to_read()
+        book = books.setdefault((read.lot_id, lookalike_key(read.plate)), SessionBook())
+        for event in book.add_read(read, now):
+            if isinstance(event, SessionClosed):
+                s = event.session
+                plates = book.stay_plates(s.session_id)
+                money = settle_stay(book.session(s.session_id), tariffs[s.lot_id], plates, binds)
+                book.decide(money.session)
+                fees[s.session_id] = money.fee_cents
+                if money.charge_cents is not None:
+                    charges += 1
+                    cents += money.charge_cents
+    sessions = {
+        s.session_id: (s.status.value, fees.get(s.session_id))
+        for book in books.values()
+        for s in book.sessions()
+    }
+    return Expected(len(work.lines), sessions, charges, cents)
+
+
+# ---------------------------------------------------------------------------- databases
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, workdir: Path) -> Iterator[str]:
+    """A URL of an empty database: a SQLite file, or a PostgreSQL schema dropped after."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / f'ledger-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(make_url(PG_URL))
+    schema = f"cbbench_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield (
+            make_url(PG_URL)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def prepare_ledger(url: str, tariffs_path: Path, accounts: dict[str, str]) -> None:
+    """Migrate the schema and bind the plates (bulk: setup, not measured)."""
+    from sqlalchemy import insert
+
+    from citybrain.parking.ledger import open_ledger
+    from citybrain.parking.tables import metadata
+    from citybrain.parking.tariff import load_tariffs
+
+    ledger = open_ledger(url, tariffs=load_tariffs(tariffs_path))
+    now = dt.datetime.now(dt.UTC)
+    with ledger.engine.begin() as conn:
+        conn.execute(
+            insert(metadata.tables["binding"]),
+            [{"plate": p, "account": a, "bound_at": now} for p, a in accounts.items()],
+        )
+    ledger.close()
+
+
+def verify(url: str, tariffs_path: Path, expected: Expected) -> list[str]:
+    """Exactly-once checks; returns the problems found (empty: all good)."""
+    from sqlalchemy import text
+
+    from citybrain.parking.ledger import open_ledger
+    from citybrain.parking.tariff import load_tariffs
+
+    problems: list[str] = []
+    ledger = open_ledger(url, tariffs=load_tariffs(tariffs_path))
+    try:
+        with ledger.engine.connect() as conn:
+            reads, distinct = conn.execute(
+                text("SELECT count(*), count(DISTINCT read_id) FROM read")
+            ).one()
+            charges, charged, cents = conn.execute(
+                text(
+                    "SELECT count(*), count(DISTINCT session_id), coalesce(sum(cents), 0) "
+                    "FROM charge"
+                )
+            ).one()
+            dead = conn.execute(text("SELECT count(*) FROM dead_letter")).scalar_one()
+        if reads != expected.reads or distinct != reads:
+            problems.append(
+                f"reads stored {reads} ({distinct} distinct), expected {expected.reads}"
+            )
+        if dead:
+            problems.append(f"{dead} dead letters")
+        if charges != charged:
+            problems.append(f"{charges - charged} sessions charged more than once")
+        if (charges, int(cents)) != (expected.charges, expected.charged_cents):
+            problems.append(
+                f"charges {charges} / {cents} cents, expected "
+                f"{expected.charges} / {expected.charged_cents}"
+            )
+        got = {s.session_id: (s.status, s.fee_cents) for s in ledger.sessions()}
+        if got != expected.sessions:
+            wrong = sorted(
+                k
+                for k in got.keys() | expected.sessions.keys()
+                if got.get(k) != expected.sessions.get(k)
+            )
+            problems.append(f"{len(wrong)} sessions differ from the rules, e.g. {wrong[:3]}")
+    finally:
+        ledger.close()
+    return problems
+
+
+# ---------------------------------------------------------------------------- children
+
+
+def child_serve(args: argparse.Namespace) -> None:
+    """The service, as ``citybrain parking serve`` runs it (own client id and topic root)."""
+    from citybrain.parking.ledger import open_ledger
+    from citybrain.parking.service import run_service
+    from citybrain.parking.tariff import load_tariffs
+
+    ledger = open_ledger(args.db_url, tariffs=load_tariffs(Path(args.tariffs)))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    profile = os.environ.get("CBBENCH_PROFILE")  # a file: cProfile the service into it
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    stats = run_service(
+        args.broker,
+        ledger,
+        client_id=args.client_id,
+        topic_root=args.root,
+        stop=stop,
+        on_ready=lambda: print("READY", flush=True),
+        batch_size=args.batch_size,
+        batch_window=args.batch_window_ms / 1000,
+    )
+    if profiler is not None and profile:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}.{os.getpid()}")
+    print(json.dumps({"batches": stats.batches, "recorded": stats.recorded}), flush=True)
+
+
+def child_gateway(args: argparse.Namespace) -> None:
+    from citybrain.parking.gateway import run_gateway
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    run_gateway(
+        args.lot,
+        args.broker,
+        args.feed,
+        args.outbox,
+        client_id=f"{args.client_id}-{args.lot}",
+        topic_root=args.root,
+        exit_when_drained=True,
+        stop=stop,
+    )
+
+
+def child_publish(args: argparse.Namespace) -> None:
+    """The ceiling's publisher: ``--count`` QoS 1 messages, as fast as paho goes."""
+    from citybrain.parking.broker import BrokerSettings, make_client
+
+    settings = BrokerSettings.from_url(args.broker)
+    client = make_client(settings, f"{args.client_id}-pub", clean_session=True)
+    client.max_inflight_messages_set(200)
+    client.max_queued_messages_set(0)
+    client.connect(settings.address.host, settings.address.port)
+    client.loop_start()
+    body = json.dumps({"read_id": "x" * 20, "lot_id": "B01", "plate": "浙A00001"}).encode()
+    infos = [client.publish(f"{args.root}/B01/reads", body, qos=1) for _ in range(args.count)]
+    for info in infos:
+        info.wait_for_publish(timeout=60)
+    client.disconnect()
+    client.loop_stop()
+
+
+def spawn(mode: str, *extra: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--child", mode, *extra],
+        cwd=ROOT,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+    )
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.strip() == b"READY":
+            return
+        if not line:
+            raise RuntimeError(f"service exited with {proc.wait()}")
+    raise TimeoutError("service did not subscribe")
+
+
+# ---------------------------------------------------------------------------- acks
+
+
+class AckClock:
+    """Arrival time (monotonic) of the first ack of every read id, on every lot."""
+
+    def __init__(self, broker: str, root: str) -> None:
+        from citybrain.parking.broker import BrokerSettings, make_client
+
+        settings = BrokerSettings.from_url(broker)
+        self.arrived: dict[str, float] = {}
+        self.lock = threading.Lock()
+        ready = threading.Event()
+        self.client = make_client(
+            settings, f"bench-acks-{uuid.uuid4().hex[:8]}", clean_session=True
+        )
+        self.client.on_connect = lambda c, *_: c.subscribe(f"{root}/+/acks", qos=0)
+        self.client.on_subscribe = lambda *_: ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(settings.address.host, settings.address.port)
+        self.client.loop_start()
+        if not ready.wait(10):
+            raise TimeoutError("the ack listener could not subscribe")
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        now = time.monotonic()
+        read_id = json.loads(message.payload)["read_id"]
+        with self.lock:
+            self.arrived.setdefault(read_id, now)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.arrived)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    db: str
+    kind: str  # "throughput" | "latency"
+    reads: int
+    seconds: float = 0.0
+    rate: float = 0.0  # steady state, reads/s
+    overall: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    batches: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def run_once(
+    args: argparse.Namespace, broker: str, kind: str, db: str, work: Workload, workdir: Path
+) -> Run:
+    from citybrain.parking.tariff import load_tariffs
+
+    tariffs_path = workdir / "tariffs.toml"
+    expected = expected_outcome(work, load_tariffs(tariffs_path))
+    root = f"cbbench/{uuid.uuid4().hex[:8]}/parking"
+    client_id = f"cbbench-{uuid.uuid4().hex[:8]}"
+    result = Run(db, kind, len(work.lines))
+    rundir = workdir / f"{db}-{kind}-{uuid.uuid4().hex[:6]}"
+    rundir.mkdir()
+    with fresh_database(db, workdir) as url:
+        prepare_ledger(url, tariffs_path, work.accounts)
+        common = ["--broker", broker, "--root", root, "--client-id", client_id]
+        service = spawn(
+            "serve",
+            *common,
+            "--db-url",
+            url,
+            "--tariffs",
+            str(tariffs_path),
+            "--batch-size",
+            str(args.batch_size),
+            "--batch-window-ms",
+            str(args.batch_window_ms),
+        )
+        acks = AckClock(broker, root)
+        gateways: list[subprocess.Popen[bytes]] = []
+        try:
+            wait_ready(service)
+            by_lot: dict[str, list[str]] = {lot: [] for lot in work.lots}
+            for lot, line in work.lines:
+                by_lot[lot].append(line)
+            sent: dict[str, float] = {}
+            started = time.monotonic()
+            for lot in work.lots:
+                outbox = str(rundir / f"gw-{lot}.outbox")
+                if kind == "throughput":
+                    feed = rundir / f"feed-{lot}.jsonl"
+                    feed.write_text("".join(x + "\n" for x in by_lot[lot]), encoding="utf-8")
+                    gateways.append(
+                        spawn(
+                            "gateway",
+                            *common,
+                            "--lot",
+                            lot,
+                            "--feed",
+                            str(feed),
+                            "--outbox",
+                            outbox,
+                        )
+                    )
+                else:
+                    gateways.append(
+                        spawn(
+                            "gateway",
+                            *common,
+                            "--lot",
+                            lot,
+                            "--feed",
+                            "-",
+                            "--outbox",
+                            outbox,
+                            stdin=subprocess.PIPE,
+                        )
+                    )
+            pacer = None
+            if kind == "latency":
+                pipes = {lot: gw.stdin for lot, gw in zip(work.lots, gateways, strict=True)}
+                pacer = threading.Thread(target=pace, args=(work, pipes, args.rate, sent))
+                time.sleep(2.0)  # the gateways connect before the clock starts
+                pacer.start()
+            with tqdm(total=len(work.lines), desc=f"{db} {kind}", unit="read") as bar:
+                last, idle_since = 0, time.monotonic()
+                while last < len(work.lines):
+                    time.sleep(0.2)
+                    now_count = acks.count()
+                    bar.update(now_count - last)
+                    if now_count != last:
+                        idle_since = time.monotonic()
+                    last = now_count
+                    if time.monotonic() - idle_since > args.stall:
+                        result.problems.append(f"stalled at {last} acks")
+                        break
+            if pacer is not None:
+                pacer.join()
+            for gw in gateways:
+                try:
+                    gw.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    gw.terminate()
+            times = sorted(acks.arrived.values())
+            if len(times) >= 10:
+                lo, hi = times[len(times) // 10], times[(len(times) * 9) // 10]
+                result.rate = (len(times) * 0.8) / max(hi - lo, 1e-9)
+                result.overall = len(times) / max(times[-1] - times[0], 1e-9)
+                result.seconds = times[-1] - started
+            if kind == "latency":
+                delays = sorted(
+                    (acks.arrived[r] - sent[r]) * 1000
+                    for r in work.first_exit_reads
+                    if r in acks.arrived and r in sent
+                )
+                if delays:
+                    result.p50_ms = statistics.median(delays)
+                    result.p99_ms = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+                    result.max_ms = delays[-1]
+        finally:
+            for gw in gateways:
+                if gw.poll() is None:
+                    gw.kill()
+                    gw.wait()
+            acks.close()
+            service.send_signal(signal.SIGTERM)
+            try:
+                out, _ = service.communicate(timeout=30)
+                stats = json.loads(out.decode().strip().splitlines()[-1])
+                result.batches = int(stats["batches"])
+            except Exception:
+                service.kill()
+                service.wait()
+        result.problems += verify(url, tariffs_path, expected)
+    return result
+
+
+def ledger_alone(db: str, work: Workload, workdir: Path, batch: int) -> Run:
+    """``Ledger.record_many`` in batches of ``batch`` from this process: no MQTT at all
+    (``batch`` 1 is one read per transaction, as before batching)."""
+    from citybrain.parking.ledger import RecordItem, open_ledger
+    from citybrain.parking.tariff import load_tariffs
+
+    tariffs_path = workdir / "tariffs.toml"
+    expected = expected_outcome(work, load_tariffs(tariffs_path))
+    result = Run(db, f"ledger alone, batches of {batch}", len(work.lines))
+    with fresh_database(db, workdir) as url:
+        prepare_ledger(url, tariffs_path, work.accounts)
+        ledger = open_ledger(url, tariffs=load_tariffs(tariffs_path))
+        now = dt.datetime.now(dt.UTC)
+        items = [RecordItem(lot, line.encode(), now) for lot, line in work.lines]
+        start = time.perf_counter()
+        with tqdm(total=len(items), desc=f"{db} ledger x{batch}", unit="read") as bar:
+            for i in range(0, len(items), batch):
+                ledger.record_many(items[i : i + batch])
+                bar.update(len(items[i : i + batch]))
+        result.seconds = time.perf_counter() - start
+        result.rate = result.overall = len(items) / result.seconds
+        result.batches = -(-len(items) // batch)
+        ledger.close()
+        result.problems += verify(url, tariffs_path, expected)
+    return result
+
+
+def pace(
+    work: Workload, pipes: dict[str, IO[bytes] | None], rate: float, sent: dict[str, float]
+) -> None:
+    """Hand the reads to the gateways at ``rate`` reads/s, noting when each was handed."""
+    start = time.monotonic()
+    for i, (lot, line) in enumerate(work.lines):
+        due = start + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        pipe = pipes[lot]
+        assert pipe is not None
+        sent[json.loads(line)["read_id"]] = time.monotonic()
+        pipe.write(line.encode() + b"\n")
+        pipe.flush()
+    for pipe in pipes.values():
+        assert pipe is not None
+        pipe.close()
+
+
+def ceiling(broker: str, count: int) -> float:
+    """Raw QoS 1 publish -> receive rate through the broker (paho both ends, no database)."""
+    from citybrain.parking.broker import BrokerSettings, make_client
+
+    root = f"cbbench/{uuid.uuid4().hex[:8]}/parking"
+    settings = BrokerSettings.from_url(broker)
+    got: list[float] = []
+    ready = threading.Event()
+    sub = make_client(settings, f"bench-ceiling-{uuid.uuid4().hex[:8]}", clean_session=True)
+    sub.on_connect = lambda c, *_: c.subscribe(f"{root}/+/reads", qos=1)
+    sub.on_subscribe = lambda *_: ready.set()
+    sub.on_message = lambda *_: got.append(time.monotonic())
+    sub.connect(settings.address.host, settings.address.port)
+    sub.loop_start()
+    try:
+        if not ready.wait(10):
+            raise TimeoutError("ceiling subscriber could not subscribe")
+        pub = spawn(
+            "publish",
+            "--broker",
+            broker,
+            "--root",
+            root,
+            "--client-id",
+            f"cbbench-{uuid.uuid4().hex[:8]}",
+            "--count",
+            str(count),
+        )
+        deadline = time.monotonic() + 120
+        while len(got) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pub.wait(timeout=60)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    times = sorted(got)
+    if len(times) < 10:
+        return 0.0
+    lo, hi = times[len(times) // 10], times[(len(times) * 9) // 10]
+    return (len(times) * 0.8) / (hi - lo)
+
+
+@contextlib.contextmanager
+def broker_url(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, str]]:
+    from citybrain.parking.broker import MosquittoProcess, default_config, find_mosquitto, free_port
+
+    if args.broker:
+        yield args.broker, f"given broker {args.broker}"
+        return
+    if find_mosquitto() is None:
+        yield "mqtt://127.0.0.1:1883", "the machine's Mosquitto at 127.0.0.1:1883"
+        return
+    port = free_port()
+    bdir = workdir / "mosquitto"
+    config = default_config(port, bdir) + f"max_inflight_messages {args.inflight}\n"
+    with MosquittoProcess(bdir, port=port, config=config) as broker:
+        yield (
+            broker.url,
+            (
+                f"a private Mosquitto (`MosquittoProcess`, persistence on, "
+                f"max_inflight_messages {args.inflight})"
+            ),
+        )
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {mosquitto_version()}, {now}"
+    )
+
+
+def mosquitto_version() -> str:
+    from citybrain.parking.broker import find_mosquitto
+
+    binary = find_mosquitto()
+    if binary is None:
+        return "Mosquitto ?"
+    out = subprocess.run([binary, "-h"], capture_output=True, text=True).stdout
+    return out.splitlines()[0].replace("mosquitto version", "Mosquitto").strip() if out else "?"
+
+
+def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broker_text: str) -> str:
+    command = "python bench/parking.py " + " ".join(args.argv)
+    lines = [
+        "## Parking: reads through gateways, Mosquitto, the service and the ledger",
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+        f"Machine: {machine()}. Broker: {broker_text}. Shared machine: load average (1 min) "
+        f"{args.load[0]:.1f} when the run started, {os.getloadavg()[0]:.1f} when it ended "
+        "(other people's jobs ran beside it).",
+        "",
+        f"Path: {len(args.lots_used)} real gateways (`run_gateway`, one process per lot, "
+        "on-disk outbox, QoS 1) -> Mosquitto -> the real service (`run_service` over "
+        f"`open_ledger`, batch size {args.batch_size}, batch window {args.batch_window_ms} ms) "
+        "-> the database. Throughput: reads acknowledged per second between the 10 % and "
+        "90 % marks (whole run in brackets). Latency: exit read handed to its gateway -> the "
+        "service's ack for it received (sent after the commit that settled the stay). "
+        "Exactly once: after each run every read stored once, no dead letter, every session's "
+        "status and fee as the pure rules decide, one charge per charged session. Ledger "
+        "alone: `Ledger.record_many` called from the bench process, no MQTT (batches of 1 are "
+        "one read per transaction, as before batching).",
+        "",
+        "| database | run | reads | reads/s | of ceiling | p50 ms | p99 ms | max ms | "
+        "transactions | exactly once |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{v:.0f}"
+
+    for r in runs:
+        rate = f"{r.rate:,.0f} ({r.overall:,.0f})" if r.kind == "throughput" else f"{r.rate:,.0f}"
+        share = f"{r.rate / ceiling_rate:.0%}" if ceiling_rate and r.kind == "throughput" else ""
+        ok = "yes" if not r.problems else "NO: " + "; ".join(r.problems)
+        what = {
+            "throughput": "end to end, max throughput",
+            "latency": f"end to end, fixed {args.rate:g} reads/s",
+        }.get(r.kind, r.kind)
+        lines.append(
+            f"| {r.db} | {what} | {r.reads:,} | {rate} | {share} | {ms(r.p50_ms)} | "
+            f"{ms(r.p99_ms)} | {ms(r.max_ms)} | {r.batches if r.batches is not None else ''} "
+            f"| {ok} |"
+        )
+    lines += [
+        "",
+        f"Mosquitto ceiling in the same run (paho QoS 1 publisher -> broker -> paho QoS 1 "
+        f"subscriber, no database, {args.ceiling_count:,} messages): {ceiling_rate:,.0f} msg/s.",
+        "",
+    ]
+    pg = [r for r in runs if r.db == "postgresql" and r.kind == "throughput"]
+    lat = [r for r in runs if r.db == "postgresql" and r.kind == "latency"]
+    verdicts = []
+    if pg:
+        met = pg[0].rate >= TARGET_RATE and not pg[0].problems
+        verdicts.append(
+            f"throughput into PostgreSQL {pg[0].rate:,.0f} reads/s against >= {TARGET_RATE:,}: "
+            + ("met" if met else "NOT met")
+        )
+    if lat and lat[0].p99_ms is not None:
+        met = lat[0].p99_ms <= TARGET_P99_MS and not lat[0].problems
+        verdicts.append(
+            f"p99 at {args.rate:g} reads/s {lat[0].p99_ms:.0f} ms against <= "
+            f"{TARGET_P99_MS:.0f} ms: " + ("met" if met else "NOT met")
+        )
+    if verdicts:
+        lines.append("Targets (issue 4): " + "; ".join(verdicts) + ".")
+        lines += ["", WHY]
+    return "\n".join(lines) + "\n"
+
+
+WHY = """\
+Where the time goes. Every PostgreSQL or SQLite commit waits for an fsync (about 4 ms on
+this disk), so one read per transaction cannot pass a couple of hundred reads/s whatever the
+CPU (the "batches of 1" rows); batching removes that limit (the "batches of 200" rows). What
+is left is CPU and scheduling: the service is one Python process and spends about 0.4 ms of
+CPU per read in the ledger (JSON and contract validation, the matching rules with the
+passages' plate vote, plate normalization, psycopg; measured with the ledger alone), plus
+paho's receive, PUBACK and ack publish, and a batch takes about a dozen statements. The two
+cores are shared by the service, PostgreSQL, Mosquitto, the twelve gateway processes
+(together they used more CPU than the service in a sample taken during a run), the bench
+itself, and other people's jobs (load average above). With the machine this loaded the
+end-to-end numbers stay below what the ledger alone reaches, and the latency tail is mostly
+waiting for a core. Next steps: fewer statements per batch, less Python per read in the
+service, and the gateways on their own machines, as they would be in a city.\
+"""
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace only the text between the markers (append the section when absent)."""
+    block = f"{BEGIN}\n{section}{END}\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", default="postgresql,sqlite", help="postgresql, sqlite or both")
+    p.add_argument("--reads", type=int, default=30_000, help="reads in the throughput runs")
+    p.add_argument("--rate", type=float, default=500.0, help="reads/s of the latency runs")
+    p.add_argument("--latency-reads", type=int, default=10_000)
+    p.add_argument("--broker", help="use this broker (default: start a private Mosquitto)")
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=20,
+        help="max_inflight_messages of the private broker (Mosquitto's default: 20)",
+    )
+    p.add_argument("--lots", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--batch-window-ms", type=float, default=5.0)
+    p.add_argument("--ceiling-count", type=int, default=50_000)
+    p.add_argument(
+        "--ledger-reads",
+        type=int,
+        default=3000,
+        help="reads of the ledger-alone runs (no MQTT; 0: skip them)",
+    )
+    p.add_argument("--stall", type=float, default=60.0, help="give up after so long without acks")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--write", type=Path, help="update the parking-bench section of this file")
+    # internal: the child processes
+    p.add_argument("--child", choices=["serve", "gateway", "publish"], help=argparse.SUPPRESS)
+    for name in ("--root", "--client-id", "--db-url", "--tariffs", "--lot", "--feed", "--outbox"):
+        p.add_argument(name, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child == "serve":
+        child_serve(args)
+        return 0
+    if args.child == "gateway":
+        child_gateway(args)
+        return 0
+    if args.child == "publish":
+        child_publish(args)
+        return 0
+    args.argv = argv
+    args.load = os.getloadavg()
+    dbs = [d.strip() for d in args.db.split(",") if d.strip()]
+    if not dbs or any(d not in ("postgresql", "sqlite") for d in dbs):
+        p.error("--db takes postgresql, sqlite or both (comma-separated)")
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="cbbench-") as tmp:
+        workdir = Path(tmp)
+        throughput = make_workload(args.reads, args.lots, args.seed, "t")
+        latency = make_workload(args.latency_reads, args.lots, args.seed + 1, "l")
+        args.lots_used = throughput.lots
+        (workdir / "tariffs.toml").write_text(tariffs_toml(throughput.lots), encoding="utf-8")
+        with broker_url(args, workdir) as (broker, broker_text):
+            ceiling_rate = ceiling(broker, args.ceiling_count)
+            print(f"Mosquitto ceiling: {ceiling_rate:,.0f} msg/s", file=sys.stderr)
+            for db in dbs:
+                for kind, work in (("throughput", throughput), ("latency", latency)):
+                    run = run_once(args, broker, kind, db, work, workdir)
+                    runs.append(run)
+                    print(run, file=sys.stderr)
+                if args.ledger_reads:
+                    alone = make_workload(args.ledger_reads, args.lots, args.seed + 2, "a")
+                    for size in (1, args.batch_size):
+                        runs.append(ledger_alone(db, alone, workdir, size))
+                        print(runs[-1], file=sys.stderr)
+    section = render(args, runs, ceiling_rate, broker_text)
+    print(section)
+    if args.write is not None:
+        write_section(args.write, section)
+        print(f"wrote the parking-bench section of {args.write}", file=sys.stderr)
+    return 0 if all(not r.problems for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,470 @@
+"""Ambulance escort: a moving green wave along an emergency vehicle's route.
+
+``EscortController`` wraps any controller (it keeps the normal controller's decisions and
+overrides only the intersections an escort needs), so the same escort runs over ``fixed``,
+``actuated`` or ``adaptive``, in SUMO and in the field. Its inputs are what the field has:
+escort requests (a vehicle and its route, turned into a ``Corridor`` from map data), the
+ambulance's GPS fixes (``Readings.gps``), and the detector layer's queue estimates. Every
+request still passes through the safety envelope: clearance intervals are never skipped, and
+a held green (``hold=True``, the declared preemption mode) is the only thing the envelope
+lets run past the maximum.
+
+Modes:
+
+* ``none``: nothing is overridden (the ambulance is only tracked, for the record).
+* ``local``: the Opticom way. A signal serves the ambulance's movement once the GPS puts it
+  within ``local_range_m`` of the stop line, and holds it until the ambulance is through.
+* ``corridor``: ours. For each signal ahead: the arrival at the stop line is predicted from
+  the filtered GPS track (``control/arrival.py``); the queue on the ambulance's approach
+  lanes (the estimator's standing and approaching vehicles, beyond the camera included) gives
+  the clearance time, start-up lost time + headway x vehicles + the last vehicle's crossing
+  (calibrated in SUMO by ``bench/escort_calibrate.py``); the green must start by arrival -
+  clearance - margin. The phase is requested early enough for the current green's minimum
+  and the full change interval, held until the GPS puts the ambulance beyond the junction,
+  then the signal recovers (``control/recovery.py``: the longest-waiting phases are served
+  first, then the normal controller takes over). Successive signals turn green one after the
+  other: a green wave that moves with the ambulance.
+
+Conflicts (two escorts wanting one signal): the higher priority wins, then the earlier
+predicted arrival, then the vehicle id; a phase serving both is used when there is one. The
+winner is released once through (or after ``max_hold_s``), so the other gets its turn: no
+deadlock. A lost GPS feed is dead-reckoned for ``lost_after_s``, then the escort's holds are
+released and the normal controller runs those signals until fixes return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from citybrain.control.arrival import RouteTracker, TrackerSettings, travel_time
+from citybrain.control.corridor import Corridor, CorridorSignal, EscortRequest
+from citybrain.control.envelope import EnvelopeTiming, SignalRules, signal_rules
+from citybrain.control.estimate import TrafficEstimator
+from citybrain.control.model import Intersection
+from citybrain.control.port import (
+    Controller,
+    Decision,
+    IntArray,
+    Layout,
+    PhaseRequest,
+    Readings,
+    SignalView,
+)
+from citybrain.control.recovery import Recovery, RecoverySettings
+from citybrain.errors import ConfigError
+
+__all__ = [
+    "CorridorSource",
+    "EscortController",
+    "EscortMode",
+    "EscortRequest",
+    "EscortSettings",
+    "EscortTrace",
+    "clearance_time",
+]
+
+
+class EscortMode(StrEnum):
+    NONE = "none"
+    LOCAL = "local"
+    CORRIDOR = "corridor"
+
+
+@dataclass(frozen=True, slots=True)
+class EscortSettings:
+    """Escort timing. Queue discharge constants are measured in SUMO by
+    ``bench/escort_calibrate.py`` (see BENCHMARKS.md)."""
+
+    lost_time_s: float = 1.05
+    """Start-up lost time: the n-th queued vehicle of a lane has crossed the stop line
+    ``lost_time_s + headway_s * n`` after the start of green (measured: 1.05 s)."""
+    headway_s: float = 1.91
+    """Saturation headway of a discharging queue, per lane (measured: 1.91 s)."""
+    cross_s: float = 2.35
+    """Time a discharging vehicle takes from the stop line to the far side of the junction
+    (measured: 2.35 s)."""
+    margin_s: float = 4.0
+    """Spare time between the queue's clearance and the ambulance's arrival (it must see
+    green before it would begin to brake for a red)."""
+    passed_m: float = 12.0
+    """The ambulance is through once its estimate is this far past the stop line (it is
+    then inside the junction, and the change interval that follows lets it clear)."""
+    local_range_m: float = 150.0
+    """``local`` mode: distance to the stop line at which the signal is asked."""
+    horizon_s: float = 150.0
+    """Signals the ambulance reaches later than this are not planned yet."""
+    accel_mps2: float = 2.0
+    """Acceleration assumed when predicting an arrival from below the speed limit."""
+    lost_after_s: float = 10.0
+    """Without a fix for this long an escort is lost: its holds are released."""
+    max_hold_s: float = 120.0
+    """A signal held this long without the ambulance passing is given up for that escort."""
+    recovery_max_green_s: float = 40.0
+    recovery_max_s: float = 150.0
+    gps_alpha: float = 0.25
+    gps_beta: float = 0.05
+    gps_speed_weight: float = 0.8
+    """Tracker gains (``control/arrival.py``): distance and speed residual shares, and the
+    weight of the fix's own speed."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"escort.{f.name} must be a number >= 0, not {value}")
+        for name in ("horizon_s", "lost_after_s", "max_hold_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"escort.{name} must be positive")
+        if not 0 < self.gps_alpha <= 1 or self.gps_beta > 1 or self.gps_speed_weight > 1:
+            raise ConfigError(
+                "escort.gps_alpha must be in (0, 1], gps_beta and gps_speed_weight in [0, 1]"
+            )
+
+    @property
+    def tracker(self) -> TrackerSettings:
+        return TrackerSettings(
+            alpha=self.gps_alpha, beta=self.gps_beta, gps_speed_weight=self.gps_speed_weight
+        )
+
+
+def clearance_time(queue_veh: float, settings: EscortSettings) -> float:
+    """Seconds of green a queue of ``queue_veh`` vehicles (per lane) needs to be out of the
+    way: start-up lost time, one headway per vehicle, the last one's crossing."""
+    if queue_veh < 0.5:
+        return 0.0
+    return settings.lost_time_s + settings.headway_s * queue_veh + settings.cross_s
+
+
+CorridorSource = Callable[[EscortRequest], Corridor]
+"""Turns a request's route into a corridor from map data (``sim/corridor.py`` in SUMO)."""
+
+
+@dataclass
+class EscortTrace:
+    """What an escort saw and did, step by step (for the time-space diagram)."""
+
+    vehicle: str
+    corridor: Corridor
+    time_s: list[float] = field(default_factory=list)
+    gps_s: list[float] = field(default_factory=list)
+    """The step's fix projected onto the route (NaN without a fix)."""
+    est_s: list[float] = field(default_factory=list)
+    speed_mps: list[float] = field(default_factory=list)
+    queue_veh: list[list[float]] = field(default_factory=list)
+    """Per step, per corridor signal: the queue estimate on the ambulance's approach."""
+    arrival_s: list[list[float]] = field(default_factory=list)
+    """Per step, per corridor signal: predicted arrival at the stop line (NaN once passed)."""
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+    """(time, intersection or '', what happened)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An escort asking one signal for one of its phases."""
+
+    vehicle: str
+    priority: int
+    arrival_s: float
+    phases: tuple[int, ...]
+
+
+@dataclass
+class _Escort:
+    request: EscortRequest
+    corridor: Corridor
+    tracker: RouteTracker
+    lanes: list[IntArray]
+    trace: EscortTrace
+    passed: int = 0
+    """Signals behind the ambulance (route order)."""
+    since: dict[int, float] = field(default_factory=dict)
+    """Signals held for this escort, by corridor index: since when."""
+    given_up: set[int] = field(default_factory=set)
+    lost: bool = False
+
+
+class EscortController:
+    """Wraps a controller and escorts emergency vehicles through its signals."""
+
+    def __init__(
+        self,
+        base: Controller,
+        mode: EscortMode | str,
+        layout: Layout,
+        corridor_of: CorridorSource,
+        envelope: EnvelopeTiming | None = None,
+        settings: EscortSettings | None = None,
+    ) -> None:
+        if base.signal_program is not None:
+            raise ConfigError(
+                f"controller {base.name!r} runs inside the signal: an escort needs a controller "
+                "whose requests go through the envelope"
+            )
+        self.base = base
+        self.mode = EscortMode(mode)
+        self.name = base.name
+        self.uses_detectors = True
+        self.signal_program: str | None = None
+        self.layout = layout
+        self.corridor_of = corridor_of
+        self.settings = settings or EscortSettings()
+        timing = envelope or EnvelopeTiming()
+        self.xs: dict[str, Intersection] = {x.id: x for x in layout.intersections}
+        self.rules: dict[str, SignalRules] = {
+            x.id: signal_rules(x, timing) for x in layout.intersections
+        }
+        base_est = getattr(base, "estimator", None)
+        self._own_estimator = not isinstance(base_est, TrafficEstimator)
+        self.estimator: TrafficEstimator = (
+            base_est if isinstance(base_est, TrafficEstimator) else TrafficEstimator(layout)
+        )
+        index = self.estimator.lane_index
+        self._phase_lanes = {
+            x.id: [_lanes(index, x.phase_lanes(p.index)) for p in x.phases]
+            for x in layout.intersections
+        }
+        self._last_green: dict[str, list[float]] = {}
+        self.escorts: dict[str, _Escort] = {}
+        self.traces: dict[str, EscortTrace] = {}
+        self.recoveries: dict[str, Recovery] = {}
+        self._held: dict[str, str] = {}
+        """Signals preempted at the last step, and for which vehicle."""
+
+    # ------------------------------------------------------------------ requests (the port)
+
+    def request(self, req: EscortRequest) -> None:
+        """Start escorting ``req.vehicle`` along ``req.route`` (replaces an earlier request)."""
+        corridor = self.corridor_of(req)
+        index = self.estimator.lane_index
+        lanes = [_lanes(index, sig.approach_lanes) for sig in corridor.signals]
+        trace = EscortTrace(req.vehicle, corridor)
+        trace.events.append((req.requested_s, "", f"escort requested ({self.mode})"))
+        self.escorts[req.vehicle] = _Escort(
+            req, corridor, RouteTracker(corridor, self.settings.tracker), lanes, trace
+        )
+        self.traces[req.vehicle] = trace
+
+    def finish(self, vehicle: str, now_s: float) -> None:
+        """The vehicle has arrived (or the request was cancelled): release everything."""
+        escort = self.escorts.pop(vehicle, None)
+        if escort is not None:
+            escort.trace.events.append((now_s, "", "escort ended"))
+
+    # ------------------------------------------------------------------ the controller
+
+    def decide(self, readings: Readings) -> Decision:
+        decision = self.base.decide(readings)
+        if self._own_estimator:
+            self.estimator.update(readings)
+        now = readings.time_s
+        for x_id, view in readings.signals.items():
+            self._observe(x_id, view, now)
+        if not self.escorts and not self.recoveries and not self._held:
+            return decision
+        for fix in readings.gps:
+            escort = self.escorts.get(fix.vehicle)
+            if escort is not None:
+                escort.tracker.update(fix)
+        claims: dict[str, list[Claim]] = {}
+        for escort in self.escorts.values():
+            self._escort_step(escort, readings, claims)
+        overrides: dict[str, PhaseRequest] = {}
+        notes = dict(decision.notes)
+        held: dict[str, str] = {}
+        for x_id, wanted in claims.items():
+            phase, winner = self._resolve(x_id, wanted, readings.signals[x_id])
+            overrides[x_id] = PhaseRequest(x_id, phase, hold=True)
+            held[x_id] = winner
+            notes[x_id] = f"escort {winner}: phase {phase} held"
+            self.recoveries.pop(x_id, None)
+        if self.mode is EscortMode.CORRIDOR:
+            for x_id in self._held.keys() - held.keys():
+                self._start_recovery(x_id, readings.signals[x_id], now)
+            for x_id, recovery in list(self.recoveries.items()):
+                if x_id in held:
+                    continue
+                demand = self._demand(x_id)
+                serve = recovery.request(now, readings.signals[x_id], demand)
+                if serve is None:
+                    del self.recoveries[x_id]
+                    continue
+                overrides[x_id] = PhaseRequest(x_id, serve)
+                notes[x_id] = f"recovery after escort: phase {serve}"
+        self._held = held
+        if not overrides:
+            return Decision(decision.requests, notes)
+        requests = [overrides.pop(r.intersection, r) for r in decision.requests]
+        requests.extend(overrides.values())
+        return Decision(tuple(requests), notes)
+
+    # ------------------------------------------------------------------ one escort
+
+    def _escort_step(
+        self, escort: _Escort, readings: Readings, claims: dict[str, list[Claim]]
+    ) -> None:
+        now, st = readings.time_s, self.settings
+        tracker, corridor, trace = escort.tracker, escort.corridor, escort.trace
+        fresh = any(f.vehicle == escort.request.vehicle for f in readings.gps)
+        age = tracker.age(now)
+        lost = age > st.lost_after_s
+        if lost != escort.lost:
+            escort.lost = lost
+            what = "GPS lost: holds released" if lost else "GPS back"
+            trace.events.append((now, "", what))
+        s = tracker.position(now)
+        v = tracker.v_mps
+        queues = [self._queue(lanes) for lanes in escort.lanes]
+        arrivals: list[float] = []
+        while (
+            escort.passed < len(corridor.signals)
+            and tracker.started
+            and not lost
+            and s >= corridor.signals[escort.passed].stop_m + st.passed_m
+        ):
+            sig = corridor.signals[escort.passed]
+            if escort.passed in escort.since:
+                trace.events.append((now, sig.intersection, "through: released"))
+            escort.since.pop(escort.passed, None)
+            escort.passed += 1
+        for k, sig in enumerate(corridor.signals):
+            arrivals.append(
+                now + travel_time(corridor, s, v, sig.stop_m, st.accel_mps2)
+                if k >= escort.passed and tracker.started
+                else math.nan
+            )
+        trace.time_s.append(now)
+        trace.gps_s.append(tracker.raw_s_m if fresh else math.nan)
+        trace.est_s.append(s if tracker.started else math.nan)
+        trace.speed_mps.append(v)
+        trace.queue_veh.append(queues)
+        trace.arrival_s.append(arrivals)
+        if self.mode is EscortMode.NONE or lost or not tracker.started:
+            escort.since.clear()
+            return
+        for k in range(escort.passed, len(corridor.signals)):
+            sig = corridor.signals[k]
+            if k in escort.given_up or sig.intersection not in self.xs:
+                continue
+            arrival = arrivals[k]
+            if arrival - now > st.horizon_s:
+                break
+            view = readings.signals[sig.intersection]
+            if k in escort.since:
+                if now - escort.since[k] > st.max_hold_s:
+                    escort.given_up.add(k)
+                    del escort.since[k]
+                    trace.events.append((now, sig.intersection, "held too long: given up"))
+                    continue
+            elif self._due(escort, k, sig, view, s, arrival, queues[k], now):
+                escort.since[k] = now
+                trace.events.append((now, sig.intersection, "preemption starts"))
+            else:
+                continue
+            claims.setdefault(sig.intersection, []).append(
+                Claim(escort.request.vehicle, escort.request.priority, arrival, sig.phases)
+            )
+
+    def _due(
+        self,
+        escort: _Escort,
+        k: int,
+        sig: CorridorSignal,
+        view: SignalView,
+        s: float,
+        arrival: float,
+        queue: float,
+        now: float,
+    ) -> bool:
+        """Whether signal ``k`` must be asked for the ambulance's phase now."""
+        st = self.settings
+        if self.mode is EscortMode.LOCAL:
+            return sig.stop_m - s <= st.local_range_m
+        green_by = arrival - clearance_time(queue, st) - st.margin_s
+        target = view.phase if view.phase in sig.phases else sig.phases[0]
+        lead = self._lead(sig.intersection, view, target, now)
+        return now + lead + 1.0 >= green_by
+
+    def _lead(self, x_id: str, view: SignalView, target: int, now: float) -> float:
+        """Seconds from asking for ``target`` to its green (or, when it is green now, the
+        shortest time to leave it and come back: holding starts when that no longer fits)."""
+        rules = self.rules[x_id]
+        n = len(rules.min_green_s)
+        if view.phase == target and not view.in_clearance:
+            back = [
+                _dur(rules, target, q) + rules.min_green_s[q] + _dur(rules, q, target)
+                for q in range(n)
+                if q != target
+            ]
+            return min(back, default=0.0)
+        if view.in_clearance:
+            into = max((_dur(rules, q, view.phase) for q in range(n) if q != view.phase), default=0)
+            if view.phase == target:
+                return into
+            return into + rules.min_green_s[view.phase] + _dur(rules, view.phase, target)
+        left = max(rules.min_green_s[view.phase] - (now - view.green_since), 0.0)
+        return left + _dur(rules, view.phase, target)
+
+    def _resolve(self, x_id: str, claims: list[Claim], view: SignalView) -> tuple[int, str]:
+        """The phase a contested signal serves, and whose claim won."""
+        ranked = sorted(claims, key=lambda c: (-c.priority, c.arrival_s, c.vehicle))
+        allowed = list(ranked[0].phases)
+        for c in ranked[1:]:
+            both = [p for p in allowed if p in c.phases]
+            if both:
+                allowed = both
+        phase = view.phase if view.phase in allowed else allowed[0]
+        return phase, ranked[0].vehicle
+
+    # ------------------------------------------------------------------ estimates, recovery
+
+    def _queue(self, lanes: IntArray) -> float:
+        if lanes.size == 0:
+            return 0.0
+        est = self.estimator
+        return float((est.queue[lanes] + est.approaching[lanes]).max())
+
+    def _demand(self, x_id: str) -> list[float]:
+        queue = self.estimator.queue
+        return [float(queue[ln].max()) if ln.size else 0.0 for ln in self._phase_lanes[x_id]]
+
+    def _observe(self, x_id: str, view: SignalView, now: float) -> None:
+        last = self._last_green.get(x_id)
+        if last is None:
+            last = self._last_green[x_id] = [now] * len(self.xs[x_id].phases)
+        if not view.in_clearance:
+            last[view.phase] = now
+
+    def _start_recovery(self, x_id: str, view: SignalView, now: float) -> None:
+        rules = self.rules[x_id]
+        st = self.settings
+        settings = RecoverySettings(
+            st.lost_time_s, st.headway_s, rules.min_green_s, st.recovery_max_green_s,
+            st.recovery_max_s,
+        )
+        held = view.phase
+        recovery = Recovery(now, held, self._last_green[x_id], self._demand(x_id), settings)
+        if not recovery.done:
+            self.recoveries[x_id] = recovery
+
+    def trace_of(self, vehicle: str) -> EscortTrace | None:
+        return self.traces.get(vehicle)
+
+    @property
+    def active(self) -> Mapping[str, _Escort]:
+        return self.escorts
+
+
+def _lanes(index: Mapping[str, int], lanes: tuple[str, ...]) -> IntArray:
+    return np.array(sorted({index[lane] for lane in lanes if lane in index}), dtype=np.int64)
+
+
+def _dur(rules: SignalRules, a: int, b: int) -> float:
+    if a == b:
+        return 0.0
+    return sum(step.duration_s for step in rules.intervals[(a, b)])
