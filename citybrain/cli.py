@@ -1,4 +1,4 @@
-"""The ``citybrain`` command: ``sim``, ``control`` and ``demo``."""
+"""The ``citybrain`` command: ``sim``, ``control``, ``escort``, ``parking`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("path", type=Path, help="a .net.xml or .sumocfg")
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(handler=_control_inspect)
+
+    from citybrain.field_cli import add_control_serve, add_escort
+
+    add_control_serve(control_cmds)
+    add_escort(top)
 
     from citybrain.parking_cli import add_parser as add_parking
 

@@ -1,5 +1,5 @@
-"""``citybrain demo``: the arterial corridor under fixed, actuated and adaptive control, then
-parking settlement validated in SUMO."""
+"""``citybrain demo``: the arterial corridor under fixed, actuated and adaptive control, its
+ambulance without and with the green-wave escort, then parking settlement validated in SUMO."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from citybrain.escort_demo import run_escort_demo
 from citybrain.sim.compare import compare, table, write
 from citybrain.sim.library import build_scenario, load_spec
 from citybrain.sim.plots import comparison_chart, phase_timeline
@@ -42,6 +43,9 @@ def run_demo(out: Path, seeds: Sequence[int]) -> int:
         title=f"arterial, seed {seed}: signal phases at the peak",
     )
     print(f"\nwrote {path}\nchart: {chart}\nphase timeline: {timeline}")
+    print(f"\nescort: the arterial's ambulance under adaptive, without and with the corridor "
+          f"(seed {seed}) ...")
+    run_escort_demo(out, seed)
     return run_parking_demo(out / "parking")
 
 

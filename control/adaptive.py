@@ -61,7 +61,7 @@ class AdaptiveTiming:
     """A lane that has waited this long counts twice when choosing the next phase."""
     full_density: float = 0.8
     """An exit lane this full blocks the movements into it."""
-    age_weight: float = 0.0
+    partial_red: bool = True
     stuck_memory_s: float = 30.0
     short_link_veh: float = 4.0
     red_feed_weight: float = 0.3
@@ -88,6 +88,7 @@ class AdaptiveController(EstimatingController):
         self._n_lanes = [
             np.array([max(float(s.sum()), 1.0) for s in table.lane_share]) for table in self.tables
         ]
+        self._shares = [_share_matrix(table, n) for table in self.tables]
         self._short = self.capacity < t.short_link_veh
         feeds = sorted(
             {
@@ -176,8 +177,11 @@ class AdaptiveController(EstimatingController):
         crossed = float(self._crossed_at[lanes].max(initial=-np.inf))
         stalled = green >= t.stall_s and now_s - crossed >= t.stall_s
         if stalled and t.stuck_memory_s > 0:
-            self._stalled_at[lanes[queue[lanes] > 0.5]] = now_s
-        if self._stay(k, table, cur, load, free, stalled, now_s):
+            # a queue with right of way that does not move is blocked beyond the junction (a
+            # permissive turn may just be waiting for a gap in the oncoming traffic)
+            protected = table.lane_share[cur] >= 0.99
+            self._stalled_at[lanes[(queue[lanes] > 0.5) & protected]] = now_s
+        if self._stay(k, table, cur, best, load, free, stalled):
             return PhaseRequest(x.id, cur)
         return PhaseRequest(x.id, best)
 
@@ -186,16 +190,20 @@ class AdaptiveController(EstimatingController):
         k: int,
         table: PhaseTable,
         cur: int,
+        best: int,
         load: FloatArray,
         free: FloatArray,
         stalled: bool,
-        now_s: float,
     ) -> bool:
         """The delay balance: does keeping the green ``step_s`` longer save more than it costs?"""
         t = self.timing
-        lanes, share = table.lanes[cur], table.lane_share[cur]
+        lanes = table.lanes[cur]
         if lanes.size == 0:
             return False
+        shares = self._shares[k]
+        # what the current green serves that the best other phase would not (lanes green in
+        # both keep going whatever we choose)
+        share = np.maximum(shares[cur, lanes] - shares[best, lanes], 0.0)
         est = self.estimator
         step = t.step_s
         coming = est.approaching[lanes] * min(step / t.zone_travel_s, 1.0)
@@ -210,12 +218,19 @@ class AdaptiveController(EstimatingController):
         need = np.clip(load / (SATURATION_VEH_S * self._n_lanes[k]), t.min_green_s, t.max_green_s)
         back = sum(float(lost[cur, p]) + float(need[p]) for p in others) + float(lost.max())
         # everyone waiting on a lane the current green does not fully serve waits ``step`` longer
-        red = np.ones(len(self._demand), dtype=bool)
-        red[lanes[share >= 0.99]] = False
         approach = table.approach
-        age = 1.0 + t.age_weight * (now_s - self._lane_green[approach]) / t.wait_weight_s
-        waiting = float((est.queue[approach] * red[approach] * age).sum())
+        red = np.maximum(1.0 - shares[cur, approach], 0.0) if t.partial_red else (
+            shares[cur, approach] < 0.99)
+        waiting = float((est.queue[approach] * red).sum())
         return bool(served * back >= waiting * step)
+
+
+def _share_matrix(table: PhaseTable, lanes: int) -> FloatArray:
+    """Per phase (rows), the share of each estimator lane's movements it lets go."""
+    shares = np.zeros((len(table.lanes), lanes))
+    for p, (own, share) in enumerate(zip(table.lanes, table.lane_share, strict=True)):
+        shares[p, own] = share
+    return shares
 
 
 def _lost_times(table: PhaseTable) -> FloatArray:

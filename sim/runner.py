@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from citybrain.control.catalog import make_controller
-from citybrain.control.envelope import SafetyEnvelope
+from citybrain.control.drive import SignalDriver
 from citybrain.control.escort import EscortController, EscortMode
 from citybrain.control.model import Intersection
-from citybrain.control.port import Controller, Layout, Readings
+from citybrain.control.port import Controller, Layout
 from citybrain.errors import ConfigError, ScenarioError
 from citybrain.settings import Settings
 from citybrain.sim import backend as sb
@@ -318,7 +318,7 @@ def _loop(
     cam_ids = [d.id for d in layout.cameras] if controller.uses_detectors else []
     backend.subscribe(loop_ids, cam_ids, [x.id for x in xs])
     sensors = SensorModel(layout, options.settings.sensors)
-    envelopes = {x.id: SafetyEnvelope(x, options.settings.envelope, scenario.begin_s) for x in xs}
+    driver = SignalDriver(controller, xs, options.settings.envelope, scenario.begin_s)
     signals = _Signals(backend, xs)
     monitor = SignalMonitor(xs, options.settings.envelope)
     last_ids: list[tuple[str, ...]] = [() for _ in loop_ids]
@@ -348,18 +348,14 @@ def _loop(
                 cam_queue[i] = int(v[sb.LAST_STEP_VEHICLE_HALTING_NUMBER])
         lc, lo = sensors.loops(loop_count, loop_occ)
         cc, cq = sensors.cameras(cam_count, cam_queue)
-        tick = time.thread_time_ns()  # CPU time: a preempted process does not count
         gps = watch.before(t) if watch is not None else ()
-        decision = controller.decide(Readings(t, lc, lo, cc, cq, envelopes, gps))
-        stats.decisions_ns.append(time.thread_time_ns() - tick)
-        holds = {r.intersection: r.hold for r in decision.requests}
+        step = driver.step(driver.readings(t, lc, lo, cc, cq, gps))  # shared with the field
+        stats.decisions_ns.append(step.decide_ns)
+        holds = step.holds
         if not own_program:
-            requests = {r.intersection: r.phase for r in decision.requests}
             states = backend.signal_states()
             for x in xs:
-                hold = holds.get(x.id, False)
-                wanted = envelopes[x.id].step(t, requests.get(x.id), hold=hold)
-                signals.apply(x.id, wanted, states[x.id])
+                signals.apply(x.id, step.states[x.id], states[x.id])
         backend.step()
         shown = backend.signal_states()  # what SUMO showed during [t, t + 1)
         if watch is not None:

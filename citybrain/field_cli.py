@@ -1,0 +1,159 @@
+"""``citybrain control serve`` (the field service) and ``citybrain escort request|cancel``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from citybrain.errors import CitybrainError
+
+if TYPE_CHECKING:
+    from citybrain.parking.broker import BrokerSettings
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def add_control_serve(
+    control_cmds: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    serve = control_cmds.add_parser(
+        "serve", help="run a controller in the field: detectors and escorts over MQTT"
+    )
+    serve.add_argument("--broker", default=DEFAULT_BROKER, help="mqtt://HOST:PORT or mqtts://")
+    serve.add_argument(
+        "--net", type=Path, required=True, help="the road net (.net.xml, or a .sumocfg)"
+    )
+    serve.add_argument(
+        "--controller", default="adaptive", help="controller name (citybrain control list)"
+    )
+    serve.add_argument(
+        "--escort",
+        default="corridor",
+        choices=("corridor", "local", "none"),
+        help="escort mode for requests: corridor (green wave, default), local or none",
+    )
+    serve.add_argument("--config", type=Path, help="settings TOML (see configs/citybrain.toml)")
+    serve.add_argument("--topic-root", default="citybrain", help="first topic levels")
+    serve.add_argument("--client-id", default="citybrain-control")
+    _credentials(serve)
+    serve.set_defaults(handler=_serve)
+
+
+def add_escort(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    escort = top.add_parser("escort", help="ask the field service for an ambulance escort")
+    cmds = escort.add_subparsers(dest="escort_command", required=True, metavar="SUBCOMMAND")
+    req = cmds.add_parser("request", help="request an escort along a route")
+    req.add_argument("--vehicle", required=True)
+    req.add_argument(
+        "--route", required=True, type=_edges, help="edge ids in route order, comma-separated"
+    )
+    req.add_argument(
+        "--priority", type=int, default=1, help="higher wins a contested signal (default 1)"
+    )
+    cancel = cmds.add_parser("cancel", help="cancel a vehicle's escort")
+    cancel.add_argument("--vehicle", required=True)
+    for p in (req, cancel):
+        p.add_argument("--broker", default=DEFAULT_BROKER)
+        p.add_argument("--topic-root", default="citybrain")
+        _credentials(p)
+    req.set_defaults(handler=_request)
+    cancel.set_defaults(handler=_cancel)
+
+
+def _edges(text: str) -> list[str]:
+    edges = [e.strip() for e in text.split(",") if e.strip()]
+    if not edges:
+        raise argparse.ArgumentTypeError("expected edge ids separated by commas")
+    return edges
+
+
+def _credentials(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--ca-file", help="CA certificate for mqtts:// brokers")
+
+
+def _broker(args: argparse.Namespace) -> BrokerSettings:
+    from citybrain.parking.broker import BrokerSettings
+
+    try:
+        return BrokerSettings.from_url(
+            args.broker, username=args.username, password=args.password, ca_file=args.ca_file
+        )
+    except ValueError as exc:
+        raise CitybrainError(str(exc)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from citybrain.field.service import load_core, run_service
+    from citybrain.settings import load_settings
+
+    broker = _broker(args)
+    core = load_core(
+        args.net,
+        args.controller,
+        escort=args.escort,
+        settings=load_settings(args.config),
+        root=args.topic_root,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    print(
+        f"serving {len(core.layout.intersections)} signal(s) of {args.net} with "
+        f"{args.controller} (escort {args.escort}) on {broker.address.url}",
+        file=sys.stderr,
+    )
+    stats = run_service(core, broker, client_id=args.client_id, stop=stop)
+    print(f"stopped: {stats}", file=sys.stderr)
+    return 0
+
+
+def _request(args: argparse.Namespace) -> int:
+    from citybrain.field.protocol import EscortCall, encode_call, requests_topic
+
+    call = EscortCall(_vehicle(args.vehicle), tuple(args.route), args.priority, time.time())
+    _publish(args, requests_topic(args.topic_root), encode_call(call))
+    print(f"requested an escort for {call.vehicle} along {len(call.route)} edge(s)")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from citybrain.field.protocol import EscortCancel, encode_cancel, requests_topic
+
+    cancel = EscortCancel(_vehicle(args.vehicle), time.time())
+    _publish(args, requests_topic(args.topic_root), encode_cancel(cancel))
+    print(f"cancelled the escort of {cancel.vehicle}")
+    return 0
+
+
+def _vehicle(name: str) -> str:
+    from citybrain.field.protocol import check_level
+
+    try:
+        return check_level(name, "vehicle id")
+    except ValueError as exc:
+        raise CitybrainError(str(exc)) from None
+
+
+def _publish(args: argparse.Namespace, topic: str, payload: bytes) -> None:
+    from citybrain.field.protocol import REQUEST_QOS, check_root
+    from citybrain.field.service import publish_once
+
+    try:
+        check_root(args.topic_root)
+    except ValueError as exc:
+        raise CitybrainError(str(exc)) from None
+    publish_once(_broker(args), topic, payload, qos=REQUEST_QOS)

@@ -1,0 +1,503 @@
+"""The field service: the wire contract, its logic, the sim/field shared step, and a real broker.
+
+The broker: ``CITYBRAIN_TEST_MQTT_URL`` or ``mqtt://127.0.0.1:1883`` when reachable; else,
+with CI=true, the tests fail; else a private Mosquitto is started (skipped without one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from paho.mqtt.client import MQTTMessage
+
+from citybrain.cli import main
+from citybrain.control.corridor import EscortRequest
+from citybrain.control.drive import DriveStep, SignalDriver, apply_decision
+from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope
+from citybrain.control.fixed import FixedTimeController
+from citybrain.control.port import Decision, GpsFix, PhaseRequest, Readings
+from citybrain.errors import ConfigError
+from citybrain.field.core import FieldCore
+from citybrain.field.protocol import (
+    CameraReading,
+    DetectorReport,
+    EscortCall,
+    EscortCancel,
+    EscortStatus,
+    FieldPayloadError,
+    LoopReading,
+    SignalState,
+    decode_detectors,
+    decode_escort,
+    decode_gps,
+    decode_state,
+    decode_status,
+    detectors_topic,
+    encode_call,
+    encode_cancel,
+    encode_detectors,
+    encode_gps,
+    encode_state,
+    encode_status,
+    gps_topic,
+    parse_topic,
+    requests_topic,
+    state_topic,
+)
+from citybrain.field.service import ScaledClock, ServiceStats, load_core, run_service
+from citybrain.parking.broker import (
+    BrokerSettings,
+    MosquittoProcess,
+    find_mosquitto,
+    make_client,
+    reachable,
+)
+from citybrain.parking.mqtt import parse_broker_url
+from citybrain.sim.monitor import SignalMonitor
+
+from .conftest import in_ci
+
+# the single scenario's side road, southbound through A0, and its main road, eastbound
+SOUTH = ("top0A0", "top0A0.240.00", "A0bottom0")
+EAST = ("left0A0", "left0A0.240.00", "A0right0")
+
+# ------------------------------------------------------------------------ the wire contract
+
+
+def test_topics() -> None:
+    root = "cbtest/x"
+    assert detectors_topic("A0", root) == "cbtest/x/signals/A0/detectors"
+    assert state_topic("A0") == "citybrain/signals/A0/state"
+    assert parse_topic("cbtest/x/signals/A0/detectors", root) == ("detectors", "A0")
+    assert parse_topic(gps_topic("amb 1", root), root) == ("gps", "amb 1")
+    assert parse_topic(requests_topic(root), root) == ("requests", "")
+    assert parse_topic("cbtest/x/signals/A0/state", root) is None
+    assert parse_topic("elsewhere/signals/A0/detectors", root) is None
+    for bad in ("", "a/b", "a+", "#"):
+        with pytest.raises(ValueError):
+            state_topic(bad)
+
+
+def test_round_trips() -> None:
+    report = DetectorReport(
+        "A0",
+        1767225600.5,
+        {"cb_s_l_0": LoopReading(2, 0.375), "cb_u_l_0": LoopReading(0, 0.0)},
+        {"cb_c_l_0": CameraReading(7, 4)},
+    )
+    assert decode_detectors(encode_detectors(report), "A0") == report
+    fix = GpsFix("amb1", 1767225601.0, 512.25, -3.5, 13.9)
+    assert decode_gps(encode_gps(fix), "amb1") == fix
+    call = EscortCall("amb1", ("e1", "e2", "e3"), 3, 1767225602.0)
+    assert decode_escort(encode_call(call)) == call
+    assert decode_escort(encode_call(EscortCall("amb1", ("e1",)))) == EscortCall("amb1", ("e1",))
+    cancel = EscortCancel("amb1", 1767225603.0)
+    assert decode_escort(encode_cancel(cancel)) == cancel
+    state = SignalState("A0", 1767225604.0, "GGrryy", 2, True, True)
+    assert decode_state(encode_state(state), "A0") == state
+    status = EscortStatus("amb1", 1767225605.0, "active", ("A0", "B0"))
+    assert decode_status(encode_status(status)) == status
+    # the documented shape, field by field
+    assert json.loads(encode_state(state)) == {
+        "ts": 1767225604.0,
+        "state": "GGrryy",
+        "phase": 2,
+        "hold": True,
+        "clearance": True,
+    }
+    assert json.loads(encode_call(call)) == {
+        "vehicle": "amb1",
+        "route": ["e1", "e2", "e3"],
+        "priority": 3,
+        "ts": 1767225602.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b"\xff", ""),
+        (b"{not json", ""),
+        (b"[1, 2]", ""),
+        (b'{"loops": {}}', "ts"),
+        (b'{"ts": "now"}', "ts"),
+        (b'{"ts": NaN}', ""),
+        (b'{"ts": 1, "loops": []}', "loops"),
+        (b'{"ts": 1, "loops": {"d": 3}}', "loops.d"),
+        (b'{"ts": 1, "loops": {"d": {"occupancy": 0.1}}}', "loops.d.count"),
+        (b'{"ts": 1, "loops": {"d": {"count": -1, "occupancy": 0.1}}}', "loops.d.count"),
+        (b'{"ts": 1, "loops": {"d": {"count": true, "occupancy": 0.1}}}', "loops.d.count"),
+        (b'{"ts": 1, "loops": {"d": {"count": 1, "occupancy": 1.5}}}', "loops.d.occupancy"),
+        (b'{"ts": 1, "cameras": {"c": {"count": 2}}}', "cameras.c.queue"),
+    ],
+)
+def test_bad_detector_messages(payload: bytes, field: str) -> None:
+    with pytest.raises(FieldPayloadError) as err:
+        decode_detectors(payload, "A0")
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{field}: " if field else "")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b'{"ts": 1, "x": 0, "y": 0, "speed_mps": 1}', "vehicle"),
+        (b'{"vehicle": "other", "ts": 1, "x": 0, "y": 0, "speed_mps": 1}', "vehicle"),
+        (b'{"vehicle": "amb", "ts": 1, "y": 0, "speed_mps": 1}', "x"),
+        (b'{"vehicle": "amb", "ts": 1, "x": 0, "y": 0, "speed_mps": -2}', "speed_mps"),
+    ],
+)
+def test_bad_gps(payload: bytes, field: str) -> None:
+    with pytest.raises(FieldPayloadError) as err:
+        decode_gps(payload, "amb")
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b'{"route": ["a"]}', "vehicle"),
+        (b'{"vehicle": "a/b", "route": ["a"]}', "vehicle"),
+        (b'{"vehicle": "amb"}', "route"),
+        (b'{"vehicle": "amb", "route": []}', "route"),
+        (b'{"vehicle": "amb", "route": ["a", 3]}', "route[1]"),
+        (b'{"vehicle": "amb", "route": ["a"], "priority": "high"}', "priority"),
+        (b'{"vehicle": "amb", "route": ["a"], "ts": "x"}', "ts"),
+        (b'{"vehicle": "amb", "cancel": "yes"}', "cancel"),
+    ],
+)
+def test_bad_escort_messages(payload: bytes, field: str) -> None:
+    with pytest.raises(FieldPayloadError) as err:
+        decode_escort(payload)
+    assert err.value.field == field
+
+
+# ------------------------------------------------------------------------ the core
+
+
+def _report(core: FieldCore, x_id: str, ts: float, counts: dict[str, int]) -> bytes:
+    layout = core.layout
+    loops = {
+        d.id: LoopReading(counts.get(d.id, 0), 0.5 if counts.get(d.id) else 0.0)
+        for d in layout.loops
+        if d.intersection == x_id
+    }
+    cams = {
+        d.id: CameraReading(counts.get(d.id, 0), 0)
+        for d in layout.cameras
+        if d.intersection == x_id
+    }
+    return encode_detectors(DetectorReport(x_id, ts, loops, cams))
+
+
+def test_core_assembles_one_reading_per_second(single_cfg: Path) -> None:
+    core = load_core(single_cfg, "actuated", root="r")
+    seen: list[Readings] = []
+    base = core.escort.base
+    decide = base.decide
+
+    def spy(readings: Readings) -> Decision:
+        seen.append(readings)
+        return decide(readings)
+
+    base.decide = spy  # type: ignore[method-assign]
+    loop = core.layout.loops[0]
+    cam = core.layout.cameras[0]
+    topic = detectors_topic(loop.intersection, "r")
+    t = 1000.0
+    core.handle(topic, _report(core, loop.intersection, t - 0.5, {loop.id: 1, cam.id: 3}), t - 0.5)
+    core.handle(topic, _report(core, loop.intersection, t - 0.2, {loop.id: 2}), t - 0.2)
+    core.handle(topic, _report(core, loop.intersection, t - 9, {loop.id: 5}), t - 0.1)  # stale
+    out = core.tick(t)
+    assert seen[-1].time_s == t
+    assert seen[-1].loop_count[0] == 3  # counts add up within the second
+    assert seen[-1].camera_count[0] == 0  # cameras: the latest message
+    assert core.counts["stale"] == 1
+    (state,) = [m for m in out if m.topic == state_topic(loop.intersection, "r")]
+    assert state.retain and state.qos == 1
+    assert decode_state(state.payload, loop.intersection).state == core.states[loop.intersection]
+    core.tick(t + 1)  # no message: no counts
+    assert seen[-1].loop_count.sum() == 0 and seen[-1].time_s == t + 1
+    # a detector of another intersection, or an unknown one: the message is refused whole
+    bad = json.dumps({"ts": t, "loops": {"cb_nope": {"count": 1, "occupancy": 0}}}).encode()
+    with pytest.raises(FieldPayloadError, match=r"^loops\.cb_nope: "):
+        core.handle(topic, bad, t + 1.5)
+    with pytest.raises(FieldPayloadError):
+        core.handle(detectors_topic("Z9", "r"), encode_detectors(DetectorReport("Z9", t)), t)
+    assert core.counts["rejected"] == 2
+
+
+def test_core_escort_requests(single_cfg: Path) -> None:
+    core = load_core(single_cfg, "fixed", root="r")
+    t = 5000.0
+    (status,) = core.handle(requests_topic("r"), encode_call(EscortCall("amb", SOUTH)), t)
+    got = decode_status(status.payload)
+    assert (got.status, got.signals) == ("active", ("A0",))
+    (status,) = core.handle(requests_topic("r"), encode_call(EscortCall("x", ("nope",))), t)
+    assert decode_status(status.payload).status == "rejected"
+    old = EscortCall("y", SOUTH, ts=t - 3600)
+    (status,) = core.handle(requests_topic("r"), encode_call(old), t)
+    assert decode_status(status.payload).reason == "request too old"
+    (status,) = core.handle(requests_topic("r"), encode_cancel(EscortCancel("amb")), t + 1)
+    assert decode_status(status.payload).status == "cancelled"
+    assert not core.escort.escorts
+
+
+def test_core_refuses_a_controller_inside_the_signal(single_cfg: Path) -> None:
+    with pytest.raises(ConfigError, match="runs inside the signal"):
+        load_core(single_cfg, "sumo-actuated")
+    with pytest.raises(ConfigError, match="escort mode"):
+        load_core(single_cfg, "fixed", escort="sideways")
+
+
+# ------------------------------------------------------------------------ one step, two worlds
+
+
+def test_apply_decision_matches_the_envelopes(single_cfg: Path) -> None:
+    core = load_core(single_cfg, "fixed")
+    xs = core.layout.intersections
+    timing = EnvelopeTiming()
+    by_hand = {x.id: SafetyEnvelope(x, timing, 0.0) for x in xs}
+    driver = SignalDriver(FixedTimeController(core.layout), xs, timing, 0.0)
+    x = xs[0]
+    for t in range(120):
+        phase = (t // 20) % len(x.phases)
+        decision = Decision((PhaseRequest(x.id, phase, hold=t > 100),))
+        outputs = apply_decision(decision, driver.envelopes, xs, float(t))
+        assert outputs[0].state == by_hand[x.id].step(float(t), phase, hold=t > 100)
+        assert outputs[0].hold == (t > 100)
+
+
+@pytest.mark.sumo
+@pytest.mark.parametrize("controller", ["actuated", "maxpressure"])
+def test_sim_and_field_show_the_same_states(
+    single_cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, controller: str
+) -> None:
+    from citybrain.sim.runner import RunOptions, run
+
+    recorded: list[tuple[Readings, dict[str, str]]] = []
+    original = SignalDriver.step
+
+    def record(self: SignalDriver, readings: Readings) -> DriveStep:
+        step = original(self, readings)
+        copy = Readings(
+            readings.time_s,
+            readings.loop_count.copy(),
+            readings.loop_occupancy.copy(),
+            readings.camera_count.copy(),
+            readings.camera_queue.copy(),
+            {},
+            readings.gps,
+        )
+        recorded.append((copy, dict(step.states)))
+        return step
+
+    monkeypatch.setattr(SignalDriver, "step", record)
+    run(single_cfg, tmp_path / "run", RunOptions(controller, seed=3, end_s=600.0))
+    monkeypatch.undo()
+    assert len(recorded) >= 600
+    assert any(r.loop_count.sum() for r, _ in recorded)
+
+    core = load_core(single_cfg, controller, root="r")
+    layout = core.layout
+    changes = 0
+    for readings, wanted in recorded:
+        t = readings.time_s
+        for x in layout.intersections:
+            loops = {
+                d.id: LoopReading(int(readings.loop_count[i]), float(readings.loop_occupancy[i]))
+                for i, d in enumerate(layout.loops)
+                if d.intersection == x.id
+            }
+            cams = {
+                d.id: CameraReading(int(readings.camera_count[i]), int(readings.camera_queue[i]))
+                for i, d in enumerate(layout.cameras)
+                if d.intersection == x.id
+            }
+            payload = encode_detectors(DetectorReport(x.id, t, loops, cams))
+            core.handle(detectors_topic(x.id, "r"), payload, t)
+        before = dict(core.states)
+        core.tick(t)
+        assert dict(core.states) == wanted, f"at {t:g} s"
+        changes += before != dict(core.states)
+    assert changes > 10  # the controller did switch phases
+
+
+# ------------------------------------------------------------------------ a real broker
+
+
+@pytest.fixture(scope="module")
+def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("CITYBRAIN_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+    address = parse_broker_url(url)
+    if reachable(address.host, address.port):
+        yield url
+        return
+    if find_mosquitto() is None:
+        if in_ci():
+            pytest.fail(f"CI=true but no MQTT broker at {url} and no mosquitto binary")
+        pytest.skip(f"no MQTT broker at {url} and no mosquitto binary to start one")
+    with MosquittoProcess(tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker.url
+
+
+class Collector:
+    """Subscribes to topic filters and keeps every message (topic, payload, arrival)."""
+
+    def __init__(self, url: str, *filters: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        settings = BrokerSettings.from_url(url)
+        self.client = make_client(settings, f"cbtest-{uuid.uuid4().hex[:10]}", clean_session=True)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.connect(settings.address.host, settings.address.port)
+        self.client.loop_start()
+        self.client.subscribe([(f, 1) for f in filters])
+        assert self.subscribed.wait(10), "no SUBACK"
+
+    def _on_message(self, _c: Any, _u: Any, message: MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((message.topic, bytes(message.payload)))
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def on(self, topic: str) -> list[bytes]:
+        with self.lock:
+            return [p for t, p in self.messages if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_field_service_escorts_an_ambulance(single_cfg: Path, mqtt_url: str) -> None:
+    root = f"cbtest/{uuid.uuid4().hex[:10]}"
+    core = load_core(single_cfg, "actuated", escort="corridor", root=root)
+    (x,) = core.layout.intersections
+    corridors = {r: core.escort.corridor_of(EscortRequest("amb", r)) for r in (SOUTH, EAST)}
+    assert all(len(c.signals) == 1 for c in corridors.values())
+    clock = ScaledClock(rate=4.0)
+    stop, ready = threading.Event(), threading.Event()
+    result: list[ServiceStats] = []
+    client_id = f"cbtest-control-{uuid.uuid4().hex[:8]}"
+    thread = threading.Thread(
+        target=lambda: result.append(
+            run_service(
+                core,
+                BrokerSettings.from_url(mqtt_url),
+                client_id=client_id,
+                stop=stop,
+                clock=clock,
+                ready=ready,
+            )
+        ),
+        daemon=True,
+    )
+    watch = Collector(mqtt_url, f"{root}/signals/+/state", f"{root}/escort/+/status")
+    thread.start()
+    try:
+        assert ready.wait(15), "the service did not subscribe"
+        rng = np.random.default_rng(7)
+        t0 = math.floor(clock()) + 1
+        speed, start_k = 12.0, 3
+        route, corridor = SOUTH, corridors[SOUTH]
+        (sig,) = corridor.signals
+        s0 = sig.stop_m - 180.0
+        for k in range(32):
+            t = t0 + k
+            while clock() < t + 0.3:
+                time.sleep(0.01)
+            counts = {d.id: int(rng.integers(0, 2)) for d in core.layout.loops}
+            watch.publish(detectors_topic(x.id, root), _report(core, x.id, t, counts))
+            if k == 2:
+                # escort the road that is not green now: the signal has to change for it
+                now_phase = decode_state(watch.on(state_topic(x.id, root))[-1], x.id).phase
+                if now_phase in sig.phases:
+                    route, corridor = EAST, corridors[EAST]
+                    (sig,) = corridor.signals
+                    s0 = sig.stop_m - 180.0
+                watch.publish(requests_topic(root), encode_call(EscortCall("amb", route)), 1)
+                watch.publish(detectors_topic(x.id, root), b'{"ts": "garbage"}')
+            if k >= start_k:
+                s = s0 + speed * (k - start_k)
+                px, py = corridor.line.point_at(s)
+                fix = GpsFix("amb", t, px + rng.normal(0, 4), py + rng.normal(0, 4), speed)
+                watch.publish(gps_topic("amb", root), encode_gps(fix))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(15)
+        watch.close()
+    assert not thread.is_alive() and result
+    stats = result[0]
+    assert stats.rejected >= 1 and stats.ticks >= 30
+    states = sorted(
+        (decode_state(p, x.id) for p in watch.on(state_topic(x.id, root))), key=lambda s: s.ts
+    )
+    assert len(states) >= 30
+    # safe: the lamps the service published keep every envelope rule
+    monitor = SignalMonitor(core.layout.intersections, EnvelopeTiming())
+    for st in states:
+        monitor.observe(st.ts, x.id, st.state, st.hold)
+    assert monitor.violations == []
+    # the signal changed for the ambulance: its movement is green and held well before it
+    # reaches the stop line, and stays green until it is there
+    arrive = t0 + start_k + 180.0 / speed
+    requested = [st for st in states if t0 + 2 <= st.ts <= t0 + 3]
+    timeline = [(st.ts - t0, st.state, st.phase, st.hold) for st in states]
+    assert requested and requested[0].phase not in sig.phases, timeline
+    green = [st for st in states if all(st.state[i] in "Gg" for i in sig.links)]
+    held = [st for st in green if st.hold and st.phase in sig.phases and st.ts > t0 + 2]
+    assert held and held[0].ts < arrive - 3, timeline
+    last = [st for st in states if held[0].ts <= st.ts <= arrive - 1]
+    assert last and all(all(st.state[i] in "Gg" for i in sig.links) for st in last)
+    statuses = [decode_status(p).status for p in watch.on(f"{root}/escort/amb/status")]
+    assert statuses[0] == "active" and "ended" in statuses
+    # leave nothing retained behind on a shared broker
+    cleaner = Collector(mqtt_url, f"{root}/#")
+    cleaner.publish(state_topic(x.id, root), b"", 1, retain=True)
+    cleaner.publish(f"{root}/control/status", b"", 1, retain=True)
+    time.sleep(0.2)
+    cleaner.close()
+
+
+def test_escort_commands_publish_requests(mqtt_url: str) -> None:
+    root = f"cbtest/{uuid.uuid4().hex[:10]}"
+    watch = Collector(mqtt_url, requests_topic(root))
+    try:
+        base = ["--broker", mqtt_url, "--topic-root", root, "--vehicle", "amb7"]
+        assert main(["escort", "request", *base, "--route", "e1,e2, e3", "--priority", "2"]) == 0
+        assert main(["escort", "cancel", *base]) == 0
+        deadline = time.monotonic() + 10
+        while len(watch.on(requests_topic(root))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        watch.close()
+    call, cancel = (decode_escort(p) for p in watch.on(requests_topic(root)))
+    assert isinstance(call, EscortCall) and isinstance(cancel, EscortCancel)
+    assert (call.vehicle, call.route, call.priority) == ("amb7", ("e1", "e2", "e3"), 2)
+    assert call.ts is not None and abs(call.ts - time.time()) < 60
+    assert cancel.vehicle == "amb7"
+
+
+def test_escort_command_without_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    with contextlib.closing(__import__("socket").socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = main(["escort", "cancel", "--broker", f"mqtt://127.0.0.1:{port}", "--vehicle", "a"])
+    assert code == 2
+    assert "cannot reach the broker" in capsys.readouterr().err
