@@ -61,6 +61,8 @@ class Result:
     delay_s: float | None
     wall_s: float
     error: str | None = None
+    decision_p99_ms: float | None = None
+    """CPU cost of one decision per intersection, 99th percentile (controllers only)."""
 
 
 def _csv(text: str) -> list[str]:
@@ -113,7 +115,9 @@ def run_citybrain(cfg: Path, runner: str, seed: int, out: Path) -> Result:
     if err := _failure(proc):
         return Result(name, seed, runner, None, wall, err)
     metrics = json.loads((out / "metrics.json").read_text())
-    return Result(name, seed, runner, float(metrics["mean_delay_s"]), wall)
+    p99 = metrics.get("decision_ms_per_intersection", {}).get("p99")
+    return Result(name, seed, runner, float(metrics["mean_delay_s"]), wall,
+                  decision_p99_ms=None if p99 is None else float(p99))
 
 
 def references(readme: Path) -> dict[str, tuple[str, str]]:
@@ -217,7 +221,8 @@ def table(
 def adaptive_table(results: list[Result], maps: list[str], controllers: list[str]) -> str:
     """Mean delay per controller and map, and adaptive over the best baseline."""
     shown = [c for c in controllers if c != "adaptive" and "@" not in c]
-    head = ["map", *shown, "adaptive", "best baseline", "adaptive / best"]
+    head = ["map", *shown, "adaptive", "best baseline", "adaptive / best",
+            "adaptive decision p99 (ms)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in maps:
         means = {
@@ -228,7 +233,10 @@ def adaptive_table(results: list[Result], maps: list[str], controllers: list[str
         best = min(base, key=base.__getitem__) if base else None
         cells = [f"{means[c]:.1f}" if c in means else "error" for c in [*shown, "adaptive"]]
         ratio = (means["adaptive"] / base[best]) if best and "adaptive" in means else None
-        lines.append("| " + " | ".join([name, *cells, best or "—", _fmt(ratio)]) + " |")
+        p99s = [r.decision_p99_ms for r in _values(results, name, "adaptive").values()
+                if r.decision_p99_ms is not None]
+        cost = f"{max(p99s):.2f}" if p99s else "—"
+        lines.append("| " + " | ".join([name, *cells, best or "—", _fmt(ratio), cost]) + " |")
     return "\n".join(lines)
 
 

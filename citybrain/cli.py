@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parking(top)
 
-    demo = top.add_parser("demo", help="run the arterial under fixed and actuated control")
+    demo = top.add_parser(
+        "demo", help="the arterial under fixed, actuated and adaptive control, escort, parking"
+    )
     demo.add_argument("--out", type=Path, default=Path("citybrain-demo"))
     demo.add_argument("--seeds", type=_ints, default=[1, 2, 3])
     demo.set_defaults(handler=_demo)

@@ -21,7 +21,9 @@ Lifecycle:
   - a session holding it that has no money decided yet (open, closed, review) follows it
     (``matching.revise``) -> ``SessionRevised``; an open session whose plate changed may
     now match a pending exit, which is retried;
-  - a settled or unpaid session does not change (evidence only).
+  - a decided stay (settled, unpaid, or sent to review by settlement) keeps its times,
+    status and money; only its displayed plate and exit plate follow the reads
+    (``matching.redisplay``) -> ``SessionRevised``.
   A close itself is final: a read that changes an exit passage's plate after it closed a
   session does not re-pair it (the stay's plates, which settlement looks accounts up by,
   include every reading, so money is never moved on the strength of one reading).
@@ -54,6 +56,7 @@ from citybrain.parking.matching import (
     entry_conflict,
     match_exit,
     open_session,
+    redisplay,
     review_passage,
     revise,
     send_to_review,
@@ -120,8 +123,9 @@ class ReadAbsorbed:
 
 @dataclass(frozen=True)
 class SessionRevised:
-    """A session (open, closed or review) changed because a read joined one of its
-    passages: entry or exit time, plate, exit plate or match kind. Persist it."""
+    """A session changed because a read joined one of its passages: entry or exit time,
+    plate, exit plate or match kind (open, closed or review), or only the displayed and
+    exit plates (a decided stay). Persist it; its money does not change."""
 
     session: Session
 
@@ -281,7 +285,10 @@ class SessionBook:
         if sid is None:
             return events
         before = self._sessions[sid]
-        after = revise(before, *self._own_passages_pair(before))
+        pair = self._own_passages_pair(before)
+        after = revise(before, *pair)
+        if after == before:
+            after = redisplay(before, *pair)
         if after != before:
             self._store(after)
             events.append(SessionRevised(after))

@@ -1,7 +1,8 @@
 """A lot's gateway: camera reads in (JSON lines), MQTT out, retired only when acknowledged.
 
 Each valid read is committed to an on-disk outbox (SQLite, WAL, ``synchronous=FULL``)
-before it is published, so a killed gateway resends on restart whatever had no ack. A read
+before it is published, so a killed gateway resends on restart whatever had no ack
+(retirements are not synced on their own: losing one only resends a duplicate). A read
 is retired when the service's ack for its ``read_id`` arrives on the lot's acks topic (a
 persistent session, so acks sent while the gateway was away still arrive). Unacknowledged
 reads are resent after ``resend_after`` seconds and on every reconnection; at most
@@ -103,19 +104,28 @@ class Outbox:
         return [(str(r[0]), bytes(r[1])) for r in rows]
 
     def retire(self, read_ids: Iterable[str], now: datetime) -> int:
-        """Mark reads acknowledged (one transaction); returns how many were pending."""
+        """Mark reads acknowledged (one transaction); returns how many were pending.
+
+        Not synced to disk by itself (``synchronous=NORMAL`` for this commit; the next
+        queued read's commit syncs it): a retirement lost with the machine's power only
+        makes the gateway resend a read the service already has, which it answers as a
+        duplicate. Queuing a read (``add_many``) is always synced before it is sent."""
         ids = list(read_ids)
         if not ids:
             return 0
         stamp = now.isoformat()
-        with self._transaction():
-            count = 0
-            for read_id in ids:
-                cur = self._db.execute(
-                    "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL",
-                    (stamp, read_id),
-                )
-                count += cur.rowcount
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction():
+                count = 0
+                for read_id in ids:
+                    cur = self._db.execute(
+                        "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL",
+                        (stamp, read_id),
+                    )
+                    count += cur.rowcount
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
         return count
 
     def pending_count(self) -> int:

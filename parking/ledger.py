@@ -41,7 +41,7 @@ import re
 import time
 import tomllib
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -60,13 +60,14 @@ from sqlalchemy import (
     Engine,
     String,
     Table,
-    any_,
+    and_,
     bindparam,
     create_engine,
     delete,
     event,
     func,
     insert,
+    or_,
     text,
     update,
 )
@@ -94,10 +95,17 @@ from citybrain.parking.matching import (
     ReviewReason,
     Session,
     SessionStatus,
+    stay_plates,
 )
 from citybrain.parking.passages import PASSAGE_WINDOW, Direction, Passage, Read, passage_of
 from citybrain.parking.plates import lookalike_key, normalize
-from citybrain.parking.settlement import Settlement, collect_debt, settle_closed, settle_stay
+from citybrain.parking.settlement import (
+    Settlement,
+    choose_account,
+    collect_debt,
+    settle_closed,
+    settle_stay,
+)
 from citybrain.parking.tables import (
     Binding,
     Charge,
@@ -106,6 +114,7 @@ from citybrain.parking.tables import (
     PassageRow,
     PendingExitRow,
     SessionRow,
+    UTCDateTime,
     metadata,
 )
 from citybrain.parking.tariff import Tariff, parse_tariffs
@@ -526,13 +535,13 @@ def _advisory_lock(connection: Connection, keys: Iterable[str]) -> None:
     ordered = sorted(set(keys))
     if not ordered:
         return
-    connection.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
-            'FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k COLLATE "C"'
-        ),
-        {"keys": ordered},
-    )
+    connection.execute(_LOCK, {"keys": ordered})
+
+
+_LOCK = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+    'FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k COLLATE "C"'
+)
 
 
 def _table(name: str) -> Table:
@@ -582,34 +591,47 @@ def _known_reads(
     conn: Connection, read_ids: set[str], postgres: bool
 ) -> dict[str, tuple[_Content, datetime]]:
     """The stored content and arrival of the reads among ``read_ids`` already recorded."""
-    table = _table("read")
-    c = table.c
     known: dict[str, tuple[_Content, datetime]] = {}
     for chunk in _chunks(sorted(read_ids)):
-        rows = conn.execute(
-            sa_select(
-                c.read_id,
-                c.lot_id,
-                c.camera_id,
-                c.direction,
-                c.raw_plate,
-                c.confidence,
-                c.ts,
-                c.received_at,
-            ).where(_in(c.read_id, chunk, postgres))
-        )
-        for r in rows:
+        for r in conn.execute(_known_reads_query(postgres), {"ids": chunk}):
             content = (r.lot_id, r.camera_id, r.direction, r.raw_plate, r.confidence, r.ts)
             known[r.read_id] = (content, r.received_at)
     return known
 
 
-def _in(column: Any, values: list[str], postgres: bool) -> Any:
-    """``column IN values``; on PostgreSQL ``column = ANY(array)``, one parameter whatever
-    the count, so the statement text (and its prepared plan) is the same every time."""
+# The statements of the hot path are built once (their SQLAlchemy cache keys are then
+# memoized too): building and keying a construct costs more than running it.
+
+
+def _ids(postgres: bool, name: str = "ids") -> Any:
+    """The right side of ``column IN ...`` for a list parameter ``name``. On PostgreSQL
+    ``(SELECT unnest(array))``: one parameter whatever the count, so the statement text
+    (and its prepared plan) is the same every time, and a semi-join the planner drives
+    from the array through the index (``= ANY(array)`` in a generic plan made while the
+    table was small is a table scan, growing with the ledger until the statistics catch
+    up). On SQLite an expanding list."""
     if postgres:
-        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(String)))
-    return column.in_(values)
+        return sa_select(func.unnest(bindparam(name, type_=postgresql.ARRAY(String))))
+    return bindparam(name, expanding=True)
+
+
+@cache
+def _known_reads_query(postgres: bool) -> Any:
+    c = _table("read").c
+    columns = (c.read_id, c.lot_id, c.camera_id, c.direction, c.raw_plate, c.confidence)
+    return sa_select(*columns, c.ts, c.received_at).where(c.read_id.in_(_ids(postgres)))
+
+
+@cache
+def _passages_query(postgres: bool) -> Any:
+    table = _table("passage")
+    return sa_select(table).where(table.c.passage_id.in_(_ids(postgres)))
+
+
+@cache
+def _bindings_query(postgres: bool) -> Any:
+    binding = _table("binding")
+    return sa_select(binding.c.plate, binding.c.account).where(binding.c.plate.in_(_ids(postgres)))
 
 
 @cache
@@ -715,15 +737,19 @@ class _Writes:
         casts = []
         for j, name in enumerate(names):
             key = f"w{part}c{j}"
-            self.params[key] = [_pg_value(table, name, r[name]) for r in rows]
+            values = [r[name] for r in rows]
+            if name in _instant_columns(table):
+                for value in values:  # what UTCDateTime checks on the SQLAlchemy path
+                    if value is not None:
+                        require_aware(f"{table.name}.{name}", value)
+            self.params[key] = values
             casts.append(f"CAST(%({key})b AS {types[name]})")
         return ", ".join(casts)
 
 
-def _pg_value(table: Table, name: str, value: Any) -> Any:
-    if isinstance(value, datetime):
-        require_aware(f"{table.name}.{name}", value)
-    return value
+@cache
+def _instant_columns(table: Table) -> frozenset[str]:
+    return frozenset(c.name for c in table.columns if isinstance(c.type, UTCDateTime))
 
 
 def _sqlite_ignore(table: Table, key: str) -> Insert:
@@ -841,84 +867,132 @@ def _passage_with(row: Any, reads: Iterable[Read]) -> Passage:
     return passage_of(row.passage_id, found) if found else _passage_of(row)
 
 
+@cache
+def _matching(table_name: str, names: tuple[str, ...], near: bool = False) -> Any:
+    """PostgreSQL: ``table`` joined to ``unnest(:k_<name> arrays) AS k(names)`` on every
+    name: the rows whose (names) is one of given tuples, found through the index on those
+    columns whatever the table's statistics (a cross product of ``= ANY`` lists is not:
+    with stale statistics the planner scans the table, and the scans grow with the
+    ledger). ``near``: passages whose span meets ``[:low, :high]``."""
+    table = _table(table_name)
+    arrays = [bindparam(f"k_{name}", type_=postgresql.ARRAY(String)) for name in names]
+    keys = func.unnest(*arrays).table_valued(*names).render_derived().alias("k")
+    on = and_(*(table.c[name] == keys.c[name] for name in names))
+    query = sa_select(table).join_from(table, keys, on)
+    return query.where(_near(table)) if near else query
+
+
+def _near(table: Table) -> Any:
+    low, high = bindparam("low", type_=UTCDateTime), bindparam("high", type_=UTCDateTime)
+    return and_(table.c.first_ts <= high, table.c.last_ts >= low)
+
+
+def _tuples(names: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> dict[str, list[str]]:
+    return {f"k_{name}": [r[i] for r in rows] for i, name in enumerate(names)}
+
+
+@cache
+def _by_lot_and_key(table_name: str, direction: bool = False) -> Any:
+    """SQLite: rows of ``:lots`` x ``:keys`` (x ``:dirs``, passages near ``[low, high]``)."""
+    table = _table(table_name)
+    query = sa_select(table).where(
+        table.c.lot_id.in_(bindparam("lots", expanding=True)),
+        table.c.plate_key.in_(bindparam("keys", expanding=True)),
+    )
+    if direction:
+        query = query.where(table.c.direction.in_(bindparam("dirs", expanding=True)))
+        query = query.where(_near(table))
+    return query
+
+
+@cache
+def _evidence_query(postgres: bool) -> Any:
+    link, read = _table("passage_read"), _table("read")
+    c = read.c
+    columns = (link.c.passage_id, c.read_id, c.lot_id, c.camera_id, c.direction, c.raw_plate)
+    if postgres:
+        ids = bindparam("pids", type_=postgresql.ARRAY(String))
+        keys = func.unnest(ids).table_valued("pid").render_derived().alias("k")
+        return (
+            sa_select(*columns, c.confidence, c.ts)
+            .select_from(keys)
+            .join(link, link.c.passage_id == keys.c.pid)
+            .join(read, link.c.read_id == c.read_id)
+        )
+    return (
+        sa_select(*columns, c.confidence, c.ts)
+        .join_from(link, read, link.c.read_id == c.read_id)
+        .where(link.c.passage_id.in_(bindparam("pids", expanding=True)))
+    )
+
+
 def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres: bool) -> _Loaded:
     """The sessions and pending exits of the reads' (lot, look-alike key) pairs, and the
-    passages the reads may join (same lot, direction and plate, times within the window)
-    or that the pending exits need. Three queries for the whole batch; supersets are
-    filtered here (extra state of other keys would not change a decision anyway)."""
-    lots = sorted({r.lot_id for r in reads})
+    passages the reads may join (same lot, direction and look-alike key, times within the
+    window) or that the pending exits and the stays need. A few indexed queries for the
+    whole batch (extra state of other keys would not change a decision anyway)."""
     pairs = {(r.lot_id, _key_of(r.plate)) for r in reads}
-    keys = sorted({key for _, key in pairs})
-    sessions: dict[str, Any] = {}
-    pending: dict[str, Any] = {}
-    st, pt = _table("session"), _table("pending_exit")
-    for chunk in _chunks(keys):
-        for row in conn.execute(
-            sa_select(st).where(
-                _in(st.c.lot_id, lots, postgres), _in(st.c.plate_key, chunk, postgres)
-            )
-        ):
-            if (row.lot_id, row.plate_key) in pairs:
-                sessions[row.session_id] = row
-        for row in conn.execute(
-            sa_select(pt).where(
-                _in(pt.c.lot_id, lots, postgres), _in(pt.c.plate_key, chunk, postgres)
-            )
-        ):
-            if (row.lot_id, row.plate_key) in pairs:
-                pending[row.passage_id] = row
-    passages: dict[str, Any] = {}
-    table = _table("passage")
     gates = {(r.lot_id, r.direction.value, _key_of(r.plate)) for r in reads}
     low = min(r.ts for r in reads) - window
     high = max(r.ts for r in reads) + window
-    for chunk in _chunks(keys):
-        rows = conn.execute(
-            sa_select(table).where(
-                _in(table.c.lot_id, lots, postgres),
-                _in(table.c.plate_key, chunk, postgres),
-                table.c.first_ts <= high,
-                table.c.last_ts >= low,
-            )
-        )
-        for row in rows:
-            if (row.lot_id, row.direction, row.plate_key) in gates:
-                passages[row.passage_id] = row
+    sessions: dict[str, Any] = {}
+    pending: dict[str, Any] = {}
+    passages: dict[str, Any] = {}
+    span = {"low": low, "high": high}
+    if postgres:
+        ordered = sorted(pairs)
+        names = ("lot_id", "plate_key")
+        for row in conn.execute(_matching("session", names), _tuples(names, ordered)):
+            sessions[row.session_id] = row
+        for row in conn.execute(_matching("pending_exit", names), _tuples(names, ordered)):
+            pending[row.passage_id] = row
+        gate_names = ("lot_id", "direction", "plate_key")
+        params: dict[str, Any] = {**_tuples(gate_names, sorted(gates)), **span}
+        for row in conn.execute(_matching("passage", gate_names, near=True), params):
+            passages[row.passage_id] = row
+    else:
+        lots = sorted({lot for lot, _ in pairs})
+        keys = sorted({key for _, key in pairs})
+        directions = sorted({d for _, d, _ in gates})
+        for chunk in _chunks(keys):
+            params = {"lots": lots, "keys": chunk}
+            for row in conn.execute(_by_lot_and_key("session"), params):
+                if (row.lot_id, row.plate_key) in pairs:
+                    sessions[row.session_id] = row
+            for row in conn.execute(_by_lot_and_key("pending_exit"), params):
+                if (row.lot_id, row.plate_key) in pairs:
+                    pending[row.passage_id] = row
+            params = {**params, "dirs": directions, **span}
+            for row in conn.execute(_by_lot_and_key("passage", direction=True), params):
+                if (row.lot_id, row.direction, row.plate_key) in gates:
+                    passages[row.passage_id] = row
     # Pending exits need their passage; an open session's entry is part of its stay
-    # (its readings choose the account, its plate the displayed one).
+    # (its readings choose the account, its plate the displayed one); so is the other
+    # passage of a stay one of whose passages a read may join (the displayed plate is
+    # voted over both).
     wanted = set(pending) | {
         r.entry_passage_id
         for r in sessions.values()
         if r.status == SessionStatus.OPEN.value and r.entry_passage_id is not None
     }
+    for r in sessions.values():
+        if r.entry_passage_id in passages and r.exit_passage_id is not None:
+            wanted.add(r.exit_passage_id)
+        if r.exit_passage_id in passages and r.entry_passage_id is not None:
+            wanted.add(r.entry_passage_id)
     missing = sorted(pid for pid in wanted if pid not in passages)
     for chunk in _chunks(missing):
-        for row in conn.execute(sa_select(table).where(_in(table.c.passage_id, chunk, postgres))):
+        for row in conn.execute(_passages_query(postgres), {"ids": chunk}):
             passages[row.passage_id] = row
     return _Loaded(sessions, pending, passages, _evidence(conn, sorted(passages), postgres))
 
 
 def _evidence(conn: Connection, passage_ids: list[str], postgres: bool) -> dict[str, list[Read]]:
     """The reads of each passage (``passage_read`` -> ``read``)."""
-    link, read = _table("passage_read"), _table("read")
-    c = read.c
     out: dict[str, list[Read]] = {}
-    for chunk in _chunks(passage_ids):
-        rows = conn.execute(
-            sa_select(
-                link.c.passage_id,
-                c.read_id,
-                c.lot_id,
-                c.camera_id,
-                c.direction,
-                c.raw_plate,
-                c.confidence,
-                c.ts,
-            )
-            .join_from(link, read, link.c.read_id == c.read_id)
-            .where(_in(link.c.passage_id, chunk, postgres))
-        )
-        for r in rows:
+    query = _evidence_query(postgres)
+    for chunk in _chunks(passage_ids, 10 * _IN_CHUNK if postgres else _IN_CHUNK):
+        for r in conn.execute(query, {"pids": chunk}):
             out.setdefault(r.passage_id, []).append(
                 Read(
                     read_id=r.read_id,
@@ -1469,7 +1543,7 @@ class Ledger:
         old: list[dict[str, Any]] = []
         for sid in sorted(touched, key=lambda i: _order_key(book.session(i))):
             money = settled.get(sid)
-            s = book.session(sid) if money is None else money.session
+            s = book.session(sid)  # as decided, then shown as later reads of the batch say
             row = state.sessions.get(sid)
             values = _session_values(s, money, row)
             (new if row is None else old).append(values)
@@ -1481,12 +1555,7 @@ class Ledger:
         if not plates:
             return {}
         self._lock_keys(conn, (f"plate:{p}" for p in plates))
-        binding = _table("binding")
-        rows = conn.execute(
-            sa_select(binding.c.plate, binding.c.account).where(
-                _in(binding.c.plate, sorted(plates), self._postgres)
-            )
-        )
+        rows = conn.execute(_bindings_query(self._postgres), {"ids": sorted(plates)})
         return {plate: account for plate, account in rows}
 
     def _lock_keys(self, conn: Connection, keys: Iterable[str]) -> None:
@@ -1595,6 +1664,59 @@ class Ledger:
             self._write_back(db, state, book, lot, now)
             return [e.session.session_id for e in events if isinstance(e, SentToReview)]
 
+    def _debts_of(self, db: DbSession, plate: str, account: str) -> list[SessionRow]:
+        """The unpaid sessions that binding ``plate`` to ``account`` collects (the plate's
+        lock is held).
+
+        Those recorded under ``plate``, and those recorded under a look-alike (a misread
+        plate) whose stay was also read as ``plate`` and whose accounts
+        (``settlement.choose_account`` over every plate the stay was read as, with this
+        binding) are exactly ``account``: never a guess between two accounts."""
+        key = lookalike_key(plate)
+        rows = list(
+            db.exec(
+                select(SessionRow).where(
+                    SessionRow.status == SessionStatus.UNPAID,
+                    or_(col(SessionRow.plate) == plate, col(SessionRow.plate_key) == key),
+                )
+            )
+        )
+        others = [r for r in rows if r.plate != plate]
+        if not others:
+            return rows
+        conn = db.connection()
+        own = sorted(pid for r in others for pid in (r.entry_passage_id, r.exit_passage_id) if pid)
+        evidence = _evidence(conn, own, self._postgres)
+        passages = [passage_of(pid, reads) for pid, reads in evidence.items()]
+        stays = {r.session_id: stay_plates(_session_of(r), passages) for r in others}
+        read_as = {sid: plates for sid, plates in stays.items() if plate in plates}
+        if not read_as:
+            return [r for r in rows if r.plate == plate]
+        # Their other plates decide too: locked (one statement, sorted; a deadlock with a
+        # recording transaction is retried), then their bindings and the debts read again,
+        # after the locks (another binding may have collected one meanwhile).
+        plates = {p for ps in read_as.values() for p in ps} - {plate}
+        self._lock(db, *(f"plate:{p}" for p in plates))
+        bindings = {
+            b.plate: b.account
+            for b in db.exec(select(Binding).where(col(Binding.plate).in_(sorted(plates))))
+        }
+        bindings[plate] = account
+        ids = [r.session_id for r in rows if r.plate == plate or r.session_id in read_as]
+        fresh = db.exec(
+            select(SessionRow)
+            .where(col(SessionRow.session_id).in_(ids), SessionRow.status == SessionStatus.UNPAID)
+            .execution_options(populate_existing=True)
+        )
+        chosen = []
+        for r in fresh:
+            if r.plate != plate:
+                choice = choose_account(_session_of(r), read_as[r.session_id], bindings)
+                if choice.account != account:
+                    continue
+            chosen.append(r)
+        return chosen
+
     def _bind(self, plate: str, account: str, at: datetime) -> BindOutcome:
         with self._transaction() as db:
             self._lock(db, f"plate:{plate}")
@@ -1606,11 +1728,7 @@ class Ledger:
                 binding.account = account
                 binding.bound_at = at
                 db.add(binding)
-            unpaid = db.exec(
-                select(SessionRow).where(
-                    SessionRow.plate == plate, SessionRow.status == SessionStatus.UNPAID
-                )
-            )
+            unpaid = self._debts_of(db, plate, account)
             charged: list[ChargeReport] = []
             for row in sorted(unpaid, key=lambda r: (_first_time(r), r.session_id)):
                 assert row.fee_cents is not None
@@ -1621,8 +1739,9 @@ class Ledger:
                     session_id=row.session_id, account=account, cents=money.fee_cents, charged_at=at
                 )
                 db.add(charge)
-                charged.append(
-                    ChargeReport(row.session_id, row.lot_id, plate, account, money.fee_cents, at)
+                report = ChargeReport(
+                    row.session_id, row.lot_id, row.plate, account, money.fee_cents, at
                 )
+                charged.append(report)
             db.flush()
             return BindOutcome(plate, account, previous, tuple(charged))

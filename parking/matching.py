@@ -27,7 +27,11 @@ A session follows its passages while no money is decided (``revise``; statuses `
 ``closed``, ``review``): when a late read joins its entry or exit passage, the entry and
 exit times become the passages' first reads again, and the plates their best-supported
 readings. A ``settled`` or ``unpaid`` session is final, and so is a stay settlement sent
-to ``review`` (entry and exit, accounts disagree): later reads are evidence only.
+to ``review`` (entry and exit, accounts disagree): its times, status and money never change
+again. Only what it is shown under follows later reads of its passages (``redisplay``: the
+displayed plate and the exit plate, both passages known with their reads): a stay is
+decided at its first exit read, and the other camera's read of that exit, arriving a moment
+later, must not leave the stay shown (or its debt recorded) under a misread.
 
 Displayed plate (``Session.plate``): the entry's plate, as the issue's contract says ("the
 session keeps the entry's plate"), unless the exit's plate has STRICTLY stronger support
@@ -35,9 +39,9 @@ over all the reads of the stay known when it is decided (entry and exit passages
 ``display_plate``): more reads, or as many and a higher summed confidence (the passage
 rule). An exact tie keeps the entry's plate; so does a passage known only as a bare
 summary without its reads. Typical win: one misread entry frame against a correct exit
-read of higher confidence. Known weak spot: evidence split three ways (entry read once
-right and once wrong, first exit frame misread with a slightly higher confidence) can show
-the misread, since the stay is decided at its first exit read. The displayed plate does
+read of higher confidence. Evidence split three ways when the stay is decided (entry read
+once right and once wrong, first exit frame misread) can show the misread for a moment;
+the exit's next read re-decides the display (``redisplay``). The displayed plate does
 not decide who pays (settlement looks up every plate of the stay, ``stay_plates``); it is
 where an unpaid stay's debt is recorded and what reports show.
 """
@@ -350,6 +354,31 @@ def revise(session: Session, entry: Passage | None, exit_passage: Passage | None
         exit_plate=exit_plate,
         matched_by=matched_by,
     )
+
+
+def redisplay(session: Session, entry: Passage | None, exit_passage: Passage | None) -> Session:
+    """A decided stay (settled, unpaid, or sent to review by settlement) shown as its
+    passages' reads say now: ``plate`` by ``display_plate``, ``exit_plate`` the exit's
+    plate. Nothing else changes (times, status, money are final). Returned unchanged when
+    the stay is not decided or either passage is unknown or known without its reads (the
+    pooled vote needs them all)."""
+    decided = session.status in (SessionStatus.SETTLED, SessionStatus.UNPAID) or _decided_stay(
+        session
+    )
+    if not decided or entry is None or exit_passage is None:
+        return session
+    if entry.passage_id != session.entry_passage_id:
+        raise ValueError(f"passage {entry.passage_id} is not the entry of {session.session_id}")
+    if exit_passage.passage_id != session.exit_passage_id:
+        raise ValueError(
+            f"passage {exit_passage.passage_id} is not the exit of {session.session_id}"
+        )
+    if not (entry.has_evidence and exit_passage.has_evidence):
+        return session
+    plate, exit_plate = display_plate(entry, exit_passage), exit_passage.plate
+    if (plate, exit_plate) == (session.plate, session.exit_plate):
+        return session
+    return replace(session, plate=plate, exit_plate=exit_plate)
 
 
 def _decided_stay(session: Session) -> bool:

@@ -36,11 +36,13 @@ def _pass(text: str) -> str:
     return kept.upper()
 
 
+@lru_cache(maxsize=1 << 16)
 def normalize(raw: str) -> str:
     """The comparable form of a plate read: NFKC, no separators or spaces, upper case.
 
     Idempotent: ``normalize(normalize(x)) == normalize(x)``. May return ``""`` (a read of
-    only separators); callers decide whether that is a usable plate.
+    only separators); callers decide whether that is a usable plate. Cached: a plate is
+    validated, grouped and looked up many times (and cars come back).
     """
     text = raw
     for _ in range(_MAX_PASSES):

@@ -14,8 +14,15 @@ Why no read is lost and none is charged twice, even under ``kill -9``:
    to ``batch_size`` messages, records them in ONE transaction (``record_many``), and only
    after its commit publishes the gateway acks and acks each message to the broker, in
    the order they arrived. A sink without ``record_many`` is called once per message,
-   each acked right after its own commit. Everything (network loop, database, acks)
-   runs on one thread, so no ack can leave before its commit or go to a later connection.
+   each acked right after its own commit, on the network thread. With ``record_many``
+   the transaction runs on a ledger thread (one batch at a time, in order) while the
+   network thread keeps receiving; the ledger thread never touches the connection: the
+   network thread sends a batch's acks once it sees the batch committed, and only on the
+   connection the batch came in on (a batch still being recorded when the connection
+   drops is waited for and its acks are dropped: the broker redelivers those messages,
+   recorded as duplicates). So no ack can leave before its commit or go to a later
+   connection. The acks to the gateways may all be in flight at once (paho's window of
+   20 QoS 1 publishes would hold a large batch's acks back).
 3. A death before the commit leaves no effect and no PUBACK: the broker redelivers and the
    read is recorded then. A death after the commit but before the PUBACK makes the broker
    redeliver a read that is already recorded: the sink answers ``duplicate`` (no second
@@ -31,6 +38,7 @@ on receipt; a death while the application processes the message loses it.)
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -102,6 +110,14 @@ class Delivery:
     mid: int
     qos: int
     received_at: datetime | None = None  # None: when it is recorded
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A committed batch and the ack planned for each delivery (None: not a reads topic)."""
+
+    deliveries: tuple[Delivery, ...]
+    plans: tuple[tuple[str, RecordOutcome, AckPlan] | None, ...]
 
 
 @dataclass(frozen=True)
@@ -192,6 +208,18 @@ class ReadHandler:
                     break
                 done += 1
             return done
+        recorded = self.record_batch(deliveries)
+        if recorded is None:
+            self.fail()
+            return 0
+        return self.answer_batch(recorded)
+
+    def record_batch(self, deliveries: Sequence[Delivery]) -> Recorded | None:
+        """The database half of ``handle_batch`` (any thread; touches no transport and no
+        shared state): record the deliveries in ONE transaction (``record_many``) and plan
+        their acks. None when nothing was committed. The sink must batch."""
+        sink = self.sink
+        assert isinstance(sink, BatchReadSink)
         lots = [lot_of_topic(d.topic, "reads", self.root) for d in deliveries]
         now = self.clock()
         items = [
@@ -200,7 +228,7 @@ class ReadHandler:
             if lot is not None
         ]
         try:
-            outcomes = list(self.sink.record_many(items)) if items else []
+            outcomes = list(sink.record_many(items)) if items else []
             if len(outcomes) != len(items):
                 raise RuntimeError(f"{len(outcomes)} outcomes for {len(items)} messages")
             answers = iter(outcomes)
@@ -214,18 +242,29 @@ class ReadHandler:
                         (lot, outcome, plan_ack(outcome.kind, outcome.read_id, lot, self.root))
                     )
         except Exception:
-            self._failed(
-                f"recording a batch of {len(items)} reads failed; they stay unacknowledged"
+            log.exception(
+                "recording a batch of %d reads failed; they stay unacknowledged", len(items)
             )
-            return 0
+            return None
+        return Recorded(tuple(deliveries), tuple(plans))
+
+    def fail(self) -> None:
+        """A batch could not be recorded (``record_batch`` logged why): nothing more is
+        acknowledged until ``reset``."""
+        self.broken = True
+        self.stats.sink_failures += 1
+
+    def answer_batch(self, recorded: Recorded) -> int:
+        """The network half of ``handle_batch`` (the connection's thread): after the
+        commit, ack each delivery (gateway, then broker), in order."""
         self.stats.batches += 1
-        for d, planned in zip(deliveries, plans, strict=True):
+        for d, planned in zip(recorded.deliveries, recorded.plans, strict=True):
             if planned is None:
                 self._foreign(d.topic, d.mid, d.qos)
             else:
                 lot, outcome, plan = planned
                 self._answer(lot, outcome, plan, d.mid, d.qos)
-        return len(deliveries)
+        return len(recorded.deliveries)
 
     def _foreign(self, topic: str, mid: int, qos: int) -> None:
         # Not ours (cannot happen with our subscription): nothing to record or answer.
@@ -353,6 +392,25 @@ def run_service(
     client.on_message = on_message
     client.on_disconnect = on_disconnect
 
+    # The acks to the gateways are QoS 1 publishes: paho's default window (20 in flight)
+    # would hold a batch's acks back until the broker's PUBACKs for earlier ones are read.
+    client.max_inflight_messages_set(ACK_WINDOW)
+    worker = _BatchWorker(handler) if isinstance(sink, BatchReadSink) else None
+
+    def due(waiting: int) -> bool:
+        """A batch is ready: full, or its window passed with nothing more arriving."""
+        return bool(pending) and (
+            len(pending) >= batch_size
+            or (len(pending) == waiting and time.monotonic() >= first_at[0] + batch_window)
+        )
+
+    def take() -> list[Delivery]:
+        batch = pending[:batch_size]
+        del pending[:batch_size]
+        if pending:
+            first_at[0] = time.monotonic()
+        return batch
+
     backoff = 0.2
     handled = 0
     try:
@@ -366,36 +424,119 @@ def run_service(
                 continue
             handler.reset()
             pending.clear()  # a new connection: the broker redelivers what was unacked
+            lost = False
             while not stop.is_set():
                 waiting = len(pending)
-                linger = first_at[0] + batch_window - time.monotonic() if waiting else 0.2
+                if worker is not None and worker.busy:
+                    linger = WORKER_POLL  # its commit is acked as soon as it is seen
+                elif waiting:
+                    linger = first_at[0] + batch_window - time.monotonic()
+                else:
+                    linger = 0.2
                 rc = client.loop(timeout=max(0.0, linger))
                 if refused:
                     raise BrokerRefused(refused[0])
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     log.warning("connection to %s lost: %s", address.url, rc)
+                    lost = True
                     break
-                if pending and (
-                    len(pending) >= batch_size
-                    or (len(pending) == waiting and time.monotonic() >= first_at[0] + batch_window)
-                ):
-                    batch = pending[:batch_size]
-                    del pending[:batch_size]
-                    if pending:
-                        first_at[0] = time.monotonic()
-                    handler.handle_batch(batch)
+                if worker is None:
+                    if due(waiting):
+                        handler.handle_batch(take())
+                else:
+                    finished, recorded = worker.poll()
+                    if finished:
+                        _settle(handler, recorded)
+                    if not worker.busy and not handler.broken and due(waiting):
+                        worker.submit(take())  # receiving goes on while it is recorded
                 if handler.broken:
-                    # Drop the connection: the broker will redeliver what is unacked.
-                    _close_gently(client)
                     break
                 if stats.handled > handled:  # progress: the next failure retries quickly
                     handled, backoff = stats.handled, 0.2
+            if worker is not None and worker.busy:
+                # Leaving this connection with a batch being recorded: wait for its commit.
+                # Its acks go out only on this connection, while it is still up (a
+                # message id means nothing on the next one; the broker redelivers those
+                # messages and they are recorded as duplicates).
+                finished, recorded = worker.wait()
+                if not lost and client.is_connected():
+                    _settle(handler, recorded)
+            if handler.broken or lost:
+                # Drop the connection: the broker will redeliver what is unacked.
+                _close_gently(client)
             if not stop.is_set():
                 stop.wait(backoff)
                 backoff = min(max_backoff, backoff * 2)
     finally:
+        if worker is not None:
+            worker.close()
         _close_gently(client)
     return stats
+
+
+ACK_WINDOW = 10_000  # QoS 1 acks the service may have in flight to the broker
+WORKER_POLL = 0.002  # seconds: how often the network loop looks for the worker's commit
+
+
+def _settle(handler: ReadHandler, recorded: Recorded | None) -> None:
+    if recorded is None:
+        handler.fail()
+    else:
+        handler.answer_batch(recorded)
+
+
+class _BatchWorker:
+    """Records batches on a thread of its own, one at a time, in the order submitted, so
+    the connection's thread keeps receiving (and acknowledging the previous batch) while
+    a transaction runs. It never touches the connection: the connection's thread sends
+    a batch's acks after it sees the batch committed."""
+
+    def __init__(self, handler: ReadHandler) -> None:
+        self._handler = handler
+        self._jobs: queue.Queue[list[Delivery] | None] = queue.Queue()
+        self._done: queue.Queue[Recorded | None] = queue.Queue()
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name="parking-ledger", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: list[Delivery]) -> None:
+        assert not self.busy, "one batch at a time"
+        self.busy = True
+        self._jobs.put(batch)
+
+    def poll(self) -> tuple[bool, Recorded | None]:
+        """(True, what was committed or None on failure) once the batch is done."""
+        if not self.busy:
+            return False, None
+        try:
+            recorded = self._done.get_nowait()
+        except queue.Empty:
+            return False, None
+        self.busy = False
+        return True, recorded
+
+    def wait(self) -> tuple[bool, Recorded | None]:
+        if not self.busy:
+            return False, None
+        recorded = self._done.get()
+        self.busy = False
+        return True, recorded
+
+    def close(self) -> None:
+        self.wait()
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._jobs.get()
+            if batch is None:
+                return
+            recorded: Recorded | None = None
+            try:
+                recorded = self._handler.record_batch(batch)
+            finally:
+                self._done.put(recorded)
 
 
 def _close_gently(client: Client, grace: float = 0.1) -> None:

@@ -171,6 +171,7 @@ class PassageRow(LedgerModel, table=True):
         CheckConstraint(_one_of("direction", _values(Direction)), name="direction"),
         CheckConstraint("first_ts <= last_ts", name="span"),
         Index(None, "lot_id", "direction", "plate"),
+        Index(None, "lot_id", "direction", "plate_key"),  # a read's look-alike passages
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -395,6 +395,84 @@ def test_service_records_batches_into_the_ledger_once(
     assert _ledger_counts(url) == (len(payloads), len(payloads), stays, stays)
 
 
+class _GatedSink:
+    """A ledger whose first ``record_many`` waits for ``release`` (a slow transaction) and
+    notes, right after its commit, which acks had reached the gateways by then."""
+
+    def __init__(self, ledger: Ledger, listener: AckListener) -> None:
+        self.ledger, self.listener = ledger, listener
+        self.started, self.release = threading.Event(), threading.Event()
+        self.batches: list[list[str]] = []  # read ids of each committed batch
+        self.acks_at_first_commit: list[str] | None = None
+
+    def record(self, topic_lot: str, payload: bytes, received_at: datetime) -> Any:
+        return self.ledger.record(topic_lot, payload, received_at)
+
+    def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> Any:
+        first = not self.batches
+        if first:
+            self.started.set()
+            assert self.release.wait(20)
+        out = self.ledger.record_many(items)
+        if first:
+            self.acks_at_first_commit = list(self.listener.acks)
+        self.batches.append([json.loads(p)["read_id"] for _, p, _ in items])
+        return out
+
+
+def test_service_receives_while_a_batch_is_recorded_and_acks_only_after_its_commit(
+    mqtt_url: str, sessions: Sessions, root: str, fresh_url: Callable[[], str]
+) -> None:
+    ledger = open_ledger(fresh_url())
+    listener = AckListener(mqtt_url, acks_topic("L01", root))
+    sink = _GatedSink(ledger, listener)
+    pub = Publisher(mqtt_url)
+    stop, ready = threading.Event(), threading.Event()
+    result: list[Any] = []
+    first = [read_msg(f"a{i}", "in", f"浙A1000{i}", at(i), lot="L01") for i in range(3)]
+    later = [read_msg(f"b{i}", "in", f"浙A2000{i}", at(10 + i), lot="L01") for i in range(3)]
+
+    def serve() -> None:
+        result.append(
+            run_service(
+                mqtt_url,
+                sink,
+                client_id=sessions.new("svc"),
+                topic_root=root,
+                stop=stop,
+                on_ready=ready.set,
+                batch_size=3,
+                batch_window=0.01,
+            )
+        )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        for body in first:
+            pub.client.publish(reads_topic("L01", root), body, qos=1).wait_for_publish(10)
+        assert sink.started.wait(10)  # the first batch is in its transaction
+        for body in later:  # ... and these arrive meanwhile
+            pub.client.publish(reads_topic("L01", root), body, qos=1).wait_for_publish(10)
+        sink.release.set()
+        wanted = {f"a{i}" for i in range(3)} | {f"b{i}" for i in range(3)}
+        wait_until(lambda: wanted <= set(listener.acks), 20, "every ack")
+    finally:
+        sink.release.set()
+        stop.set()
+        thread.join(10)
+        pub.close()
+        listener.close()
+        ledger.close()
+    assert sink.acks_at_first_commit == []  # nothing acked before the commit
+    assert sink.batches[0] and set(sink.batches[0]) <= {"a0", "a1", "a2"}
+    recorded = sorted(rid for batch in sink.batches for rid in batch)
+    assert recorded == ["a0", "a1", "a2", "b0", "b1", "b2"]  # each once, in later batches
+    stats = result[0]
+    assert (stats.recorded, stats.duplicate, stats.sink_failures) == (6, 0, 0)
+
+
 # ------------------------------------------------------------------------ kill -9
 
 

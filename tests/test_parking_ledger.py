@@ -37,6 +37,7 @@ from citybrain.parking.ledger import (
     OutcomeKind,
     ReadIn,
     Rejection,
+    default_tariffs,
     make_engine,
     open_ledger,
     parse_read,
@@ -390,7 +391,7 @@ def test_migrated_schema_matches_the_models(ledger: Ledger) -> None:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
         )
-        assert context.get_current_revision() == head == "0001"
+        assert context.get_current_revision() == head == "0002"
         assert compare_metadata(context, metadata) == []
         conn.rollback()
 
@@ -440,6 +441,47 @@ def test_downgrade_and_upgrade_again(ledger: Ledger) -> None:
     upgrade(ledger.engine)
     record(ledger, "r1", "in", "浙A12345", 0)
     assert len(ledger.sessions()) == 1
+
+
+def test_upgrade_of_a_0001_database_keeps_its_data_and_adds_the_index(
+    fresh_url: Callable[[], str],
+) -> None:
+    # A ledger created (and used) at revision 0001, as deployed before 0002 existed.
+    engine = make_engine(fresh_url())
+    try:
+        upgrade(engine, "0001")
+        old = Ledger(engine, default_tariffs())
+        record(old, "r1", "in", "浙A12345", 0)
+        record(old, "r2", "out", "浙A12345", 60)
+        before = snapshot(old)
+        with engine.connect() as conn:
+            names = {ix["name"] for ix in inspect(conn).get_indexes("passage")}
+            conn.rollback()
+        assert "ix_passage_lot_id_direction_plate_key" not in names
+    finally:
+        engine.dispose()
+    ledger = open_ledger(engine.url.render_as_string(hide_password=False))
+    try:
+        with ledger.engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
+            )
+            assert context.get_current_revision() == "0002"
+            assert compare_metadata(context, metadata) == []
+            passage = {
+                ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("passage")
+            }
+            conn.rollback()
+        assert passage["ix_passage_lot_id_direction_plate_key"] == [
+            "lot_id",
+            "direction",
+            "plate_key",
+        ]
+        assert snapshot(ledger) == before
+        record(ledger, "r3", "in", "浙A12345", 120)
+        assert [s.status for s in ledger.sessions()] == ["unpaid", "open"]
+    finally:
+        ledger.close()
 
 
 def test_upgrade_again_is_a_no_op(ledger: Ledger) -> None:
@@ -806,4 +848,3 @@ def run_threads(work: Sequence[Callable[[], None]]) -> None:
         t.join()
     if errors:
         raise errors[0]
-

@@ -36,6 +36,7 @@ from citybrain.parking.matching import (
     close_session,
     display_plate,
     open_session,
+    redisplay,
     revise,
     stay_plates,
 )
@@ -319,6 +320,51 @@ def test_a_settled_stay_is_final_when_a_late_read_arrives() -> None:
     assert [type(e) for e in late] == [ReadAbsorbed]
     s = book.session(closed.session.session_id)
     assert (s.status, s.entry_at, s.plate) == (SessionStatus.SETTLED, at(0, 10), RIGHT)
+
+
+def test_a_decided_stay_is_shown_as_the_exits_next_read_says() -> None:
+    # Seen in `parking validate --seed 3`: the entry read right (0.988) and wrong (0.793);
+    # the exit's first read to arrive is the misread (0.583): decided with WRONG shown
+    # (2 reads against 1). The exit's other camera (RIGHT, 0.944) arrives a moment later.
+    book = SessionBook(grace=GRACE)
+    feed(book, [rd(IN, RIGHT, at(0), conf=0.988), rd(IN, WRONG, at(0), conf=0.793)], at(1))
+    [closed] = of(feed(book, [rd(OUT, WRONG, at(140), conf=0.583)], at(140)), SessionClosed)
+    assert isinstance(closed, SessionClosed) and closed.session.plate == WRONG
+    decided = book.settle(closed.session.session_id, account_bound=False)  # a debt
+    assert (decided.status, decided.plate) == (SessionStatus.UNPAID, WRONG)
+    late = feed(book, [rd(OUT, RIGHT, at(140), camera="cam2", conf=0.944)], at(140, 1))
+    [revised] = of(late, SessionRevised)
+    assert isinstance(revised, SessionRevised)
+    s = revised.session
+    assert (s.plate, s.exit_plate) == (RIGHT, RIGHT)  # 2 reads, 1.932 against 1.376
+    # times, status and match stay as decided
+    assert (s.status, s.entry_at, s.exit_at, s.matched_by) == (
+        SessionStatus.UNPAID,
+        decided.entry_at,
+        decided.exit_at,
+        decided.matched_by,
+    )
+    assert book.session(s.session_id) == s
+    # the same reads in the order the cameras saw them give the same shown plate
+    other = SessionBook(grace=GRACE)
+    feed(other, [rd(IN, RIGHT, at(0), conf=0.988), rd(IN, WRONG, at(0), conf=0.793)], at(1))
+    feed(other, [rd(OUT, RIGHT, at(140), conf=0.944), rd(OUT, WRONG, at(140), conf=0.583)], at(140))
+    assert [x.plate for x in other.sessions()] == [RIGHT]
+
+
+def test_redisplay_needs_a_decided_stay_and_both_passages_with_their_reads() -> None:
+    e = passage_of("e", [rd(IN, WRONG, at(0), conf=0.7), rd(IN, RIGHT, at(0, 1), conf=0.6)])
+    x = passage_of("x", [rd(OUT, RIGHT, at(30), conf=0.8)])
+    s = close_session(open_session(e, at(1)), x, MatchKind.LOOKALIKE)
+    assert s.plate == WRONG
+    assert redisplay(s, e, x) is s  # closed: revise's business, not redisplay's
+    done = replace(s, status=SessionStatus.SETTLED)
+    assert redisplay(done, e, x).plate == RIGHT
+    assert redisplay(done, e, None) is done
+    bare = replace(x, reads=())
+    assert redisplay(done, e, bare) is done  # no reads: no vote
+    with pytest.raises(ValueError, match="is not the exit"):
+        redisplay(done, e, e)
 
 
 def test_a_pending_exit_follows_its_passage_and_is_matched_again() -> None:

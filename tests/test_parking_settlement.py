@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DbSession
 from sqlmodel import select
 
-from citybrain.parking.ledger import Ledger, LedgerError, default_tariffs
+from citybrain.parking.ledger import Ledger, LedgerError, OutcomeKind, default_tariffs
 from citybrain.parking.matching import (
     MatchKind,
     Session,
@@ -24,7 +24,7 @@ from citybrain.parking.matching import (
 )
 from citybrain.parking.passages import Direction, Read, start_passage
 from citybrain.parking.settlement import collect_debt, settle_closed, stay_fee
-from citybrain.parking.tables import Charge, SessionRow
+from citybrain.parking.tables import Binding, Charge, SessionRow
 from tests import test_parking_ledger as shared
 from tests.test_parking_ledger import at, record, run_threads
 
@@ -135,6 +135,67 @@ def test_unpaid_then_bind_charges_exactly_once(ledger: Ledger) -> None:
     ]
     assert [(s.status, s.account) for s in ledger.sessions()] == [("settled", "acct-1")] * 2
     assert ledger.charge_totals() == {"acct-1": 4000}
+
+
+def _read(
+    ledger: Ledger, read_id: str, direction: str, plate: str, minutes: float, conf: float
+) -> None:
+    ts = at(minutes)
+    body = shared.payload(
+        read_id=read_id,
+        camera_id=f"cam-{direction}-{read_id}",
+        direction=direction,
+        plate=plate,
+        confidence=conf,
+        ts=ts.isoformat(),
+    )
+    assert ledger.record("L01", body, ts).kind is OutcomeKind.RECORDED
+
+
+def test_binding_the_true_plate_collects_a_debt_recorded_under_a_misread(
+    ledger: Ledger,
+) -> None:
+    # An unbound car, 浙A12345: at the entry one camera misread it 浙A1234S (more sure of
+    # itself, so the passage's plate), the other read it right; the exit read it wrong.
+    _read(ledger, "e1", "in", "浙A·1234S", 0, 0.95)
+    _read(ledger, "e2", "in", "浙A·12345", 0.1, 0.50)
+    _read(ledger, "x1", "out", "浙A·1234S", 60, 0.95)
+    # A different car whose plate is a look-alike (浙A1Z345), never read as 浙A12345.
+    _read(ledger, "f1", "in", "浙A1Z345", 200, 0.9)
+    _read(ledger, "f2", "out", "浙A1Z345", 260, 0.9)
+    debts = {d.session_id: (d.plate, d.cents) for d in ledger.debts()}
+    assert debts == {"L01/e1": ("浙A1234S", 1000), "L01/f1": ("浙A1Z345", 1000)}
+
+    first = ledger.bind("浙A12345", "acct-1", at=at(300))
+    assert [(c.session_id, c.plate, c.account, c.cents) for c in first.charges] == [
+        ("L01/e1", "浙A1234S", "acct-1", 1000)
+    ]
+    again = ledger.bind("浙A12345", "acct-1", at=at(310))
+    assert again.charges == ()
+    assert [(c.session_id, c.account, c.cents) for c in ledger.charges()] == [
+        ("L01/e1", "acct-1", 1000)
+    ]
+    assert [d.session_id for d in ledger.debts()] == ["L01/f1"]  # the other car still owes
+    # Its own plate collects it.
+    other = ledger.bind("浙A1Z345", "acct-2", at=at(320))
+    assert [(c.session_id, c.account) for c in other.charges] == [("L01/f1", "acct-2")]
+    assert ledger.charge_totals() == {"acct-1": 1000, "acct-2": 1000}
+
+
+def test_a_misread_debt_is_not_collected_when_its_accounts_disagree(ledger: Ledger) -> None:
+    # A stay read as 浙A1234S (the passage's plate), 浙A12345 and 浙A1Z345, unbound: a debt.
+    _read(ledger, "e1", "in", "浙A1234S", 0, 0.95)
+    _read(ledger, "e2", "in", "浙A1Z345", 0.1, 0.50)
+    _read(ledger, "x1", "out", "浙A1234S", 60, 0.95)
+    _read(ledger, "x2", "out", "浙A12345", 60.1, 0.50)
+    # 浙A1Z345 gets bound in the bind's table without collecting it (as a concurrent bind
+    # that committed between the debt and this bind might leave it).
+    with DbSession(ledger.engine) as db, db.begin():
+        db.add(Binding(plate="浙A1Z345", account="acct-2", bound_at=at(100)))
+    outcome = ledger.bind("浙A12345", "acct-1", at=at(120))
+    assert outcome.charges == ()  # two accounts for one stay: never guessed
+    assert [d.session_id for d in ledger.debts()] == ["L01/e1"]
+    assert ledger.charges() == []
 
 
 def test_rebinding_moves_later_stays_only(ledger: Ledger) -> None:

@@ -362,11 +362,12 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def test_end_to_end_in_sumo_has_no_mismatch(
     tmp_path: Path, broker_url: str, ledger_url: str
 ) -> None:
-    from citybrain.sim.parking_validate import run_parking_validation
+    from citybrain.sim.parking_validate import DEFAULT_CAMERAS, run_parking_validation
 
-    # Repeated frames, a camera missing cars, passages nobody read: no look-alike misreads
-    # here (see the report of `citybrain parking validate` for what those do today).
-    cameras = CameraOptions(double_rate=0.4, drop_rate=0.3, unread_rate=0.06, seed=5)
+    # The default cameras (look-alike misreads, repeated frames, a camera missing cars),
+    # plus passages nobody read at all.
+    cameras = replace(DEFAULT_CAMERAS, unread_rate=0.06, seed=5)
+    assert cameras.ocr_error_rate > 0 and cameras.double_rate > 0 and cameras.drop_rate > 0
     run = run_parking_validation(
         tmp_path / "out",
         broker=broker_url,
@@ -385,6 +386,7 @@ def test_end_to_end_in_sumo_has_no_mismatch(
     assert report.charges > 0 and report.charged_cents == report.expected_cents
     data = json.loads(run.report_json.read_text(encoding="utf-8"))
     assert data["ok"] is True
+    assert data["cameras"]["misreads"] > 0  # seed 5 misreads some plates
     assert data["transport"]["ledger_outcomes"].get("dead_letter", 0) == 0
     assert data["scenario"]["simulated_hours"] > 24
     assert run.plot.stat().st_size > 10_000
