@@ -10,10 +10,7 @@ and its whole wall time is measured, start-up included.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import re
 import shlex
 import shutil
@@ -27,8 +24,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from citybrain.sim.benchreport import delay_chart, machine
 from citybrain.sim.metrics import summarize
-from citybrain.sim.runner import sumo_version
 from citybrain.sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,31 +131,6 @@ def references(readme: Path) -> dict[str, tuple[str, str]]:
     return refs
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "sumo": sumo_version(),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "code": _git("rev-parse", "--short", "HEAD")
-        + (" + uncommitted changes" if _git("status", "--porcelain") else ""),
-    }
-
-
-def _git(*args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else "?"
-
-
 def _values(results: list[Result], name: str, runner: str) -> dict[int, Result]:
     return {r.seed: r for r in results if r.map == name and r.runner == runner and not r.error}
 
@@ -256,35 +228,14 @@ def robustness_table(results: list[Result], maps: list[str], controllers: list[s
 
 def charts(results: list[Result], maps: list[str], runners: list[str], folder: Path) -> list[Path]:
     """One bar chart per map: mean delay per runner over the seeds, error bars one std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in maps:
-        shown = [r for r in [PLAIN, *runners] if _values(results, name, r)]
-        if not shown:
-            continue
-        stats = [[v.delay_s or 0.0 for v in _values(results, name, r).values()] for r in shown]
-        means = [statistics.fmean(v) for v in stats]
-        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in stats]
-        fig, ax = plt.subplots(figsize=(1.3 * len(shown) + 2, 4))
-        colors = ["#7f7f7f" if r in (PLAIN, "fixed") else "#d62728" if r.startswith("adaptive")
-                  else "#1f77b4" for r in shown]
-        bars = ax.bar(shown, means, yerr=stds, capsize=4, color=colors)
-        ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], padding=3, fontsize=8)
-        ax.set_ylabel("RESCO average delay (s)")
-        seeds = sorted({s for r in shown for s in _values(results, name, r)})
-        ax.set_title(f"{name}: mean over seeds {', '.join(map(str, seeds))} (± 1 std)")
-        ax.tick_params(axis="x", rotation=30)
-        ax.margins(y=0.15)
-        fig.tight_layout()
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        delays = {r: [v.delay_s or 0.0 for v in _values(results, name, r).values()]
+                  for r in [PLAIN, *runners]}
+        seeds = sorted({s for r in delays for s in _values(results, name, r)})
+        if seeds:
+            title = f"{name}: mean over seeds {', '.join(map(str, seeds))} (± 1 std)"
+            written.append(delay_chart(folder / f"{name}.png", delays, title))
     return written
 
 
@@ -363,7 +314,7 @@ def main() -> int:
         if not (resco / name / f"{name}.sumocfg").is_file():
             p.error(f"no {name}/{name}.sumocfg under {resco}")
 
-    info = machine()
+    info = machine(ROOT)
     results: list[Result] = []
     jobs = [(m, s, r) for m in args.maps for s in args.seeds for r in [PLAIN, *args.controllers]]
     for name, seed, runner in (bar := tqdm(jobs, unit="run")):

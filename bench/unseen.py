@@ -37,13 +37,11 @@ section states the sources' fingerprint.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import importlib.util
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -60,6 +58,8 @@ from typing import Any
 
 import sumolib
 from tqdm import tqdm
+
+from citybrain.sim.benchreport import delay_chart, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- unseen-bench:begin -->", "<!-- unseen-bench:end -->"
@@ -293,25 +293,6 @@ def run_all(
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    from citybrain.sim.runner import sumo_version
-
-    return {
-        "platform": platform.platform(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "sumo": sumo_version(),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "code": _git("rev-parse", "--short", "HEAD")
-        + (" + uncommitted changes" if _git("status", "--porcelain") else ""),
-    }
-
-
-def _git(*args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else "?"
-
-
 def _delays(results: list[Result], scenario: str, controller: str) -> list[float]:
     return [r.delay_s for r in results
             if r.scenario == scenario and r.controller == controller and r.delay_s is not None]
@@ -365,35 +346,15 @@ def charts(
     results: list[Result], scenarios: list[Built], controllers: list[str], folder: Path
 ) -> list[Path]:
     """One bar chart per scenario: mean delay per controller, error bars one std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for b in scenarios:
-        shown = [c for c in controllers if _delays(results, b.name, c)]
-        if not shown:
+        delays = {c: _delays(results, b.name, c) for c in controllers}
+        if not any(delays.values()):
             continue
-        values = [_delays(results, b.name, c) for c in shown]
-        means = [statistics.fmean(v) for v in values]
-        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        fig, ax = plt.subplots(figsize=(1.3 * len(shown) + 2, 4))
-        colors = ["#7f7f7f" if c == "fixed" else "#d62728" if c == "adaptive" else "#1f77b4"
-                  for c in shown]
-        bars = ax.bar(shown, means, yerr=stds, capsize=4, color=colors)
-        ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], padding=3, fontsize=8)
-        ax.set_ylabel("RESCO average delay (s)")
         seeds = sorted({r.seed for r in results if r.scenario == b.name and r.delay_s is not None})
-        ax.set_title(f"unseen {b.name} ({b.signals} signals): seeds "
-                     f"{', '.join(map(str, seeds))} (± 1 std)", fontsize=10)
-        ax.margins(y=0.15)
-        fig.tight_layout()
-        path = folder / f"unseen-{b.name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        title = (f"unseen {b.name} ({b.signals} signals): seeds "
+                 f"{', '.join(map(str, seeds))} (± 1 std)")
+        written.append(delay_chart(folder / f"unseen-{b.name}.png", delays, title))
     return written
 
 
@@ -490,7 +451,7 @@ def main() -> int:
     command = shlex.join(["python", *sys.argv])
     out: Path = args.out.resolve()
 
-    info = machine()
+    info = machine(ROOT)
     scenarios = []
     for spec in specs(args.scenario_seed, args.scenarios, args.peak_density):
         built = build(spec, out / "scenarios" / spec.name)
