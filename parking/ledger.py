@@ -161,6 +161,8 @@ _RFC3339 = re.compile(
 
 
 def _printable(value: str) -> str:
+    if value.isprintable():  # the common case: then no Cc or Cs character
+        return value
     for ch in value:
         if unicodedata.category(ch) in ("Cc", "Cs"):
             raise PydanticCustomError(
@@ -310,6 +312,8 @@ def parse_read(payload: bytes) -> ReadIn | Rejection:
 
 
 def _printable_ok(value: str) -> bool:
+    if value.isprintable():  # the common case: then no Cc or Cs character
+        return len(value) <= 128
     return len(value) <= 128 and all(unicodedata.category(ch) not in ("Cc", "Cs") for ch in value)
 
 

@@ -17,7 +17,8 @@ Why no read is lost and none is charged twice, even under ``kill -9``:
    each acked right after its own commit, on the network thread. With ``record_many``
    the transaction runs on a ledger thread (one batch at a time, in order) while the
    network thread keeps receiving; the ledger thread never touches the connection: the
-   network thread sends a batch's acks once it sees the batch committed, and only on the
+   network thread sends a batch's acks once it sees the batch committed (after handing
+   the next batch to the ledger thread, so that one is recorded meanwhile), and only on the
    connection the batch came in on (a batch still being recorded when the connection
    drops is waited for and its acks are dropped: the broker redelivers those messages,
    recorded as duplicates). So no ack can leave before its commit or go to a later
@@ -434,6 +435,8 @@ def run_service(
                 else:
                     linger = 0.2
                 rc = client.loop(timeout=max(0.0, linger))
+                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and len(pending) > waiting:
+                    rc = _drain(client, pending)
                 if refused:
                     raise BrokerRefused(refused[0])
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -445,10 +448,14 @@ def run_service(
                         handler.handle_batch(take())
                 else:
                     finished, recorded = worker.poll()
-                    if finished:
-                        _settle(handler, recorded)
+                    if finished and recorded is None:
+                        handler.fail()
                     if not worker.busy and not handler.broken and due(waiting):
-                        worker.submit(take())  # receiving goes on while it is recorded
+                        # The next batch first: it is recorded while this thread sends
+                        # the acks of the one just committed (and goes on receiving).
+                        worker.submit(take())
+                    if recorded is not None:
+                        handler.answer_batch(recorded)
                 if handler.broken:
                     break
                 if stats.handled > handled:  # progress: the next failure retries quickly
@@ -475,7 +482,20 @@ def run_service(
 
 
 ACK_WINDOW = 10_000  # QoS 1 acks the service may have in flight to the broker
+DRAIN_PACKETS = 200  # packets read in a row (no select) while messages stream in
 WORKER_POLL = 0.002  # seconds: how often the network loop looks for the worker's commit
+
+
+def _drain(client: Client, pending: list[Delivery], most: int = DRAIN_PACKETS) -> MQTTErrorCode:
+    """Messages are streaming in: read the packets already on the socket without a
+    ``select`` each (``loop`` reads one packet per call when none of our publishes is in
+    flight). Stops when a read brought no new message (nothing left, or another packet)."""
+    for _ in range(most):
+        before = len(pending)
+        rc = client.loop_read()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or len(pending) == before:
+            return rc
+    return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 def _settle(handler: ReadHandler, recorded: Recorded | None) -> None:
