@@ -190,29 +190,11 @@ def expected_outcome(work: Workload, tariffs: dict[str, Any]) -> Expected:
 # ---------------------------------------------------------------------------- databases
 
 
-@contextlib.contextmanager
-def fresh_database(kind: str, workdir: Path) -> Iterator[str]:
+def fresh_database(kind: str, workdir: Path) -> contextlib.AbstractContextManager[str]:
     """A URL of an empty database: a SQLite file, or a PostgreSQL schema dropped after."""
-    if kind == "sqlite":
-        yield f"sqlite:///{workdir / f'ledger-{uuid.uuid4().hex[:8]}.db'}"
-        return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from citybrain.parking.scratch import fresh_database as scratch
 
-    admin = create_engine(make_url(PG_URL))
-    schema = f"cbbench_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(PG_URL)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    return scratch(kind, workdir, PG_URL, prefix="cbbench")
 
 
 def prepare_ledger(url: str, tariffs_path: Path, accounts: dict[str, str]) -> None:

@@ -23,7 +23,12 @@ Modes:
   and the full change interval, held until the GPS puts the ambulance beyond the junction,
   then the signal recovers (``control/recovery.py``: the longest-waiting phases are served
   first, then the normal controller takes over). Successive signals turn green one after the
-  other: a green wave that moves with the ambulance.
+  other: a green wave that moves with the ambulance. A queue that reaches back from one
+  signal to the previous one on the route holds that signal's queue, so the downstream one
+  opens first. A hold through which the ambulance stands still for ``futile_hold_s`` is not
+  helping: when another lane of the ambulance's approach edge has a phase of its own (the
+  ambulance is stuck in a through queue short of its turn pocket) that lane is flushed first,
+  otherwise the hold is paused; either way the escort asks again once the ambulance moves.
 
 Conflicts (two escorts wanting one signal): the higher priority wins, then the earlier
 predicted arrival, then the vehicle id; a phase serving both is used when there is one. The
@@ -43,6 +48,7 @@ from enum import StrEnum
 import numpy as np
 
 from citybrain.control.arrival import RouteTracker, TrackerSettings, travel_time
+from citybrain.control.base import JAM_SPACING_M
 from citybrain.control.corridor import Corridor, CorridorSignal, EscortRequest
 from citybrain.control.envelope import EnvelopeTiming, SignalRules, signal_rules
 from citybrain.control.estimate import TrafficEstimator
@@ -76,6 +82,12 @@ class EscortMode(StrEnum):
     CORRIDOR = "corridor"
 
 
+MOVED_M = 5.0
+"""The ambulance has moved once its estimate advanced this far (GPS noise is smaller)."""
+SPILLBACK_SHARE = 0.6
+"""A queue filling this share of the link back to the previous signal on the route blocks
+that signal's queue: the corridor opens the two together (downstream first)."""
+
 @dataclass(frozen=True, slots=True)
 class EscortSettings:
     """Escort timing. Queue discharge constants are measured in SUMO by
@@ -105,6 +117,13 @@ class EscortSettings:
     """Without a fix for this long an escort is lost: its holds are released."""
     max_hold_s: float = 120.0
     """A signal held this long without the ambulance passing is given up for that escort."""
+    futile_hold_s: float = 10.0
+    """A hold through which the ambulance has not moved for this long is paused (it is stuck
+    behind something the held phase does not serve, say a queue in the lane it must leave):
+    the normal controller runs the signal for ``pause_s``, then the escort asks again."""
+    pause_s: float = 20.0
+    """How long a futile hold is paused (or the other lanes flushed) at most; either ends as
+    soon as the ambulance moves again."""
     recovery_max_green_s: float = 40.0
     recovery_max_s: float = 150.0
     gps_alpha: float = 0.25
@@ -186,6 +205,17 @@ class _Escort:
     since: dict[int, float] = field(default_factory=dict)
     """Signals held for this escort, by corridor index: since when."""
     given_up: set[int] = field(default_factory=set)
+    flush: list[int | None] = field(default_factory=list)
+    """Per signal: the phase that serves the other lanes of the ambulance's approach edge."""
+    paused: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Signals whose hold was futile (the ambulance stood still through it): until when, and
+    since when (the pause ends early once the ambulance moves)."""
+    flushing: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Signals serving the other lanes of the ambulance's approach (a queue there blocks the
+    way to its own lane): until when, and since when."""
+    anchor_m: float = -math.inf
+    moved_at: float = math.nan
+    """Where and when the ambulance last moved ``MOVED_M`` (for futile holds)."""
     lost: bool = False
 
 
@@ -246,7 +276,12 @@ class EscortController:
         trace = EscortTrace(req.vehicle, corridor)
         trace.events.append((req.requested_s, "", f"escort requested ({self.mode})"))
         self.escorts[req.vehicle] = _Escort(
-            req, corridor, RouteTracker(corridor, self.settings.tracker), lanes, trace
+            req,
+            corridor,
+            RouteTracker(corridor, self.settings.tracker),
+            lanes,
+            trace,
+            flush=[self._flush_phase(sig) for sig in corridor.signals],
         )
         self.traces[req.vehicle] = trace
 
@@ -319,6 +354,8 @@ class EscortController:
             trace.events.append((now, "", what))
         s = tracker.position(now)
         v = tracker.v_mps
+        if not s - escort.anchor_m < MOVED_M:
+            escort.anchor_m, escort.moved_at = s, now
         queues = [self._queue(lanes) for lanes in escort.lanes]
         arrivals: list[float] = []
         while (
@@ -347,21 +384,68 @@ class EscortController:
         if self.mode is EscortMode.NONE or lost or not tracker.started:
             escort.since.clear()
             return
+        chain_by = math.inf
         for k in range(escort.passed, len(corridor.signals)):
             sig = corridor.signals[k]
             if k in escort.given_up or sig.intersection not in self.xs:
+                chain_by = math.inf
                 continue
             arrival = arrivals[k]
-            if arrival - now > st.horizon_s:
+            green_by = arrival - clearance_time(queues[k], st) - st.margin_s
+            if k > escort.passed:
+                # a queue reaching back to the previous signal holds that signal's queue (and
+                # the ambulance in it) until it moves: it must get its green first
+                link_m = sig.stop_m - corridor.signals[k - 1].stop_m
+                if queues[k] * JAM_SPACING_M >= SPILLBACK_SHARE * link_m:
+                    green_by = min(green_by, chain_by)
+            chain_by = green_by
+            if arrival - now > st.horizon_s and green_by - now > st.horizon_s:
                 break
             view = readings.signals[sig.intersection]
+            pause_until, paused_at = escort.paused.get(k, (-math.inf, math.inf))
+            if now < pause_until and escort.moved_at < paused_at:
+                continue  # until the pause ends, or the ambulance moves again
+            escort.paused.pop(k, None)
+            flushing = escort.flushing.get(k)
+            flush = escort.flush[k]
+            if flushing is not None and flush is not None:
+                until, since = flushing
+                if now < until and escort.moved_at < since:
+                    claims.setdefault(sig.intersection, []).append(
+                        Claim(escort.request.vehicle, escort.request.priority, arrival, (flush,))
+                    )
+                    continue
+                del escort.flushing[k]
             if k in escort.since:
+                if (
+                    now - escort.since[k] >= st.futile_hold_s
+                    and now - escort.moved_at >= st.futile_hold_s
+                ):
+                    del escort.since[k]
+                    if flush is not None and k not in escort.flushing:
+                        # the ambulance waits in a queue its own phase does not move (the
+                        # lane it must leave to reach its turn pocket): flush that queue first
+                        escort.flushing[k] = (now + st.pause_s, now)
+                        trace.events.append(
+                            (now, sig.intersection, f"ambulance blocked: flushing phase {flush}")
+                        )
+                        claims.setdefault(sig.intersection, []).append(
+                            Claim(
+                                escort.request.vehicle, escort.request.priority, arrival, (flush,)
+                            )
+                        )
+                    else:
+                        escort.paused[k] = (now + st.pause_s, now)
+                        trace.events.append(
+                            (now, sig.intersection, "ambulance not moving: paused")
+                        )
+                    continue
                 if now - escort.since[k] > st.max_hold_s:
                     escort.given_up.add(k)
                     del escort.since[k]
                     trace.events.append((now, sig.intersection, "held too long: given up"))
                     continue
-            elif self._due(escort, k, sig, view, s, arrival, queues[k], now):
+            elif self._due(sig, view, s, green_by, now):
                 escort.since[k] = now
                 trace.events.append((now, sig.intersection, "preemption starts"))
             else:
@@ -371,21 +455,13 @@ class EscortController:
             )
 
     def _due(
-        self,
-        escort: _Escort,
-        k: int,
-        sig: CorridorSignal,
-        view: SignalView,
-        s: float,
-        arrival: float,
-        queue: float,
-        now: float,
+        self, sig: CorridorSignal, view: SignalView, s: float, green_by: float, now: float
     ) -> bool:
-        """Whether signal ``k`` must be asked for the ambulance's phase now."""
+        """Whether signal ``sig`` must be asked for the ambulance's phase now, for its green
+        to start by ``green_by``."""
         st = self.settings
         if self.mode is EscortMode.LOCAL:
             return sig.stop_m - s <= st.local_range_m
-        green_by = arrival - clearance_time(queue, st) - st.margin_s
         target = view.phase if view.phase in sig.phases else sig.phases[0]
         lead = self._lead(sig.intersection, view, target, now)
         return now + lead + 1.0 >= green_by
@@ -409,6 +485,25 @@ class EscortController:
             return into + rules.min_green_s[view.phase] + _dur(rules, view.phase, target)
         left = max(rules.min_green_s[view.phase] - (now - view.green_since), 0.0)
         return left + _dur(rules, view.phase, target)
+
+    def _flush_phase(self, sig: CorridorSignal) -> int | None:
+        """The phase giving priority green to most links from the other lanes of the
+        ambulance's approach edge (None when the edge has no other lane at the signal)."""
+        x = self.xs.get(sig.intersection)
+        if x is None:
+            return None
+        edges = {lane.rsplit("_", 1)[0] for lane in sig.approach_lanes}
+        others = {
+            lane
+            for lane in x.in_lanes
+            if lane.rsplit("_", 1)[0] in edges and lane not in sig.approach_lanes
+        }
+        links = [link.index for link in x.links if any(i in others for i, _ in link.movements)]
+        if not links:
+            return None
+        served = [sum(p.state[i] == "G" for i in links) for p in x.phases]
+        best = max(range(len(served)), key=served.__getitem__)
+        return best if served[best] > 0 and best not in sig.phases else None
 
     def _resolve(self, x_id: str, claims: list[Claim], view: SignalView) -> tuple[int, str]:
         """The phase a contested signal serves, and whose claim won."""

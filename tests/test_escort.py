@@ -76,11 +76,17 @@ class Ambulance:
     """No fixes from ``gps_until`` until ``gps_back``."""
     passed_at: float | None = None
     stops: int = 0
+    blocked: tuple[float, float] = (0.0, 0.0)
+    """Stands still from ``blocked[0]`` until ``blocked[1]`` (stuck behind something the
+    ambulance's own phase does not serve)."""
     _stopped: bool = field(default=False, repr=False)
 
     def move(self, t: float, state: str) -> None:
         """One second: drive on, unless the light is red and the stop line is reached."""
         if t < self.start_s or self.s > 1400:
+            return
+        if self.blocked[0] <= t < self.blocked[1]:
+            self._stopped = True
             return
         link = 0 if self.phase == 0 else 2
         red = state[link] not in "Gg"
@@ -325,6 +331,25 @@ def test_fixes_coming_back_resume_the_escort() -> None:
     assert events.index("GPS lost: holds released") < events.index("GPS back")
     assert any(r.hold for r in w.requests[40:])
     assert amb.stops == 0 and amb.passed_at is not None
+
+
+def test_a_hold_the_ambulance_cannot_use_is_paused_and_asked_again() -> None:
+    # 100 m before the stop line the ambulance stands for 80 s (stuck in a lane its phase
+    # does not serve), after its green was asked for
+    amb = Ambulance("amb", 0, blocked=(58.0, 138.0))
+    w = world(1, [amb], {"in0": 4.0, "in1": 4.0})
+    w.run(240)
+    events = [(t, e) for t, _, e in w.escort.traces["amb"].events]
+    paused = [t for t, e in events if e == "ambulance not moving: paused"]
+    assert paused, events
+    # while paused the normal controller runs the signal (no hold, its own phase 1)
+    first = int(paused[0])
+    pause = int(w.escort.settings.pause_s)
+    assert not any(r.hold for r in w.requests[first + 1 : first + pause])
+    assert "rrGG" in w.shown[first + 1 : first + pause + 1]
+    # and once it moves again it is escorted through without a stop
+    assert amb.passed_at is not None and amb.stops == 0
+    assert any(e == "preemption starts" and t > paused[-1] for t, e in events)
 
 
 # --------------------------------------------------------------------------- the envelope

@@ -8,11 +8,11 @@ reached its tests skip, except with ``CI=true``, where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,6 +44,7 @@ from citybrain.parking.ledger import (
     upgrade,
 )
 from citybrain.parking.plates import lookalike_key
+from citybrain.parking.scratch import fresh_database
 from citybrain.parking.settlement import settle_closed
 from citybrain.parking.tables import VERSION_TABLE, metadata
 from citybrain.parking.tariff import fee_cents
@@ -170,28 +171,12 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def fresh_url(backend: str, tmp_path: Any) -> Iterator[Callable[[], str]]:
     """Makes URLs of fresh, empty databases (a SQLite file, or a PostgreSQL schema)."""
-    schemas: list[str] = []
-    admin = create_engine(make_url(PG_URL)) if backend == "postgresql" else None
+    with contextlib.ExitStack() as stack:
 
-    def new() -> str:
-        if admin is None:
-            return f"sqlite:///{tmp_path / f'ledger{uuid.uuid4().hex[:8]}.db'}"
-        schema = f"cbtest_{uuid.uuid4().hex[:16]}"
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        schemas.append(schema)
-        return (
-            make_url(PG_URL)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
+        def new() -> str:
+            return stack.enter_context(fresh_database(backend, tmp_path, PG_URL, "cbtest"))
 
-    yield new
-    if admin is not None:
-        with admin.begin() as conn:
-            for schema in schemas:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        yield new
 
 
 @pytest.fixture

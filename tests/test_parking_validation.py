@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -18,10 +17,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from citybrain.parking.plates import lookalike_key, normalize
+from citybrain.parking.scratch import fresh_database
 from citybrain.parking.tariff import parse_tariffs
 from citybrain.parking.validation import (
     GateRead,
@@ -342,20 +340,8 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'ledger.db'}"
         return
     require_pg()
-    schema = f"cbval_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(make_url(PG_URL))
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(PG_URL)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_database("postgresql", tmp_path, PG_URL, prefix="cbval") as url:
+        yield url
 
 
 @pytest.mark.sumo
