@@ -835,8 +835,8 @@ def _session_values(s: Session, money: Settlement | None, row: Any) -> dict[str,
 
 @dataclass
 class _Loaded:
-    """Rows (Core) of the state a batch of reads needs, loaded in its transaction, and the
-    reads (evidence) of those passages."""
+    """Rows of the state a decision needs (a batch of reads, or an expiry), loaded in its
+    transaction, and the reads (evidence) of those passages where they were loaded."""
 
     sessions: dict[str, Any]
     pending: dict[str, Any]
@@ -1106,26 +1106,6 @@ def _first_time(row: SessionRow) -> datetime:
     first = row.entry_at if row.entry_at is not None else row.exit_at
     assert first is not None
     return first
-
-
-@dataclass
-class _State:
-    """The persisted state one decision needs, loaded in the deciding transaction."""
-
-    sessions: dict[str, SessionRow]
-    pending: dict[str, PendingExitRow]
-    passages: dict[str, PassageRow]
-
-    def book(self, grace: timedelta, window: timedelta) -> SessionBook:
-        return SessionBook(
-            grace=grace,
-            window=window,
-            sessions=[_session_of(r) for r in self.sessions.values()],
-            pending=[_pending_of(r) for r in self.pending.values()],
-            passages=[
-                _passage_of(r) for r in sorted(self.passages.values(), key=lambda r: r.id or 0)
-            ],
-        )
 
 
 def _passage_of(row: PassageRow | Any) -> Passage:
@@ -1567,7 +1547,7 @@ class Ledger:
             _advisory_lock(conn, keys)
 
     def _write_back(
-        self, db: DbSession, state: _State, book: SessionBook, lot: str, at: datetime
+        self, db: DbSession, state: _Loaded, book: SessionBook, lot: str, at: datetime
     ) -> tuple[str, ...]:
         """Persist what the book changed; settle the sessions it closed (charged at ``at``)."""
         before = {sid: _session_of(r) for sid, r in state.sessions.items()}
@@ -1639,7 +1619,9 @@ class Ledger:
                     PendingExitRow.lot_id == lot, col(PendingExitRow.since) <= cut
                 )
             )
-            state = _State(sessions={}, pending={r.passage_id: r for r in pending}, passages={})
+            state = _Loaded(
+                sessions={}, pending={r.passage_id: r for r in pending}, passages={}, evidence={}
+            )
             open_plates = select(SessionRow.plate).where(
                 SessionRow.lot_id == lot, SessionRow.status == SessionStatus.OPEN
             )
