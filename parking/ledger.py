@@ -99,6 +99,7 @@ from citybrain.parking.matching import (
 )
 from citybrain.parking.passages import PASSAGE_WINDOW, Direction, Passage, Read, passage_of
 from citybrain.parking.plates import lookalike_key, normalize
+from citybrain.parking.reports import ChargeReport, DebtReport, SessionReport
 from citybrain.parking.settlement import (
     Settlement,
     choose_account,
@@ -359,56 +360,6 @@ class _Prepared:
     rejection: Rejection | None
 
 
-JSONValue = str | int | None
-
-
-@dataclass(frozen=True)
-class SessionReport:
-    session_id: str
-    lot_id: str
-    plate: str  # the entry's plate (the exit's when there is no entry)
-    exit_plate: str | None
-    entry_at: datetime | None
-    exit_at: datetime | None
-    fee_cents: int | None
-    status: str
-    account: str | None
-    review_reason: str | None
-    related: tuple[str, ...]
-
-    def to_json(self) -> dict[str, JSONValue]:
-        """The row of ``citybrain parking sessions --json``."""
-        return {
-            "lot_id": self.lot_id,
-            "plate": self.plate,
-            "entry_at": _iso(self.entry_at),
-            "exit_at": _iso(self.exit_at),
-            "fee_cents": self.fee_cents,
-            "status": self.status,
-            "account": self.account,
-        }
-
-
-@dataclass(frozen=True)
-class ChargeReport:
-    session_id: str
-    lot_id: str
-    plate: str
-    account: str
-    cents: int
-    charged_at: datetime
-
-
-@dataclass(frozen=True)
-class DebtReport:
-    session_id: str
-    lot_id: str
-    plate: str
-    entry_at: datetime
-    exit_at: datetime
-    cents: int
-
-
 @dataclass(frozen=True)
 class DeadLetterReport:
     id: int
@@ -428,10 +379,6 @@ class BindOutcome:
     account: str
     previous: str | None  # the account the plate was bound to before, if any
     charges: tuple[ChargeReport, ...]  # debts charged now
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 # ---- engine and schema ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ Pure: plain records in, a report out (no SQL, no SUMO, no MQTT). The caller supp
   texts, possibly none: a passage nobody read);
 * the binding plan: which plates had an account bound before their stays, only after them
   (their debts are collected at binding), or never;
-* the tariffs, and the ledger's ``LedgerSession``s and ``LedgerCharge``s at report time
+* the tariffs, and the ledger's ``SessionReport``s and ``LedgerCharge``s at report time
   (after the grace period, after the late bindings).
 
 Expectations per stay, from what the cameras could know:
@@ -42,6 +42,7 @@ from datetime import datetime
 from typing import Literal
 
 from citybrain.parking.plates import lookalike_key, normalize
+from citybrain.parking.reports import SessionReport
 from citybrain.parking.tariff import Tariff, fee_cents
 from citybrain.parking.times import require_aware
 
@@ -106,20 +107,6 @@ class GateRead:
 
 
 @dataclass(frozen=True)
-class LedgerSession:
-    session_id: str
-    lot_id: str
-    plate: str
-    exit_plate: str | None
-    entry_at: datetime | None
-    exit_at: datetime | None
-    fee_cents: int | None
-    status: str
-    account: str | None
-    review_reason: str | None = None
-
-
-@dataclass(frozen=True)
 class LedgerCharge:
     session_id: str
     account: str
@@ -152,7 +139,7 @@ class StayCheck:
     expected_fee_cents: int
     expected_status: tuple[str, ...]  # acceptable statuses
     expected_account: str | None
-    sessions: tuple[LedgerSession, ...]
+    sessions: tuple[SessionReport, ...]
     charged_cents: int  # sum of the charges of its sessions
     charges: int
     misread: bool  # some camera printed another plate for one of its passages
@@ -265,7 +252,7 @@ def validate(
     gate_reads: Iterable[GateRead],
     bindings: Mapping[str, tuple[Binding, str | None]],
     tariffs: Mapping[str, Tariff],
-    sessions: Sequence[LedgerSession],
+    sessions: Sequence[SessionReport],
     charges: Sequence[LedgerCharge],
     *,
     dead_letters: int = 0,
@@ -295,7 +282,7 @@ def validate(
         charges_of[c.session_id].append(c)
     known = {s.session_id for s in sessions}
 
-    attached: dict[str, list[LedgerSession]] = defaultdict(list)
+    attached: dict[str, list[SessionReport]] = defaultdict(list)
     owner: dict[str, str] = {}  # session -> the stay that reports it when it is crossed
     other: list[Mismatch] = []
     for x in sessions:
@@ -374,7 +361,7 @@ def _close(a: datetime | None, b: datetime) -> bool:
     return a is not None and abs((a - b).total_seconds()) <= 60
 
 
-def _near(stays: Sequence[TrueStay], x: LedgerSession) -> str | None:
+def _near(stays: Sequence[TrueStay], x: SessionReport) -> str | None:
     """The stay of the same look-alike plate and lot with a passage within 60 s of ``x``'s."""
     key = lookalike_key(x.plate)
     for s in stays:
@@ -401,7 +388,7 @@ def _check_stay(
     misread: bool,
     binding_plan: tuple[Binding, str | None],
     tariffs: Mapping[str, Tariff],
-    sessions: tuple[LedgerSession, ...],
+    sessions: tuple[SessionReport, ...],
     charges_of: Mapping[str, list[LedgerCharge]],
     owner: Mapping[str, str],
 ) -> StayCheck:
@@ -414,12 +401,12 @@ def _check_stay(
     charged = sum(c.cents for c in my_charges)
     found: list[Mismatch] = []
 
-    def bad(kind: str, detail: str, session: LedgerSession | None = None) -> None:
+    def bad(kind: str, detail: str, session: SessionReport | None = None) -> None:
         found.append(
             Mismatch(kind, detail, stay.stay_id, None if session is None else session.session_id)
         )
 
-    def extra(x: LedgerSession, why: str) -> None:
+    def extra(x: SessionReport, why: str) -> None:
         """A session beyond the one the stay should have."""
         money = sum(c.cents for c in charges_of.get(x.session_id, ()))
         if (
@@ -524,7 +511,7 @@ def _check_stay(
     )  # fmt: skip
 
 
-def _list(sessions: Iterable[LedgerSession]) -> str:
+def _list(sessions: Iterable[SessionReport]) -> str:
     return ", ".join(f"{x.session_id} ({x.status}, {x.plate})" for x in sessions)
 
 

@@ -52,7 +52,6 @@ from citybrain.parking.service import SERVICE_CLIENT_ID, ServiceStats, run_servi
 from citybrain.parking.tariff import Tariff, load_tariffs
 from citybrain.parking.validation import (
     LedgerCharge,
-    LedgerSession,
     TrueStay,
     ValidationReport,
     table,
@@ -161,21 +160,7 @@ def run_parking_validation(
         for car in scenario.cars:
             if car.binding == "later" and car.account is not None:
                 ledger.bind(car.plate, car.account)
-        sessions = [
-            LedgerSession(
-                session_id=s.session_id,
-                lot_id=s.lot_id,
-                plate=s.plate,
-                exit_plate=s.exit_plate,
-                entry_at=s.entry_at,
-                exit_at=s.exit_at,
-                fee_cents=s.fee_cents,
-                status=s.status,
-                account=s.account,
-                review_reason=s.review_reason,
-            )
-            for s in ledger.sessions()
-        ]
+        sessions = ledger.sessions()
         charges = [LedgerCharge(c.session_id, c.account, c.cents) for c in ledger.charges()]
         dead = len(ledger.dead_letters())
     finally:

@@ -19,12 +19,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from citybrain.parking.plates import lookalike_key, normalize
+from citybrain.parking.reports import SessionReport
 from citybrain.parking.scratch import fresh_database
 from citybrain.parking.tariff import parse_tariffs
 from citybrain.parking.validation import (
     GateRead,
     LedgerCharge,
-    LedgerSession,
     TrueStay,
     ValidationReport,
     summary,
@@ -94,8 +94,8 @@ def gate_reads() -> list[GateRead]:
 def sess(
     sid: str, plate: str, entry: datetime | None, exit_: datetime | None, fee: int | None,
     status: str, account: str | None,
-) -> LedgerSession:  # fmt: skip
-    return LedgerSession(
+) -> SessionReport:  # fmt: skip
+    return SessionReport(
         session_id=sid,
         lot_id="L01",
         plate=normalize(plate),
@@ -108,7 +108,7 @@ def sess(
     )
 
 
-def good_ledger() -> tuple[list[LedgerSession], list[LedgerCharge]]:
+def good_ledger() -> tuple[list[SessionReport], list[LedgerCharge]]:
     sessions = [
         sess("sA", "浙A·10000", at(10), at(11, 10), 1500, "settled", "acct-a"),
         sess("sB", "浙A·20000", at(19), at(21), 1400, "unpaid", None),
@@ -120,7 +120,7 @@ def good_ledger() -> tuple[list[LedgerSession], list[LedgerCharge]]:
     return sessions, charges
 
 
-def check(sessions: list[LedgerSession], charges: list[LedgerCharge]) -> ValidationReport:
+def check(sessions: list[SessionReport], charges: list[LedgerCharge]) -> ValidationReport:
     return validate(STAYS, gate_reads(), BINDINGS, TARIFFS, sessions, charges)
 
 

@@ -1,0 +1,59 @@
+"""What the ledger reports (sessions, charges, debts): plain records, no database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+JSONValue = str | int | None
+
+
+@dataclass(frozen=True)
+class SessionReport:
+    session_id: str
+    lot_id: str
+    plate: str  # the entry's plate (the exit's when there is no entry)
+    exit_plate: str | None
+    entry_at: datetime | None
+    exit_at: datetime | None
+    fee_cents: int | None
+    status: str
+    account: str | None
+    review_reason: str | None = None
+    related: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, JSONValue]:
+        """The row of ``citybrain parking sessions --json``."""
+        return {
+            "lot_id": self.lot_id,
+            "plate": self.plate,
+            "entry_at": _iso(self.entry_at),
+            "exit_at": _iso(self.exit_at),
+            "fee_cents": self.fee_cents,
+            "status": self.status,
+            "account": self.account,
+        }
+
+
+@dataclass(frozen=True)
+class ChargeReport:
+    session_id: str
+    lot_id: str
+    plate: str
+    account: str
+    cents: int
+    charged_at: datetime
+
+
+@dataclass(frozen=True)
+class DebtReport:
+    session_id: str
+    lot_id: str
+    plate: str
+    entry_at: datetime
+    exit_at: datetime
+    cents: int
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
