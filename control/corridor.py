@@ -44,6 +44,9 @@ class CorridorSignal:
     phases: tuple[int, ...]
     """Green phases that serve the movement best, best first (all its links green, priority
     green before permissive)."""
+    other_lanes: tuple[str, ...] = ()
+    """The approach edge's other lanes (those with no link onto the route's next edge): a
+    queue there can stand between the ambulance and its own lane."""
 
 
 @dataclass(frozen=True)

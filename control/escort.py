@@ -490,14 +490,9 @@ class EscortController:
         """The phase giving priority green to most links from the other lanes of the
         ambulance's approach edge (None when the edge has no other lane at the signal)."""
         x = self.xs.get(sig.intersection)
-        if x is None:
+        if x is None or not sig.other_lanes:
             return None
-        edges = {lane.rsplit("_", 1)[0] for lane in sig.approach_lanes}
-        others = {
-            lane
-            for lane in x.in_lanes
-            if lane.rsplit("_", 1)[0] in edges and lane not in sig.approach_lanes
-        }
+        others = set(sig.other_lanes)
         links = [link.index for link in x.links if any(i in others for i, _ in link.movements)]
         if not links:
             return None

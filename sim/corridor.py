@@ -77,7 +77,8 @@ def corridor_of(
             start = nxt.getLanes()[0].getShape()[0] if nxt is not None else shape[-1]
             exit_m = stop_m + _dist(shape[-1], (float(start[0]), float(start[1])))
             approach = tuple(sorted({c.getFromLane().getID() for c in conns}))
-            signals.append(CorridorSignal(tl, stop_m, exit_m, approach, links, phases))
+            others = tuple(sorted({ln.getID() for ln in edge.getLanes()} - set(approach)))
+            signals.append(CorridorSignal(tl, stop_m, exit_m, approach, links, phases, others))
     points = _dedupe(points)
     if len(points) < 2:
         raise ScenarioError(f"escort {vehicle}: the route has no length")
