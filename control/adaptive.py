@@ -61,11 +61,12 @@ class AdaptiveTiming:
     """A lane that has waited this long counts twice when choosing the next phase."""
     full_density: float = 0.8
     """An exit lane this full blocks the movements into it."""
-    partial_red: bool = True
     stuck_memory_s: float = 30.0
+    """A queue with right of way seen not moving counts for little this long afterwards."""
     short_link_veh: float = 4.0
-    red_feed_weight: float = 0.3
     """A lane holding fewer vehicles than this joins the two signals at its ends."""
+    red_feed_weight: float = 0.3
+    """How much a queue waiting at red to enter a short link pulls the link's signal open."""
 
 
 class AdaptiveController(EstimatingController):
@@ -176,7 +177,7 @@ class AdaptiveController(EstimatingController):
         lanes = table.lanes[cur]
         crossed = float(self._crossed_at[lanes].max(initial=-np.inf))
         stalled = green >= t.stall_s and now_s - crossed >= t.stall_s
-        if stalled and t.stuck_memory_s > 0:
+        if stalled:
             # a queue with right of way that does not move is blocked beyond the junction (a
             # permissive turn may just be waiting for a gap in the oncoming traffic)
             protected = table.lane_share[cur] >= 0.99
@@ -219,8 +220,7 @@ class AdaptiveController(EstimatingController):
         back = sum(float(lost[cur, p]) + float(need[p]) for p in others) + float(lost.max())
         # everyone waiting on a lane the current green does not fully serve waits ``step`` longer
         approach = table.approach
-        red = np.maximum(1.0 - shares[cur, approach], 0.0) if t.partial_red else (
-            shares[cur, approach] < 0.99)
+        red = np.maximum(1.0 - shares[cur, approach], 0.0)  # a permissive green half serves
         waiting = float((est.queue[approach] * red).sum())
         return bool(served * back >= waiting * step)
 
