@@ -426,6 +426,28 @@ def busy_cores(before: int, seconds: float) -> float | None:
     return (after - before) / os.sysconf("SC_CLK_TCK") / seconds
 
 
+def process_ticks(prefixes: tuple[str, ...]) -> dict[str, int]:
+    """CPU jiffies (user + system) so far of the processes whose name starts with each of
+    ``prefixes`` (``/proc``; empty elsewhere): the database server and the broker."""
+    ticks = dict.fromkeys(prefixes, 0)
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        rest = stat[stat.rfind(")") + 2 :].split()
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                ticks[prefix] += int(rest[11]) + int(rest[12])
+    return ticks
+
+
+SERVERS = ("postgres", "mosquitto")
+
+
 @dataclass
 class Run:
     db: str
@@ -441,6 +463,7 @@ class Run:
     service_cpu_s: float | None = None  # the service process (ledger alone: record_many)
     gateway_cpu_s: float | None = None  # all gateway processes together
     busy_cores: float | None = None  # the whole machine's CPU use during the run, in cores
+    servers_cpu_s: dict[str, float] = field(default_factory=dict)  # postgres, mosquitto
     problems: list[str] = field(default_factory=list)
 
     def per_read_us(self, seconds: float | None) -> str:
@@ -484,6 +507,7 @@ def run_once(
             sent: dict[str, float] = {}
             started = time.monotonic()
             busy_before = busy_cores_ticks()
+            servers_before = process_ticks(SERVERS)
             for lot in work.lots:
                 outbox = str(rundir / f"gw-{lot}.outbox")
                 if kind == "throughput":
@@ -536,6 +560,10 @@ def run_once(
             if pacer is not None:
                 pacer.join()
             result.busy_cores = busy_cores(busy_before, time.monotonic() - started)
+            hz = os.sysconf("SC_CLK_TCK")
+            result.servers_cpu_s = {
+                k: (v - servers_before[k]) / hz for k, v in process_ticks(SERVERS).items()
+            }
             gateway_cpu = 0.0
             for gw in gateways:
                 try:
@@ -596,10 +624,15 @@ def ledger_alone(db: str, work: Workload, workdir: Path, batch: int) -> Run:
         ledger = open_ledger(url, tariffs=load_tariffs(tariffs_path))
         now = dt.datetime.now(dt.UTC)
         items = [RecordItem(lot, line.encode(), now) for lot, line in work.lines]
+        servers_before = process_ticks(SERVERS)
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(items), batch):
             ledger.record_many(items[i : i + batch])
         result.seconds = time.perf_counter() - start
+        hz = os.sysconf("SC_CLK_TCK")
+        result.servers_cpu_s = {
+            k: (v - servers_before[k]) / hz for k, v in process_ticks(SERVERS).items()
+        }
         result.service_cpu_s = time.process_time() - cpu
         result.rate = result.overall = len(items) / result.seconds
         result.batches = -(-len(items) // batch)
@@ -749,9 +782,9 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         "one read per transaction, as before batching).",
         "",
         "| database | run | reads | reads/s | of ceiling | p50 ms | p99 ms | max ms | "
-        "transactions | service CPU µs/read | gateways CPU µs/read | machine busy (cores) "
-        "| exactly once |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "transactions | service CPU µs/read | gateways CPU µs/read | PostgreSQL CPU µs/read "
+        "| Mosquitto CPU µs/read | machine busy (cores) | exactly once |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(v: float | None) -> str:
@@ -769,6 +802,8 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
             f"| {r.db} | {what} | {r.reads:,} | {rate} | {share} | {ms(r.p50_ms)} | "
             f"{ms(r.p99_ms)} | {ms(r.max_ms)} | {r.batches if r.batches is not None else ''} "
             f"| {r.per_read_us(r.service_cpu_s)} | {r.per_read_us(r.gateway_cpu_s)} "
+            f"| {r.per_read_us(r.servers_cpu_s.get('postgres') if r.db == 'postgresql' else None)} "
+            f"| {r.per_read_us(r.servers_cpu_s.get('mosquitto'))} "
             f"| {'' if r.busy_cores is None else f'{r.busy_cores:.2f}'} | {ok} |"
         )
     lines += [
@@ -795,16 +830,25 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
     if verdicts:
         lines.append("Targets (issue 4): " + "; ".join(verdicts) + ".")
     if pg and pg[0].service_cpu_s:
-        us = pg[0].service_cpu_s / pg[0].reads * 1e6
-        gw = pg[0].gateway_cpu_s / pg[0].reads * 1e6 if pg[0].gateway_cpu_s else 0.0
+        run = pg[0]
+        parts = {
+            "the service": run.service_cpu_s,
+            "the gateways": run.gateway_cpu_s,
+            "PostgreSQL": run.servers_cpu_s.get("postgres"),
+            "Mosquitto": run.servers_cpu_s.get("mosquitto"),
+        }
+        us = {k: v / run.reads * 1e6 for k, v in parts.items() if v}
+        total = sum(us.values())
         lines += [
             "",
-            f"CPU budget at full speed (PostgreSQL run): the service used {us:,.0f} µs per "
-            f"read, so one core given to it alone would carry about {1e6 / us:,.0f} reads/s; "
-            f"the gateways used {gw:,.0f} µs per read on the same two cores"
+            "CPU budget at full speed (PostgreSQL run), per read: "
+            + ", ".join(f"{k} {v:,.0f} µs" for k, v in us.items())
+            + f"; {total:,.0f} µs in all, so the two cores could carry at most about "
+            f"{2e6 / total:,.0f} reads/s of this path (the bench's own ack observer and "
+            "other jobs not counted)"
             + (
-                f", and the machine as a whole was {pg[0].busy_cores:.2f} of 2 cores busy."
-                if pg[0].busy_cores is not None
+                f"; the machine as a whole was {run.busy_cores:.2f} of 2 cores busy."
+                if run.busy_cores is not None
                 else "."
             ),
         ]

@@ -61,22 +61,45 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE acked_at IS NULL
 """
 
 
+ACK_LINGER = 0.003  # seconds the loop waits for the rest of a burst of acks
+
+
 def gateway_client_id(lot_id: str) -> str:
     return f"citybrain-gw-{check_lot_id(lot_id)}"
 
 
 class Outbox:
-    """The gateway's durable queue: one row per read id, ``acked_at`` set on retirement."""
+    """The gateway's durable queue: one row per read id, ``acked_at`` set on retirement.
 
-    def __init__(self, path: str | Path) -> None:
+    The oldest pending reads (up to ``cache`` of them) are also kept in memory, in outbox
+    order, so the gateway's loop asks the disk only to write: ``head`` and
+    ``pending_count`` read the file only when more reads are pending than the cache holds.
+    One thread owns an outbox (the file is the truth; the cache mirrors it)."""
+
+    def __init__(self, path: str | Path, cache: int = 5_000) -> None:
+        if cache < 1:
+            raise ValueError("cache must be at least 1")
         self.path = Path(path)
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._cache_size = cache
+        self._cached: dict[str, bytes] = {}  # oldest pending reads, in outbox order
+        self._pending = 0
+        self._refill()
 
     def close(self) -> None:
         self._db.close()
+
+    def _refill(self, size: int | None = None) -> None:
+        row = self._db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()
+        self._pending = int(row[0])
+        rows = self._db.execute(
+            "SELECT read_id, payload FROM outbox WHERE acked_at IS NULL ORDER BY seq LIMIT ?",
+            (size or self._cache_size,),
+        ).fetchall()
+        self._cached = {str(r[0]): bytes(r[1]) for r in rows}
 
     def add(self, read_id: str, payload: bytes, now: datetime) -> bool:
         """Queue a read; False when its id is already known (pending or retired)."""
@@ -86,6 +109,7 @@ class Outbox:
         """Queue reads in one transaction (one sync to disk); per read, whether it is new."""
         stamp = now.isoformat()
         added: list[bool] = []
+        new: list[tuple[str, bytes]] = []
         with self._transaction():
             for read_id, payload in reads:
                 cur = self._db.execute(
@@ -93,15 +117,24 @@ class Outbox:
                     (read_id, payload, stamp),
                 )
                 added.append(cur.rowcount == 1)
+                if cur.rowcount == 1:
+                    new.append((read_id, payload))
+        for read_id, payload in new:  # after the commit: the cache never runs ahead
+            if self._pending == len(self._cached) and len(self._cached) < self._cache_size:
+                self._cached[read_id] = payload
+            self._pending += 1
         return added
 
     def head(self, limit: int) -> list[tuple[str, bytes]]:
         """The oldest ``limit`` pending reads, in the order they were queued."""
-        rows = self._db.execute(
-            "SELECT read_id, payload FROM outbox WHERE acked_at IS NULL ORDER BY seq LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [(str(r[0]), bytes(r[1])) for r in rows]
+        if len(self._cached) < min(limit, self._pending):
+            self._refill(max(limit, self._cache_size))  # more is pending on disk
+        out: list[tuple[str, bytes]] = []
+        for item in self._cached.items():
+            if len(out) >= limit:
+                break
+            out.append(item)
+        return out
 
     def retire(self, read_ids: Iterable[str], now: datetime) -> int:
         """Mark reads acknowledged (one transaction); returns how many were pending.
@@ -117,20 +150,21 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._transaction():
-                count = 0
-                for read_id in ids:
-                    cur = self._db.execute(
-                        "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL",
-                        (stamp, read_id),
-                    )
-                    count += cur.rowcount
+                before = self._db.total_changes
+                self._db.executemany(
+                    "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL",
+                    [(stamp, read_id) for read_id in ids],
+                )
+                count = self._db.total_changes - before
         finally:
             self._db.execute("PRAGMA synchronous=FULL")
+        self._pending -= count
+        for read_id in ids:
+            self._cached.pop(read_id, None)
         return count
 
     def pending_count(self) -> int:
-        row = self._db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()
-        return int(row[0])
+        return self._pending
 
     def retired_count(self) -> int:
         row = self._db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NOT NULL").fetchone()
@@ -318,6 +352,10 @@ def run_gateway(
             batch: list[tuple[str, Any]] = []
             try:
                 batch.append(events.get(timeout=0.05))
+                if batch[0][0] == _ACK:
+                    # The service acks a whole batch at once: let the burst arrive, so
+                    # that one retirement (one transaction) serves it.
+                    time.sleep(ACK_LINGER)
                 while len(batch) < 1000:
                     batch.append(events.get_nowait())
             except queue.Empty:

@@ -164,6 +164,27 @@ def test_outbox(tmp_path: Path) -> None:
     again.close()
 
 
+def test_outbox_memory_follows_the_file_past_its_cache(tmp_path: Path) -> None:
+    """More pending reads than the in-memory cache holds: ``head`` still serves them in
+    queue order from the file, and the counts match a fresh look at the file."""
+    box = Outbox(tmp_path / "outbox.db", cache=3)
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    ids = [f"r{i:02d}" for i in range(10)]
+    assert box.add_many([(i, i.encode()) for i in ids[:6]], now) == [True] * 6
+    assert box.add_many([(i, i.encode()) for i in ids[6:]] + [("r00", b"x")], now)[-1] is False
+    assert box.pending_count() == 10
+    assert [r for r, _ in box.head(2)] == ids[:2]
+    assert box.retire(["r00", "r01", "r07"], now) == 3
+    assert [r for r, _ in box.head(5)] == ["r02", "r03", "r04", "r05", "r06"]
+    assert box.retire(ids[2:7], now) == 5
+    assert box.head(5) == [("r08", b"r08"), ("r09", b"r09")]
+    assert box.pending_count() == 2
+    box.close()
+    again = Outbox(tmp_path / "outbox.db", cache=3)
+    assert again.head(5) == [("r08", b"r08"), ("r09", b"r09")] and again.pending_count() == 2
+    again.close()
+
+
 # ------------------------------------------------------------------------ shared broker
 
 
