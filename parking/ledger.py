@@ -1096,6 +1096,12 @@ class Ledger:
         self.window = window
         self._postgres = engine.dialect.name == "postgresql"
 
+    @property
+    def parallel_writers(self) -> bool:
+        """Whether transactions on different lots gain from running side by side
+        (PostgreSQL: they lock different lots; SQLite has one writer at a time)."""
+        return self._postgres
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -38,7 +38,9 @@ on receipt; a death while the application processes the message loses it.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -47,12 +49,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
-from citybrain.parking.broker import FATAL_CONNACK, BrokerSettings, make_client
+from citybrain.parking.broker import BrokerSettings
 from citybrain.parking.mqtt import (
     QOS,
     TOPIC_ROOT,
@@ -63,6 +60,8 @@ from citybrain.parking.mqtt import (
     lot_of_topic,
     plan_ack,
 )
+from citybrain.parking.mqttlink import ConnectionLost, Link, Refused
+from citybrain.parking.mqttwire import SUBACK_FAILURE
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,7 @@ class BatchReadSink(ReadSink, Protocol):
 
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_BATCH_WINDOW = 0.005  # seconds
+LANES = 2  # transactions side by side per batch, for a sink that takes concurrent writers
 
 
 @dataclass(frozen=True)
@@ -312,6 +312,7 @@ def run_service(
     max_backoff: float = 10.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     batch_window: float = DEFAULT_BATCH_WINDOW,
+    lanes: int | None = None,
 ) -> ServiceStats:
     """Subscribe to every lot's reads and record them until ``stop`` is set.
 
@@ -324,6 +325,10 @@ def run_service(
     ``batch_size`` messages. Under load the batches grow by themselves (what arrived
     during the previous transaction); at a low rate a message waits at most about
     ``batch_window``. ``batch_size=1`` records one message per transaction.
+
+    ``lanes``: each batch is split by lot into so many transactions recorded side by side
+    (default: ``LANES`` when the sink takes concurrent writers, as the PostgreSQL ledger
+    does (``parallel_writers``), else 1).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -334,82 +339,36 @@ def run_service(
     )
     address = settings.address
     stop = stop if stop is not None else threading.Event()
-    client = make_client(settings, client_id, clean_session=False, manual_ack=True)
     stats = ServiceStats()
-    handler = ReadHandler(sink, client, root=topic_root, stats=stats)
+    handler = ReadHandler(sink, _Unconnected(), root=topic_root, stats=stats)
     subscription = all_reads_filter(topic_root)
-    refused: list[str] = []
-    state = {"sub_mid": -1}
+    wake_r, wake_w = os.pipe()  # the ledger thread wakes the network loop on each commit
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
 
-    def on_connect(
-        c: Client, _u: Any, flags: ConnectFlags, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        if rc.is_failure:
-            log.error("broker %s refused the connection: %s", address.url, rc)
-            if rc.value in FATAL_CONNACK:
-                refused.append(f"connection refused: {rc}")
-            return
-        stats.connections += 1
-        log.info(
-            "connected to %s as %s (session %s)",
-            address.url,
-            client_id,
-            "resumed" if flags.session_present else "new",
-        )
-        _, mid = c.subscribe(subscription, qos=QOS)
-        state["sub_mid"] = -1 if mid is None else mid
+    def wake() -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
+            os.write(wake_w, b"x")
 
-    def on_subscribe(
-        _c: Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        if mid != state["sub_mid"]:
-            return
-        if any(code.is_failure for code in codes):
-            refused.append(f"subscription to {subscription} refused (check the ACL)")
-            return
-        log.info("subscribed to %s", subscription)
-        if on_ready is not None:
-            on_ready()
-
+    if lanes is None:
+        lanes = LANES if getattr(sink, "parallel_writers", False) else 1
+    worker = _BatchWorker(handler, wake, lanes) if isinstance(sink, BatchReadSink) else None
     pending: list[Delivery] = []  # received, not yet recorded nor acknowledged
-    first_at = [0.0]  # monotonic arrival of pending[0]
+    first_at = 0.0  # monotonic arrival of pending[0]
 
-    def on_message(_c: Client, _u: Any, message: MQTTMessage) -> None:
-        if not pending:
-            first_at[0] = time.monotonic()
-        pending.append(
-            Delivery(
-                message.topic, bytes(message.payload), message.mid, message.qos, handler.clock()
-            )
-        )
-
-    def on_disconnect(
-        _c: Client, _u: Any, _f: DisconnectFlags, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        log.info("disconnected from %s: %s", address.url, rc)
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    client.on_disconnect = on_disconnect
-
-    # The acks to the gateways are QoS 1 publishes: paho's default window (20 in flight)
-    # would hold a batch's acks back until the broker's PUBACKs for earlier ones are read.
-    client.max_inflight_messages_set(ACK_WINDOW)
-    worker = _BatchWorker(handler) if isinstance(sink, BatchReadSink) else None
-
-    def due(waiting: int) -> bool:
+    def due(arrived: int) -> bool:
         """A batch is ready: full, or its window passed with nothing more arriving."""
         return bool(pending) and (
             len(pending) >= batch_size
-            or (len(pending) == waiting and time.monotonic() >= first_at[0] + batch_window)
+            or (not arrived and time.monotonic() >= first_at + batch_window)
         )
 
     def take() -> list[Delivery]:
+        nonlocal first_at
         batch = pending[:batch_size]
         del pending[:batch_size]
         if pending:
-            first_at[0] = time.monotonic()
+            first_at = time.monotonic()
         return batch
 
     backoff = 0.2
@@ -417,85 +376,110 @@ def run_service(
     try:
         while not stop.is_set():
             try:
-                client.connect(address.host, address.port, keepalive=keepalive)
-            except OSError as exc:  # refused, unreachable, TLS handshake failed
+                link = Link.open(settings, client_id, clean_session=False, keepalive=keepalive)
+                codes = link.subscribe(subscription, QOS)
+            except Refused as exc:
+                log.error("broker %s refused the connection: %s", address.url, exc)
+                if exc.fatal:
+                    raise BrokerRefused(str(exc)) from None
+                stop.wait(backoff)
+                backoff = min(max_backoff, backoff * 2)
+                continue
+            except OSError as exc:  # refused, unreachable, TLS handshake failed, lost
                 log.warning("cannot reach broker %s: %s", address.url, exc)
                 stop.wait(backoff)
                 backoff = min(max_backoff, backoff * 2)
                 continue
+            if any(code == SUBACK_FAILURE for code in codes):
+                link.close()
+                raise BrokerRefused(f"subscription to {subscription} refused (check the ACL)")
+            stats.connections += 1
+            log.info(
+                "connected to %s as %s (session %s), subscribed to %s",
+                address.url,
+                client_id,
+                "resumed" if link.session_present else "new",
+                subscription,
+            )
+            if on_ready is not None:
+                on_ready()
+            handler.transport = link
             handler.reset()
             pending.clear()  # a new connection: the broker redelivers what was unacked
             lost = False
-            while not stop.is_set():
-                waiting = len(pending)
-                if worker is not None and worker.busy:
-                    linger = WORKER_POLL  # its commit is acked as soon as it is seen
-                elif waiting:
-                    linger = first_at[0] + batch_window - time.monotonic()
-                else:
-                    linger = 0.2
-                rc = client.loop(timeout=max(0.0, linger))
-                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and len(pending) > waiting:
-                    rc = _drain(client, pending)
-                if refused:
-                    raise BrokerRefused(refused[0])
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    log.warning("connection to %s lost: %s", address.url, rc)
-                    lost = True
-                    break
-                if worker is None:
-                    if due(waiting):
-                        handler.handle_batch(take())
-                else:
-                    finished, recorded = worker.poll()
-                    if finished and recorded is None:
-                        handler.fail()
-                    if not worker.busy and not handler.broken and due(waiting):
-                        # The next batch first: it is recorded while this thread sends
-                        # the acks of the one just committed (and goes on receiving).
-                        worker.submit(take())
-                    if recorded is not None:
-                        handler.answer_batch(recorded)
-                if handler.broken:
-                    break
-                if stats.handled > handled:  # progress: the next failure retries quickly
-                    handled, backoff = stats.handled, 0.2
+            try:
+                while not stop.is_set():
+                    if worker is not None and worker.busy:
+                        linger = 0.2  # its commit wakes us
+                    elif pending:
+                        linger = first_at + batch_window - time.monotonic()
+                    else:
+                        linger = 0.2
+                    arrived = link.poll(max(0.0, linger), wake_r)
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                    if arrived:
+                        now = handler.clock()
+                        if not pending:
+                            first_at = time.monotonic()
+                        pending.extend(
+                            Delivery(m.topic, m.payload, m.packet_id, m.qos, now) for m in arrived
+                        )
+                    if worker is None:
+                        if due(len(arrived)):
+                            handler.handle_batch(take())
+                    else:
+                        finished, recorded = worker.poll()
+                        if finished and recorded is None:
+                            handler.fail()
+                        if not worker.busy and not handler.broken and due(len(arrived)):
+                            # The next batch first: it is recorded while this thread sends
+                            # the acks of the one just committed (and goes on receiving).
+                            worker.submit(take())
+                        if recorded is not None:
+                            handler.answer_batch(recorded)
+                    link.flush()
+                    if handler.broken:
+                        break
+                    if stats.handled > handled:  # progress: the next failure retries quickly
+                        handled, backoff = stats.handled, 0.2
+            except ConnectionLost as exc:
+                log.warning("connection to %s lost: %s", address.url, exc)
+                lost = True
             if worker is not None and worker.busy:
                 # Leaving this connection with a batch being recorded: wait for its commit.
                 # Its acks go out only on this connection, while it is still up (a
-                # message id means nothing on the next one; the broker redelivers those
+                # packet id means nothing on the next one; the broker redelivers those
                 # messages and they are recorded as duplicates).
                 finished, recorded = worker.wait()
-                if not lost and client.is_connected():
+                if not lost:
                     _settle(handler, recorded)
+                    with contextlib.suppress(ConnectionLost):
+                        link.flush()
+            handler.transport = _Unconnected()
             if handler.broken or lost:
-                # Drop the connection: the broker will redeliver what is unacked.
-                _close_gently(client)
+                link.abort()  # the broker will redeliver what is unacked
+            else:
+                link.close()
             if not stop.is_set():
                 stop.wait(backoff)
                 backoff = min(max_backoff, backoff * 2)
     finally:
         if worker is not None:
             worker.close()
-        _close_gently(client)
+        os.close(wake_r)
+        os.close(wake_w)
     return stats
 
 
-ACK_WINDOW = 10_000  # QoS 1 acks the service may have in flight to the broker
-DRAIN_PACKETS = 200  # packets read in a row (no select) while messages stream in
-WORKER_POLL = 0.002  # seconds: how often the network loop looks for the worker's commit
+class _Unconnected:
+    """The handler's transport between connections: nothing may be sent."""
 
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        raise ConnectionLost("not connected")
 
-def _drain(client: Client, pending: list[Delivery], most: int = DRAIN_PACKETS) -> MQTTErrorCode:
-    """Messages are streaming in: read the packets already on the socket without a
-    ``select`` each (``loop`` reads one packet per call when none of our publishes is in
-    flight). Stops when a read brought no new message (nothing left, or another packet)."""
-    for _ in range(most):
-        before = len(pending)
-        rc = client.loop_read()
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or len(pending) == before:
-            return rc
-    return MQTTErrorCode.MQTT_ERR_SUCCESS
+    def ack(self, mid: int, qos: int) -> None:
+        raise ConnectionLost("not connected")
 
 
 def _settle(handler: ReadHandler, recorded: Recorded | None) -> None:
@@ -506,68 +490,112 @@ def _settle(handler: ReadHandler, recorded: Recorded | None) -> None:
 
 
 class _BatchWorker:
-    """Records batches on a thread of its own, one at a time, in the order submitted, so
-    the connection's thread keeps receiving (and acknowledging the previous batch) while
-    a transaction runs. It never touches the connection: the connection's thread sends
-    a batch's acks after it sees the batch committed."""
+    """Records batches on ledger threads of its own, one batch at a time, in the order
+    submitted, so the connection's thread keeps receiving (and acknowledging the previous
+    batch) while a transaction runs. It never touches the connection: the connection's
+    thread sends a batch's acks after it sees the batch committed (``on_done`` tells it
+    that a part finished).
 
-    def __init__(self, handler: ReadHandler) -> None:
+    With ``lanes`` > 1 a batch is split by lot into that many parts, each recorded in a
+    transaction of its own on its own thread (and database connection): one part's round
+    trips to the database overlap another's work. The ledger locks by lot, so the parts
+    never wait on each other; the batch counts as committed when every part is, and its
+    acks keep the order of arrival. A failed part fails the batch (the parts that did
+    commit are redelivered, unacknowledged, and recorded as duplicates)."""
+
+    def __init__(self, handler: ReadHandler, on_done: Callable[[], None], lanes: int = 1) -> None:
+        if lanes < 1:
+            raise ValueError("lanes must be at least 1")
         self._handler = handler
-        self._jobs: queue.Queue[list[Delivery] | None] = queue.Queue()
-        self._done: queue.Queue[Recorded | None] = queue.Queue()
+        self._on_done = on_done
+        self._jobs: list[queue.Queue[tuple[int, list[int], list[Delivery]] | None]] = [
+            queue.Queue() for _ in range(lanes)
+        ]
+        self._done: queue.Queue[tuple[int, list[int], Recorded | None]] = queue.Queue()
         self.busy = False
-        self._thread = threading.Thread(target=self._run, name="parking-ledger", daemon=True)
-        self._thread.start()
+        self._batch: list[Delivery] = []
+        self._parts: list[tuple[list[int], Recorded | None]] = []
+        self._expected = 0
+        self._serial = 0
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(jobs,), name=f"parking-ledger-{i}", daemon=True
+            )
+            for i, jobs in enumerate(self._jobs)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, batch: list[Delivery]) -> None:
         assert not self.busy, "one batch at a time"
         self.busy = True
-        self._jobs.put(batch)
+        self._serial += 1
+        self._batch = batch
+        self._parts = []
+        parts = _split_by_lot(batch, len(self._jobs), self._handler.root)
+        self._expected = len(parts)
+        for jobs, indices in zip(self._jobs, parts, strict=False):
+            jobs.put((self._serial, indices, [batch[i] for i in indices]))
 
     def poll(self) -> tuple[bool, Recorded | None]:
         """(True, what was committed or None on failure) once the batch is done."""
-        if not self.busy:
-            return False, None
-        try:
-            recorded = self._done.get_nowait()
-        except queue.Empty:
-            return False, None
-        self.busy = False
-        return True, recorded
+        return self._collect(block=False)
 
     def wait(self) -> tuple[bool, Recorded | None]:
-        if not self.busy:
-            return False, None
-        recorded = self._done.get()
-        self.busy = False
-        return True, recorded
+        return self._collect(block=True)
 
     def close(self) -> None:
         self.wait()
-        self._jobs.put(None)
-        self._thread.join()
+        for jobs in self._jobs:
+            jobs.put(None)
+        for thread in self._threads:
+            thread.join()
 
-    def _run(self) -> None:
+    def _collect(self, block: bool) -> tuple[bool, Recorded | None]:
+        if not self.busy:
+            return False, None
+        while len(self._parts) < self._expected:
+            try:
+                serial, indices, recorded = self._done.get(block=block)
+            except queue.Empty:
+                return False, None
+            if serial == self._serial:
+                self._parts.append((indices, recorded))
+        self.busy = False
+        if any(recorded is None for _, recorded in self._parts):
+            return True, None
+        if len(self._parts) == 1:
+            return True, self._parts[0][1]
+        plans: list[tuple[str, RecordOutcome, AckPlan] | None] = [None] * len(self._batch)
+        for indices, recorded in self._parts:
+            assert recorded is not None
+            for i, plan in zip(indices, recorded.plans, strict=True):
+                plans[i] = plan
+        return True, Recorded(tuple(self._batch), tuple(plans))
+
+    def _run(self, jobs: queue.Queue[tuple[int, list[int], list[Delivery]] | None]) -> None:
         while True:
-            batch = self._jobs.get()
-            if batch is None:
+            job = jobs.get()
+            if job is None:
                 return
+            serial, indices, deliveries = job
             recorded: Recorded | None = None
             try:
-                recorded = self._handler.record_batch(batch)
+                recorded = self._handler.record_batch(deliveries)
             finally:
-                self._done.put(recorded)
+                self._done.put((serial, indices, recorded))
+                self._on_done()
 
 
-def _close_gently(client: Client, grace: float = 0.1) -> None:
-    """Send what is queued (PUBACKs) and read what the broker already sent, then disconnect.
-
-    Closing a socket that has unread input resets the connection, and the broker may then
-    drop PUBACKs it had not read yet: harmless (they come back as duplicates), but noisy.
-    """
-    deadline = time.monotonic() + grace
-    while client.is_connected() and time.monotonic() < deadline:
-        if client.loop(timeout=0.01) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            break
-    if client.is_connected():
-        client.disconnect()
+def _split_by_lot(batch: Sequence[Delivery], lanes: int, root: str) -> list[list[int]]:
+    """Indices of ``batch`` in at most ``lanes`` non-empty parts, all of a lot's messages
+    in one part (in arrival order), the parts about equally large."""
+    if lanes == 1:
+        return [list(range(len(batch)))]
+    by_lot: dict[str | None, list[int]] = {}
+    for i, d in enumerate(batch):
+        by_lot.setdefault(lot_of_topic(d.topic, "reads", root), []).append(i)
+    parts: list[list[int]] = [[] for _ in range(lanes)]
+    for indices in sorted(by_lot.values(), key=len, reverse=True):
+        min(parts, key=len).extend(indices)
+    return [sorted(part) for part in parts if part]

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paho.mqtt.client import Client
 
 from citybrain.parking.ledger import (
     DeadReason,
@@ -40,6 +39,7 @@ from citybrain.parking.ledger import (
     open_ledger,
 )
 from citybrain.parking.mqtt import acks_topic, reads_topic
+from citybrain.parking.mqttlink import Link
 from citybrain.parking.service import Delivery, ReadHandler, run_service
 
 from . import test_parking_ledger as _led
@@ -483,15 +483,15 @@ def batch_service_main() -> None:
     crash, crash_at = os.environ["CB_CRASH"], int(os.environ["CB_CRASH_AT"])
     calls = [0]
     if crash == "before_broker_ack":
-        original_ack = Client.ack
+        original_ack = Link.ack
 
-        def ack(self: Client, mid: int, qos: int) -> Any:
+        def ack(self: Link, mid: int, qos: int = 1) -> Any:
             calls[0] += 1
             if calls[0] == crash_at:
                 os._exit(CRASH_CODE)
             return original_ack(self, mid, qos)
 
-        Client.ack = ack  # type: ignore[method-assign]
+        Link.ack = ack  # type: ignore[method-assign]
     elif crash == "before_commit":
         import citybrain.parking.ledger as ledger_module
 

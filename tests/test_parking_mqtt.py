@@ -60,6 +60,7 @@ from citybrain.parking.mqtt import (
     read_id_of,
     reads_topic,
 )
+from citybrain.parking.mqttlink import Link
 from citybrain.parking.service import Outcome, ReadHandler, run_service
 
 from .conftest import in_ci
@@ -383,15 +384,15 @@ def service_main() -> None:
     crash, crash_at = os.environ["CB_CRASH"], int(os.environ["CB_CRASH_AT"])
     if crash == "before_broker_ack":
         acks = [0]
-        original = Client.ack
+        original = Link.ack
 
-        def ack(self: Client, mid: int, qos: int) -> Any:
+        def ack(self: Link, mid: int, qos: int = 1) -> Any:
             acks[0] += 1
             if acks[0] == crash_at:
                 os._exit(CRASH_CODE)
             return original(self, mid, qos)
 
-        Client.ack = ack  # type: ignore[method-assign]
+        Link.ack = ack  # type: ignore[method-assign]
     sink = SqliteSink(Path(os.environ["CB_DB"]), crash=crash or None, crash_at=crash_at)
     run_service(
         os.environ["CB_URL"],

@@ -1,0 +1,276 @@
+"""One MQTT 3.1.1 connection for the parking hot path: a socket (TCP or TLS) and the codec.
+
+``Link`` is driven by its owner's loop on one thread: ``poll`` waits for the socket (and
+optionally another file descriptor that wakes the loop), reads what arrived and returns
+the PUBLISH packets, answering PINGRESP and PUBACK itself; ``publish`` and ``ack`` only
+queue bytes, and ``flush`` sends everything queued in one write. Nothing is acknowledged
+unless the owner calls ``ack``: a delivery is PUBACKed exactly when the owner decides.
+
+Keepalive: a PINGREQ goes out when nothing was sent for half the keepalive; when nothing
+at all came back for one and a half keepalives the connection counts as lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+
+from citybrain.parking.broker import BrokerSettings
+from citybrain.parking.mqttwire import (
+    DISCONNECT_PACKET,
+    FATAL_RETURN_CODES,
+    PINGREQ_PACKET,
+    ConnAck,
+    Decoder,
+    PubAck,
+    Publish,
+    SubAck,
+    encode_connect,
+    encode_puback,
+    encode_publish,
+    encode_subscribe,
+)
+
+READ_SIZE = 256 * 1024
+
+
+class ConnectionLost(ConnectionError):
+    """The broker closed the connection, stopped answering, or sent garbage."""
+
+
+class Refused(ConnectionError):
+    """The broker answered CONNECT with a non-zero return code."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"connection refused: {text}")
+        self.code = code
+
+    @property
+    def fatal(self) -> bool:
+        """Retrying cannot help (bad credentials, not authorized, rejected id)."""
+        return self.code in FATAL_RETURN_CODES
+
+
+class Link:
+    """A connected MQTT session; see the module text. Use ``Link.open``."""
+
+    def __init__(self, sock: socket.socket, keepalive: int, session_present: bool) -> None:
+        self._sock = sock
+        self.keepalive = keepalive
+        self.session_present = session_present
+        self._decoder = Decoder()
+        self._out = bytearray()
+        self._early: list[Publish] = []  # deliveries that came before the SUBACK
+        self._next_id = 0
+        self.in_flight = 0  # our QoS 1 publishes the broker has not PUBACKed yet
+        now = time.monotonic()
+        self._sent_at = now
+        self._heard_at = now
+        self._ping_out = False
+        self.closed = False
+
+    @classmethod
+    def open(
+        cls,
+        settings: BrokerSettings,
+        client_id: str,
+        *,
+        clean_session: bool,
+        keepalive: int = 30,
+        timeout: float = 10.0,
+    ) -> Link:
+        """Connect and log in; ``Refused`` on a non-zero CONNACK, ``OSError`` when the
+        broker cannot be reached (or the TLS handshake fails)."""
+        address = settings.address
+        raw = socket.create_connection((address.host, address.port), timeout=timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock: socket.socket = raw
+            if address.tls:
+                context = ssl.create_default_context(cafile=settings.ca_file)
+                sock = context.wrap_socket(raw, server_hostname=address.host)
+            sock.sendall(
+                encode_connect(
+                    client_id,
+                    clean_session=clean_session,
+                    keepalive=keepalive,
+                    username=address.username,
+                    password=address.password,
+                )
+            )
+            decoder = Decoder()
+            deadline = time.monotonic() + timeout
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no CONNACK from the broker")
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    raise ConnectionLost("the broker closed the connection before CONNACK")
+                packets = decoder.feed(data)
+                if packets:
+                    break
+            first = packets[0]
+            if not isinstance(first, ConnAck):
+                raise ConnectionLost(f"expected CONNACK, got {type(first).__name__}")
+            if first.code:
+                raise Refused(first.code, first.text)
+            sock.settimeout(timeout)  # bounds a blocked write; reads wait in select
+            link = cls(sock, keepalive, first.session_present)
+            link._decoder = decoder
+            # A resumed session's redeliveries may come right behind the CONNACK.
+            link._early = [p for p in link._take(packets[1:]) if isinstance(p, Publish)]
+            return link
+        except BaseException:
+            raw.close()
+            raise
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, qos: int, timeout: float = 10.0) -> tuple[int, ...]:
+        """Subscribe and wait for the SUBACK; its codes (``SUBACK_FAILURE`` = refused).
+        Deliveries that arrive meanwhile are kept for the next ``poll``."""
+        packet_id = self._packet_id()
+        self._out += encode_subscribe(packet_id, topic_filter, qos)
+        self.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectionLost("no SUBACK from the broker")
+            for packet in self._receive(left, None, want=SubAck):
+                if isinstance(packet, SubAck) and packet.packet_id == packet_id:
+                    return packet.codes
+
+    def publish(self, topic: str | bytes, payload: bytes, qos: int) -> None:
+        """Queue a PUBLISH (sent by the next ``flush``)."""
+        if qos:
+            self._out += encode_publish(topic, payload, qos, self._packet_id())
+            self.in_flight += 1
+        else:
+            self._out += encode_publish(topic, payload)
+
+    def ack(self, packet_id: int, qos: int = 1) -> None:
+        """Queue the PUBACK of a delivery (nothing to do at QoS 0)."""
+        if qos:
+            self._out += encode_puback(packet_id)
+
+    def flush(self) -> None:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        if self._out:
+            try:
+                self._sock.sendall(self._out)
+            except OSError as exc:
+                self.abort()
+                raise ConnectionLost(f"sending failed: {exc}") from None
+            self._out.clear()
+            self._sent_at = time.monotonic()
+
+    def poll(self, timeout: float, wake: int | None = None) -> list[Publish]:
+        """Deliveries that arrived within ``timeout`` seconds (at once when some are
+        already here); returns early, maybe empty, when ``wake`` becomes readable."""
+        if self._early:
+            early, self._early = self._early, []
+            return early
+        return [p for p in self._receive(timeout, wake) if isinstance(p, Publish)]
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        """Send what is queued and DISCONNECT (the session stays, if it was kept)."""
+        if self.closed:
+            return
+        try:
+            self._out += DISCONNECT_PACKET
+            self.flush()
+        except ConnectionLost:
+            pass
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection without a word (as a crash would)."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                self._sock.close()
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _packet_id(self) -> int:
+        self._next_id = self._next_id % 0xFFFF + 1
+        return self._next_id
+
+    def _take(self, packets: Sequence[object]) -> list[object]:
+        """Handle the broker's housekeeping packets; the rest, in order."""
+        rest: list[object] = []
+        for packet in packets:
+            if isinstance(packet, PubAck):
+                self.in_flight = max(0, self.in_flight - 1)
+            elif isinstance(packet, Publish | SubAck):
+                rest.append(packet)
+            # PINGRESP: hearing anything is enough
+        return rest
+
+    def _receive(self, timeout: float, wake: int | None, want: type | None = None) -> list[object]:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        now = time.monotonic()
+        self._keepalive(now)
+        limit = self.keepalive * 0.5 if self.keepalive else timeout
+        wait = max(0.0, min(timeout, limit))
+        pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
+        if not pending:
+            watched: list[int] = (
+                [self._sock.fileno()] if wake is None else [self._sock.fileno(), wake]
+            )
+            try:
+                ready, _, _ = select.select(watched, [], [], wait)
+            except (OSError, ValueError) as exc:
+                self.abort()
+                raise ConnectionLost(f"waiting on the socket failed: {exc}") from None
+            if self._sock.fileno() not in ready:
+                return []
+        chunks: list[bytes] = []
+        try:
+            while True:
+                data = self._sock.recv(READ_SIZE)
+                if not data:
+                    self.abort()
+                    raise ConnectionLost("the broker closed the connection")
+                chunks.append(data)
+                if not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
+                    break
+        except (ssl.SSLWantReadError, BlockingIOError):
+            pass
+        except OSError as exc:
+            self.abort()
+            raise ConnectionLost(f"receiving failed: {exc}") from None
+        self._heard_at = time.monotonic()
+        self._ping_out = False
+        try:
+            packets = self._decoder.feed(b"".join(chunks))
+        except ValueError as exc:
+            self.abort()
+            raise ConnectionLost(f"the broker sent garbage: {exc}") from None
+        rest = self._take(packets)
+        if want is not None:  # waiting for a SUBACK: deliveries wait for the next poll
+            self._early += [p for p in rest if isinstance(p, Publish)]
+        return rest
+
+    def _keepalive(self, now: float) -> None:
+        if not self.keepalive:
+            return
+        if now - self._heard_at > self.keepalive * 1.5:
+            self.abort()
+            raise ConnectionLost(f"the broker was silent for {now - self._heard_at:.0f} s")
+        half = self.keepalive * 0.5
+        quiet = now - self._sent_at >= half or now - self._heard_at >= half
+        if quiet and not self._ping_out:
+            self._out += PINGREQ_PACKET
+            self._ping_out = True
+            self.flush()
