@@ -9,15 +9,19 @@ reads are resent after ``resend_after`` seconds and on every reconnection; at mo
 ``window`` reads are in flight. Re-reading the same feed is harmless: read ids already in
 the outbox (pending or retired) are ignored.
 
-Threads: paho's network thread and a feed-reader thread only put events on a queue; one
-thread (the caller's) owns the outbox and decides what to send.
+Threads: a feed-reader thread only puts lines on a queue (and wakes the loop); one
+thread (the caller's) owns the connection (``mqttlink.Link``) and the outbox, and decides
+what to send.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
+import select
 import sqlite3
 import sys
 import threading
@@ -26,13 +30,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
-from citybrain.parking.broker import FATAL_CONNACK, BrokerSettings, make_client
+from citybrain.parking.broker import BrokerSettings
 from citybrain.parking.mqtt import (
     QOS,
     TOPIC_ROOT,
@@ -46,6 +46,8 @@ from citybrain.parking.mqtt import (
     read_from_object,
     reads_topic,
 )
+from citybrain.parking.mqttlink import ConnectionLost, Link, Refused
+from citybrain.parking.mqttwire import SUBACK_FAILURE
 
 log = logging.getLogger(__name__)
 
@@ -232,13 +234,9 @@ def _feed_lines(feed: str | Path | IO[str]) -> tuple[IO[str], bool]:
     return feed, False
 
 
-# Events from the other threads to the gateway's own thread.
-_CONNECTED = "connected"
-_DISCONNECTED = "disconnected"
-_ACK = "ack"
+# Events from the feed-reader thread to the gateway's own thread.
 _LINE = "line"
 _FEED_END = "feed_end"
-_REFUSED = "refused"
 
 
 def run_gateway(
@@ -264,7 +262,8 @@ def run_gateway(
     ``exit_when_drained``, until the feed has ended and every read is acknowledged).
 
     ``feed`` is a path, ``"-"`` for stdin, or an open text stream of JSON lines. Reconnects
-    by itself; raises ``GatewayRefused`` on bad credentials or a refused subscription.
+    by itself (back-off 1 to 10 s); raises ``GatewayRefused`` on bad credentials or a
+    refused subscription.
     """
     lot = check_lot_id(lot)
     settings = BrokerSettings.from_url(
@@ -272,53 +271,20 @@ def run_gateway(
     )
     address = settings.address
     stop = stop if stop is not None else threading.Event()
-    out_topic = reads_topic(lot, topic_root)
+    out_topic = reads_topic(lot, topic_root).encode()
     in_topic = acks_topic(lot, topic_root)
     stats = GatewayStats()
-    events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=10_000)
-    sub_mid = [-1]
-
-    client = make_client(settings, client_id or gateway_client_id(lot), clean_session=False)
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
-
-    def on_connect(
-        c: Client, _u: Any, _f: ConnectFlags, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        if rc.is_failure:
-            log.error("broker %s refused gateway %s: %s", address.url, lot, rc)
-            if rc.value in FATAL_CONNACK:
-                events.put((_REFUSED, f"connection refused: {rc}"))
-            return
-        _, mid = c.subscribe(in_topic, qos=QOS)
-        sub_mid[0] = -1 if mid is None else mid
-        events.put((_CONNECTED, None))
-
-    def on_subscribe(
-        _c: Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        if mid == sub_mid[0] and any(code.is_failure for code in codes):
-            events.put((_REFUSED, f"subscription to {in_topic} refused (check the ACL)"))
-
-    def on_disconnect(
-        _c: Client, _u: Any, _f: DisconnectFlags, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        events.put((_DISCONNECTED, str(rc)))
-
-    def on_message(_c: Client, _u: Any, message: MQTTMessage) -> None:
-        if message.topic != in_topic:
-            return
-        try:
-            events.put((_ACK, parse_ack(bytes(message.payload))))
-        except PayloadError as exc:
-            log.warning("ignoring a malformed ack: %s", exc)
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_disconnect = on_disconnect
-    client.on_message = on_message
-
+    events: queue.Queue[tuple[str, str | None]] = queue.Queue(maxsize=10_000)
+    wake_r, wake_w = os.pipe()  # the feed reader wakes the loop
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
     stream, owned = _feed_lines(feed)
     finished = threading.Event()  # tells the feed reader to stop
+
+    def put(event: tuple[str, str | None]) -> None:
+        events.put(event)
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
+            os.write(wake_w, b"x")
 
     def read_feed() -> None:
         try:
@@ -326,81 +292,131 @@ def run_gateway(
                 if finished.is_set():
                     return
                 if line.strip():
-                    events.put((_LINE, line))
+                    put((_LINE, line))
         except Exception:
             log.exception("reading the feed failed")
         finally:
             if owned:
                 stream.close()
-            events.put((_FEED_END, None))
+            put((_FEED_END, None))
 
     outbox = Outbox(outbox_path)
     pruned = outbox.prune(clock() - keep_retired)
     if pruned:
         log.info("pruned %d retired reads from the outbox", pruned)
     send_window = SendWindow(size=window, resend_after=resend_after)
-    connected = False
+    link: Link | None = None
+    retry_at = 0.0
+    backoff = 1.0
     feed_done = False
     reader = threading.Thread(target=read_feed, name=f"feed-{lot}", daemon=True)
-    client.connect_async(address.host, address.port, keepalive=keepalive)
-    client.loop_start()
     reader.start()
     log.info("gateway %s: %d reads pending in %s", lot, outbox.pending_count(), outbox.path)
     try:
         while not stop.is_set():
-            acks: list[str] = []
-            batch: list[tuple[str, Any]] = []
-            try:
-                batch.append(events.get(timeout=0.05))
-                if batch[0][0] == _ACK:
-                    # The service acks a whole batch at once: let the burst arrive, so
-                    # that one retirement (one transaction) serves it.
-                    time.sleep(ACK_LINGER)
-                while len(batch) < 1000:
-                    batch.append(events.get_nowait())
-            except queue.Empty:
-                pass
-            lines: list[str] = []
-            for kind, value in batch:
-                if kind == _LINE:
-                    lines.append(str(value))
-                elif kind == _ACK:
-                    acks.append(str(value))
-                elif kind == _CONNECTED:
-                    connected = True
+            if link is None and time.monotonic() >= retry_at:
+                link = _connect(settings, client_id or gateway_client_id(lot), in_topic, keepalive)
+                if link is None:
+                    retry_at = time.monotonic() + backoff
+                    backoff = min(10.0, backoff * 2)
+                else:
+                    backoff = 1.0
                     stats.connections += 1
                     send_window.reset()
                     log.info("gateway %s connected to %s", lot, address.url)
-                elif kind == _DISCONNECTED:
-                    connected = False
-                    log.info("gateway %s disconnected: %s", lot, value)
+            acks: list[str] = []
+            try:
+                if link is not None:
+                    arrived = link.poll(0.05, wake_r)
+                    if arrived and arrived[0].topic == in_topic:
+                        # The service acks a whole batch at once: let the burst arrive, so
+                        # that one retirement (one transaction) serves it.
+                        time.sleep(ACK_LINGER)
+                        arrived += link.poll(0.0)
+                    for message in arrived:
+                        link.ack(message.packet_id, message.qos)
+                        if message.topic != in_topic:
+                            continue
+                        try:
+                            acks.append(parse_ack(message.payload))
+                        except PayloadError as exc:
+                            log.warning("ignoring a malformed ack: %s", exc)
+                else:
+                    select.select(
+                        [wake_r], [], [], min(0.05, max(0.0, retry_at - time.monotonic()))
+                    )
+            except ConnectionLost as exc:
+                log.info("gateway %s disconnected: %s", lot, exc)
+                link = None
+                retry_at = time.monotonic() + backoff
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+            lines: list[str] = []
+            while len(lines) < 1000:
+                try:
+                    kind, value = events.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == _LINE and value is not None:
+                    lines.append(value)
                 elif kind == _FEED_END:
                     feed_done = True
-                elif kind == _REFUSED:
-                    raise GatewayRefused(str(value))
             if lines:
                 _ingest(outbox, lines, lot, clock(), stats)
             if acks:
                 stats.acked += outbox.retire(acks, clock())
                 send_window.acked(acks)
-            if connected:
+            if link is not None:
                 head = outbox.head(send_window.size)
                 payloads = dict(head)
                 first, again = send_window.due([rid for rid, _ in head], time.monotonic())
                 for read_id in first + again:
-                    client.publish(out_topic, payloads[read_id], qos=QOS)
+                    link.publish(out_topic, payloads[read_id], QOS)
                 stats.sent += len(first)
                 stats.resent += len(again)
                 if again:
                     log.info("gateway %s: resent %d unacknowledged reads", lot, len(again))
+                try:
+                    link.flush()
+                except ConnectionLost as exc:
+                    log.info("gateway %s disconnected: %s", lot, exc)
+                    link = None
+                    retry_at = time.monotonic() + backoff
             if exit_when_drained and feed_done and events.empty() and not outbox.pending_count():
                 break
     finally:
         finished.set()
-        client.disconnect()
-        client.loop_stop()
+        if link is not None:
+            link.close()
         outbox.close()
+        os.close(wake_r)
+        os.close(wake_w)
     return stats
+
+
+def _connect(settings: BrokerSettings, client_id: str, acks: str, keepalive: int) -> Link | None:
+    """A link subscribed to the lot's acks (persistent session), or None to retry later;
+    ``GatewayRefused`` when retrying cannot help."""
+    try:
+        link = Link.open(settings, client_id, clean_session=False, keepalive=keepalive)
+    except Refused as exc:
+        log.error("broker %s refused gateway %s: %s", settings.address.url, client_id, exc)
+        if exc.fatal:
+            raise GatewayRefused(str(exc)) from None
+        return None
+    except OSError as exc:
+        log.warning("cannot reach broker %s: %s", settings.address.url, exc)
+        return None
+    try:
+        codes = link.subscribe(acks, QOS)
+    except OSError as exc:
+        log.warning("subscribing at %s failed: %s", settings.address.url, exc)
+        link.abort()
+        return None
+    if any(code == SUBACK_FAILURE for code in codes):
+        link.close()
+        raise GatewayRefused(f"subscription to {acks} refused (check the ACL)")
+    return link
 
 
 def _ingest(outbox: Outbox, lines: list[str], lot: str, now: datetime, stats: GatewayStats) -> None:
