@@ -371,39 +371,39 @@ def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 
 
 class AckClock:
-    """Arrival time (monotonic) of the first ack of every read id, on every lot."""
+    """Arrival time (monotonic) of the first ack of every read id, on every lot (a QoS 0
+    subscription on the parking path's own link, so that watching costs the machine
+    little)."""
 
     def __init__(self, broker: str, root: str) -> None:
-        from citybrain.parking.broker import BrokerSettings, make_client
+        from citybrain.parking.broker import BrokerSettings
+        from citybrain.parking.mqttlink import Link
 
         settings = BrokerSettings.from_url(broker)
         self.arrived: dict[str, float] = {}
         self.lock = threading.Lock()
-        ready = threading.Event()
-        self.client = make_client(
-            settings, f"bench-acks-{uuid.uuid4().hex[:8]}", clean_session=True
-        )
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{root}/+/acks", qos=0)
-        self.client.on_subscribe = lambda *_: ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect(settings.address.host, settings.address.port)
-        self.client.loop_start()
-        if not ready.wait(10):
-            raise TimeoutError("the ack listener could not subscribe")
+        self.link = Link.open(settings, f"bench-acks-{uuid.uuid4().hex[:8]}", clean_session=True)
+        self.link.subscribe(f"{root}/+/acks", 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
 
-    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
-        now = time.monotonic()
-        read_id = json.loads(message.payload)["read_id"]
-        with self.lock:
-            self.arrived.setdefault(read_id, now)
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            messages = self.link.poll(0.1)
+            now = time.monotonic()
+            with self.lock:
+                for message in messages:
+                    self.arrived.setdefault(json.loads(message.payload)["read_id"], now)
 
     def count(self) -> int:
         with self.lock:
             return len(self.arrived)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stop.set()
+        self._thread.join()
+        self.link.close()
 
 
 # ---------------------------------------------------------------------------- runs
@@ -448,6 +448,23 @@ def process_ticks(prefixes: tuple[str, ...]) -> dict[str, int]:
 SERVERS = ("postgres", "mosquitto")
 
 
+def children_ticks(parent: int) -> dict[int, int]:
+    """CPU jiffies so far of each child process of ``parent`` (the service's ledger
+    processes), by pid."""
+    ticks: dict[int, int] = {}
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2 :].split()
+        if int(rest[1]) == parent:
+            ticks[int(pid)] = int(rest[11]) + int(rest[12])
+    return ticks
+
+
 @dataclass
 class Run:
     db: str
@@ -480,6 +497,7 @@ def run_once(
     root = f"cbbench/{uuid.uuid4().hex[:8]}/parking"
     client_id = f"cbbench-{uuid.uuid4().hex[:8]}"
     result = Run(db, kind, len(work.lines))
+    lanes_cpu = 0.0  # the service's ledger processes, from its subscription on
     rundir = workdir / f"{db}-{kind}-{uuid.uuid4().hex[:6]}"
     rundir.mkdir()
     with fresh_database(db, workdir) as url:
@@ -501,6 +519,7 @@ def run_once(
         gateways: list[subprocess.Popen[bytes]] = []
         try:
             wait_ready(service)
+            lanes_before = children_ticks(service.pid)
             by_lot: dict[str, list[str]] = {lot: [] for lot in work.lots}
             for lot, line in work.lines:
                 by_lot[lot].append(line)
@@ -561,6 +580,8 @@ def run_once(
                 pacer.join()
             result.busy_cores = busy_cores(busy_before, time.monotonic() - started)
             hz = os.sysconf("SC_CLK_TCK")
+            lanes_after = children_ticks(service.pid)
+            lanes_cpu = sum(t - lanes_before.get(pid, 0) for pid, t in lanes_after.items()) / hz
             result.servers_cpu_s = {
                 k: (v - servers_before[k]) / hz for k, v in process_ticks(SERVERS).items()
             }
@@ -602,7 +623,7 @@ def run_once(
                 out, _ = service.communicate(timeout=30)
                 stats = json.loads(out.decode().strip().splitlines()[-1])
                 result.batches = int(stats["batches"])
-                result.service_cpu_s = float(stats["cpu_s"])
+                result.service_cpu_s = float(stats["cpu_s"]) + lanes_cpu
             except Exception:
                 service.kill()
                 service.wait()

@@ -1102,6 +1102,16 @@ class Ledger:
         (PostgreSQL: they lock different lots; SQLite has one writer at a time)."""
         return self._postgres
 
+    def opener(self) -> Callable[[], Ledger]:
+        """A picklable way to open this same ledger again, in another process."""
+        return partial(
+            open_ledger,
+            self.engine.url.render_as_string(hide_password=False),
+            tariffs=self.tariffs,
+            grace=self.grace,
+            window=self.window,
+        )
+
     def close(self) -> None:
         self.engine.dispose()
 

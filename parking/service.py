@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import queue
 import threading
@@ -47,7 +48,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from multiprocessing.connection import Connection
+from typing import Any, Protocol, cast, runtime_checkable
 
 from citybrain.parking.broker import BrokerSettings
 from citybrain.parking.mqtt import (
@@ -89,6 +91,17 @@ class ReadSink(Protocol):
 
 
 @runtime_checkable
+class ReopenableSink(Protocol):
+    """A sink that can be opened again in another process and takes concurrent writers
+    (the PostgreSQL ledger): the service then records in processes of its own."""
+
+    @property
+    def parallel_writers(self) -> bool: ...
+
+    def opener(self) -> Callable[[], BatchReadSink]: ...
+
+
+@runtime_checkable
 class BatchReadSink(ReadSink, Protocol):
     def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> Sequence[RecordOutcome]:
         """Record ``(topic_lot, payload, received_at)`` messages in ONE transaction, with
@@ -96,6 +109,8 @@ class BatchReadSink(ReadSink, Protocol):
         the commit; raises when nothing could be committed (none of them is stored)."""
         ...
 
+
+RecordMany = Callable[[Sequence[tuple[str, bytes, datetime]]], Sequence[RecordOutcome]]
 
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_BATCH_WINDOW = 0.005  # seconds
@@ -215,12 +230,17 @@ class ReadHandler:
             return 0
         return self.answer_batch(recorded)
 
-    def record_batch(self, deliveries: Sequence[Delivery]) -> Recorded | None:
+    def record_batch(
+        self, deliveries: Sequence[Delivery], record_many: RecordMany | None = None
+    ) -> Recorded | None:
         """The database half of ``handle_batch`` (any thread; touches no transport and no
-        shared state): record the deliveries in ONE transaction (``record_many``) and plan
+        shared state): record the deliveries in ONE transaction (``record_many``: the
+        sink's, unless another is given, such as a ledger in another process) and plan
         their acks. None when nothing was committed. The sink must batch."""
-        sink = self.sink
-        assert isinstance(sink, BatchReadSink)
+        if record_many is None:
+            sink = self.sink
+            assert isinstance(sink, BatchReadSink)
+            record_many = sink.record_many
         lots = [lot_of_topic(d.topic, "reads", self.root) for d in deliveries]
         now = self.clock()
         items = [
@@ -229,7 +249,7 @@ class ReadHandler:
             if lot is not None
         ]
         try:
-            outcomes = list(sink.record_many(items)) if items else []
+            outcomes = list(record_many(items)) if items else []
             if len(outcomes) != len(items):
                 raise RuntimeError(f"{len(outcomes)} outcomes for {len(items)} messages")
             answers = iter(outcomes)
@@ -328,7 +348,9 @@ def run_service(
 
     ``lanes``: each batch is split by lot into so many transactions recorded side by side
     (default: ``LANES`` when the sink takes concurrent writers, as the PostgreSQL ledger
-    does (``parallel_writers``), else 1).
+    does, else 1). Such a sink (``ReopenableSink``) is opened again in one process per
+    lane, so that the matching rules of two lanes run on two cores instead of taking turns
+    under one interpreter lock.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -350,9 +372,12 @@ def run_service(
         with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
             os.write(wake_w, b"x")
 
+    reopen = sink.opener if isinstance(sink, ReopenableSink) and sink.parallel_writers else None
     if lanes is None:
-        lanes = LANES if getattr(sink, "parallel_writers", False) else 1
-    worker = _BatchWorker(handler, wake, lanes) if isinstance(sink, BatchReadSink) else None
+        lanes = LANES if reopen is not None else 1
+    lane_sink = reopen() if reopen is not None and lanes > 1 else None
+    batching = isinstance(sink, BatchReadSink)
+    worker = _BatchWorker(handler, wake, lanes, lane_sink) if batching else None
     pending: list[Delivery] = []  # received, not yet recorded nor acknowledged
     first_at = 0.0  # monotonic arrival of pending[0]
 
@@ -503,11 +528,18 @@ class _BatchWorker:
     acks keep the order of arrival. A failed part fails the batch (the parts that did
     commit are redelivered, unacknowledged, and recorded as duplicates)."""
 
-    def __init__(self, handler: ReadHandler, on_done: Callable[[], None], lanes: int = 1) -> None:
+    def __init__(
+        self,
+        handler: ReadHandler,
+        on_done: Callable[[], None],
+        lanes: int = 1,
+        lane_sink: Callable[[], BatchReadSink] | None = None,
+    ) -> None:
         if lanes < 1:
             raise ValueError("lanes must be at least 1")
         self._handler = handler
         self._on_done = on_done
+        self._remotes = [_RemoteSink(lane_sink) for _ in range(lanes)] if lane_sink else []
         self._jobs: list[queue.Queue[tuple[int, list[int], list[Delivery]] | None]] = [
             queue.Queue() for _ in range(lanes)
         ]
@@ -519,7 +551,10 @@ class _BatchWorker:
         self._serial = 0
         self._threads = [
             threading.Thread(
-                target=self._run, args=(jobs,), name=f"parking-ledger-{i}", daemon=True
+                target=self._run,
+                args=(jobs, self._remotes[i].record_many if self._remotes else None),
+                name=f"parking-ledger-{i}",
+                daemon=True,
             )
             for i, jobs in enumerate(self._jobs)
         ]
@@ -550,6 +585,8 @@ class _BatchWorker:
             jobs.put(None)
         for thread in self._threads:
             thread.join()
+        for remote in self._remotes:
+            remote.close()
 
     def _collect(self, block: bool) -> tuple[bool, Recorded | None]:
         if not self.busy:
@@ -573,7 +610,11 @@ class _BatchWorker:
                 plans[i] = plan
         return True, Recorded(tuple(self._batch), tuple(plans))
 
-    def _run(self, jobs: queue.Queue[tuple[int, list[int], list[Delivery]] | None]) -> None:
+    def _run(
+        self,
+        jobs: queue.Queue[tuple[int, list[int], list[Delivery]] | None],
+        record_many: RecordMany | None,
+    ) -> None:
         while True:
             job = jobs.get()
             if job is None:
@@ -581,7 +622,7 @@ class _BatchWorker:
             serial, indices, deliveries = job
             recorded: Recorded | None = None
             try:
-                recorded = self._handler.record_batch(deliveries)
+                recorded = self._handler.record_batch(deliveries, record_many)
             finally:
                 self._done.put((serial, indices, recorded))
                 self._on_done()
@@ -599,3 +640,66 @@ def _split_by_lot(batch: Sequence[Delivery], lanes: int, root: str) -> list[list
     for indices in sorted(by_lot.values(), key=len, reverse=True):
         min(parts, key=len).extend(indices)
     return [sorted(part) for part in parts if part]
+
+
+class _RemoteSink:
+    """A sink in a child process: ``record_many`` sends the items over a pipe and waits for
+    the outcomes (the child commits before it answers). A child that died is started
+    again for the next batch; the batch it was recording fails (nothing is acked)."""
+
+    def __init__(self, factory: Callable[[], BatchReadSink]) -> None:
+        self._factory = factory
+        self._context = multiprocessing.get_context("spawn")
+        self._start()
+
+    def _start(self) -> None:
+        self._conn, child = self._context.Pipe()
+        self._process = self._context.Process(
+            target=_lane_main, args=(child, self._factory), name="parking-lane", daemon=True
+        )
+        self._process.start()
+        child.close()
+
+    def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> list[Outcome]:
+        if not self._process.is_alive():
+            self._start()
+        try:
+            self._conn.send(list(items))
+            answer = self._conn.recv()
+        except (EOFError, OSError):
+            self._process.join(1.0)
+            raise RuntimeError("the ledger process died") from None
+        if isinstance(answer, str):
+            raise RuntimeError(f"the ledger process failed: {answer}")
+        return [Outcome(read_id, cast(OutcomeKind, kind)) for kind, read_id in answer]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(5.0)
+        if self._process.is_alive():
+            self._process.kill()
+        self._conn.close()
+
+
+def _lane_main(conn: Connection, factory: Callable[[], BatchReadSink]) -> None:
+    """A lane process: record what arrives, answer ``[(kind, read_id)]`` or the error."""
+    sink = factory()
+    while True:
+        try:
+            items = conn.recv()
+        except (EOFError, OSError):
+            return  # the service is gone
+        if items is None:
+            return
+        try:
+            answer: Any = [
+                (str(getattr(o.kind, "value", o.kind)), o.read_id) for o in sink.record_many(items)
+            ]
+        except Exception as exc:
+            log.exception("recording a batch of %d reads failed", len(items))
+            answer = f"{type(exc).__name__}: {exc}"
+        try:
+            conn.send(answer)
+        except (EOFError, OSError):
+            return
