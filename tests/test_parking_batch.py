@@ -40,7 +40,7 @@ from citybrain.parking.ledger import (
 )
 from citybrain.parking.mqtt import acks_topic, reads_topic
 from citybrain.parking.mqttlink import Link
-from citybrain.parking.service import Delivery, ReadHandler, run_service
+from citybrain.parking.service import Delivery, Outcome, ReadHandler, run_service
 
 from . import test_parking_ledger as _led
 from . import test_parking_mqtt as _mq
@@ -395,6 +395,73 @@ def test_service_records_batches_into_the_ledger_once(
     assert _ledger_counts(url) == (len(payloads), len(payloads), stays, stays)
 
 
+def test_a_killed_ledger_process_is_replaced_and_nothing_is_lost_or_charged_twice(
+    mqtt_url: str, sessions: Sessions, root: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL the service records in ledger processes of its own; kill -9 one of
+    them while reads stream in: a new process takes its lane over (a batch it was
+    recording is not acked and comes back from the broker), and every read is stored and
+    every stay charged once."""
+    import multiprocessing
+
+    from citybrain.parking.scratch import fresh_database
+
+    _led.require_pg()
+    with fresh_database("postgresql", tmp_path, _led.PG_URL, "cbtest") as url:
+        payloads = _payloads(400, seed=7)
+        stays = _bind_all(url, payloads)
+        ledger = open_ledger(url)
+        assert ledger.parallel_writers
+        pub = Publisher(mqtt_url)
+        stop, ready = threading.Event(), threading.Event()
+        result: list[Any] = []
+        before = set(multiprocessing.active_children())
+
+        def serve() -> None:
+            result.append(
+                run_service(
+                    mqtt_url,
+                    ledger,
+                    client_id=sessions.new("svc"),
+                    topic_root=root,
+                    stop=stop,
+                    on_ready=ready.set,
+                    batch_size=20,
+                    batch_window=0.005,
+                    max_backoff=0.5,
+                )
+            )
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            assert ready.wait(30)
+            lanes = [p for p in multiprocessing.active_children() if p not in before]
+            assert len(lanes) == 2 and all(p.name == "parking-lane" for p in lanes)
+            half = len(payloads) // 2
+            for lot, p in payloads[:half]:
+                pub.client.publish(reads_topic(lot, root), p, qos=1)
+            wait_until(lambda: _ledger_counts(url)[0] > 0, 20, "the first reads")
+            assert lanes[0].pid is not None
+            os.kill(lanes[0].pid, signal.SIGKILL)
+            infos = [
+                pub.client.publish(reads_topic(lot, root), p, qos=1) for lot, p in payloads[half:]
+            ]
+            for info in infos:
+                info.wait_for_publish(timeout=10)
+            wait_until(lambda: _ledger_counts(url)[0] == len(payloads), 60, "every read")
+            now = {p.pid for p in multiprocessing.active_children() if p.name == "parking-lane"}
+            assert lanes[0].pid not in now and lanes[1].pid in now and len(now) == 2
+        finally:
+            stop.set()
+            thread.join(20)
+            pub.close()
+            ledger.close()
+        assert not thread.is_alive()
+        assert result[0].recorded == len(payloads)
+        assert _ledger_counts(url) == (len(payloads), len(payloads), stays, stays)
+
+
 class _GatedSink:
     """A ledger whose first ``record_many`` waits for ``release`` (a slow transaction) and
     notes, right after its commit, which acks had reached the gateways by then."""
@@ -618,3 +685,31 @@ def test_kill9_batching_service_at_random_moments(
         proc.wait()
         publisher.join(60)
     assert _ledger_counts(db) == (len(payloads), len(payloads), stays, stays), f"seed {seed}"
+
+
+class _DyingSink:
+    """A sink for a ledger process: its process dies on a batch from lot "die"."""
+
+    def record(self, topic_lot: str, payload: bytes, received_at: datetime) -> Any:
+        raise NotImplementedError
+
+    def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> Any:
+        if items and items[0][0] == "die":
+            os._exit(CRASH_CODE)
+        return [Outcome(payload.decode(), "recorded") for _, payload, _ in items]
+
+
+def test_a_batch_fails_when_its_ledger_process_dies_and_the_next_goes_to_a_new_one() -> None:
+    from citybrain.parking.service import _RemoteSink
+
+    remote = _RemoteSink(_DyingSink)
+    now = at(0)
+    try:
+        first = remote.record_many([("L01", b"a", now), ("L01", b"b", now)])
+        assert [(o.read_id, o.kind) for o in first] == [("a", "recorded"), ("b", "recorded")]
+        with pytest.raises(RuntimeError, match="died"):
+            remote.record_many([("die", b"c", now)])
+        again = remote.record_many([("L01", b"d", now)])
+        assert [(o.read_id, o.kind) for o in again] == [("d", "recorded")]
+    finally:
+        remote.close()
