@@ -200,10 +200,8 @@ def _window(tripinfo: Path, emergency: set[str]) -> float:
     if not amb:
         return float("nan")
     lo = min(float(t["depart"]) for t in amb) - WINDOW_S
-    hi = (
-        max(float(t["arrival"]) if float(t["arrival"]) >= 0 else float(t["depart"]) for t in amb)
-        + WINDOW_S
-    )
+    hi = max(float(t["arrival"]) if float(t["arrival"]) >= 0 else float(t["depart"])
+             for t in amb) + WINDOW_S
     delays = [
         float(t["timeLoss"]) + float(t["departDelay"])
         for t in trips
@@ -230,9 +228,7 @@ def table(results: list[dict[str, Any]], cases: list[Case], seeds: list[int]) ->
             trips = [e for r in rows for e in r["emergency"]]
             ratios = [e["ratio"] for e in trips if e["ratio"] is not None]
             ok = [
-                e["ratio"] is not None
-                and e["ratio"] <= 1.2
-                and e["stops"] == 0
+                e["ratio"] is not None and e["ratio"] <= 1.2 and e["stops"] == 0
                 and e["ran_red"] == 0
                 for e in trips
             ]
@@ -241,13 +237,11 @@ def table(results: list[dict[str, Any]], cases: list[Case], seeds: list[int]) ->
             win = statistics.mean(r["civilian_window_delay_s"] for r in rows)
             changes = [
                 r["civilian_delay_s"] / none[r["seed"]]["civilian_delay_s"] - 1
-                for r in rows
-                if r["seed"] in none
+                for r in rows if r["seed"] in none
             ]
             wchanges = [
                 r["civilian_window_delay_s"] / none[r["seed"]]["civilian_window_delay_s"] - 1
-                for r in rows
-                if r["seed"] in none
+                for r in rows if r["seed"] in none
             ]
             if mode != "none":
                 civ_ok[mode] += [c <= 0.05 for c in changes]
@@ -312,10 +306,7 @@ def main() -> int:
     if args.write:
         cmd = "python bench/escort.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
             check=False,
         ).stdout.strip()
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -62,26 +62,14 @@ def measure(net: Path, seed: int, queue: int, red_s: float) -> dict[str, list[fl
         _routes(rou, queue)
         ls.start(
             [
-                sumolib.checkBinary("sumo"),
-                "-n",
-                str(net),
-                "-r",
-                str(rou),
-                "--seed",
-                str(seed),
-                "--no-step-log",
-                "true",
-                "--no-warnings",
-                "true",
-                "--time-to-teleport",
-                "-1",
+                sumolib.checkBinary("sumo"), "-n", str(net), "-r", str(rou), "--seed", str(seed),
+                "--no-step-log", "true", "--no-warnings", "true", "--time-to-teleport", "-1",
             ]
         )
         try:
             links = ls.trafficlight.getControlledLinks("A0")
             through = [
-                i
-                for i, ls_ in enumerate(links)
+                i for i, ls_ in enumerate(links)
                 if ls_ and ls_[0][0].startswith(APPROACH) and ls_[0][1].startswith(EXIT)
             ]
             n = len(links)

@@ -30,18 +30,10 @@ from citybrain.sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPS = (
-    "cologne1",
-    "cologne3",
-    "cologne8",
-    "ingolstadt1",
-    "ingolstadt7",
-    "ingolstadt21",
-    "grid4x4",
-    "arterial4x4",
+    "cologne1", "cologne3", "cologne8", "ingolstadt1", "ingolstadt7", "ingolstadt21",
+    "grid4x4", "arterial4x4",
 )
 PLAIN = "plain"
-
-
 def markers(controllers: list[str]) -> tuple[str, str]:
     """Each controller set has its own section, so runs of different sets do not overwrite."""
     tag = "" if controllers == ["fixed", "actuated"] else ":" + ",".join(controllers)
@@ -92,22 +84,9 @@ def run_plain(cfg: Path, seed: int, out: Path) -> Result:
     trip, stats = out / "tripinfo.xml", out / "statistics.xml"
     sumo = shutil.which("sumo") or "sumo"
     cmd = [
-        sumo,
-        "-c",
-        str(cfg),
-        "--seed",
-        str(seed),
-        "--time-to-teleport",
-        "-1",
-        "--tripinfo-output.write-unfinished",
-        "--tripinfo-output",
-        str(trip),
-        "--statistic-output",
-        str(stats),
-        "--no-step-log",
-        "true",
-        "--no-warnings",
-        "true",
+        sumo, "-c", str(cfg), "--seed", str(seed), "--time-to-teleport", "-1",
+        "--tripinfo-output.write-unfinished", "--tripinfo-output", str(trip),
+        "--statistic-output", str(stats), "--no-step-log", "true", "--no-warnings", "true",
     ]
     wall, proc = _timed(cmd)
     name = cfg.name.removesuffix(".sumocfg")
@@ -124,18 +103,8 @@ def run_citybrain(cfg: Path, runner: str, seed: int, out: Path) -> Result:
     script = Path(sys.executable).with_name("citybrain")
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "citybrain.cli"]
     controller, _, settings = runner.partition("@")
-    cmd = [
-        *base,
-        "sim",
-        "run",
-        str(cfg),
-        "--controller",
-        controller,
-        "--seed",
-        str(seed),
-        "--out",
-        str(out),
-    ]
+    cmd = [*base, "sim", "run", str(cfg), "--controller", controller, "--seed", str(seed),
+           "--out", str(out)]
     if settings:
         cmd += ["--config", str(ROOT / "configs" / f"{settings}.toml")]
     wall, proc = _timed(cmd)
@@ -144,14 +113,8 @@ def run_citybrain(cfg: Path, runner: str, seed: int, out: Path) -> Result:
         return Result(name, seed, runner, None, wall, err)
     metrics = json.loads((out / "metrics.json").read_text())
     p99 = metrics.get("decision_ms_per_intersection", {}).get("p99")
-    return Result(
-        name,
-        seed,
-        runner,
-        float(metrics["mean_delay_s"]),
-        wall,
-        decision_p99_ms=None if p99 is None else float(p99),
-    )
+    return Result(name, seed, runner, float(metrics["mean_delay_s"]), wall,
+                  decision_p99_ms=None if p99 is None else float(p99))
 
 
 def references(readme: Path) -> dict[str, tuple[str, str]]:
@@ -162,9 +125,8 @@ def references(readme: Path) -> dict[str, tuple[str, str]]:
     for line in readme.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and cells[0] in MAPS:
-            fixed, actuated = (
-                m.group(0) if (m := re.match(r"[\d.]+", c)) else "—" for c in cells[1:3]
-            )
+            fixed, actuated = (m.group(0) if (m := re.match(r"[\d.]+", c)) else "—"
+                               for c in cells[1:3])
             refs[cells[0]] = (fixed, actuated)
     return refs
 
@@ -231,30 +193,20 @@ def table(
 def adaptive_table(results: list[Result], maps: list[str], controllers: list[str]) -> str:
     """Mean delay per controller and map, and adaptive over the best baseline."""
     shown = [c for c in controllers if c != "adaptive" and "@" not in c]
-    head = [
-        "map",
-        *shown,
-        "adaptive",
-        "best baseline",
-        "adaptive / best",
-        "adaptive decision p99 (ms)",
-    ]
+    head = ["map", *shown, "adaptive", "best baseline", "adaptive / best",
+            "adaptive decision p99 (ms)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in maps:
         means = {
             c: statistics.fmean(r.delay_s or 0.0 for r in runs.values())
-            for c in controllers
-            if (runs := _values(results, name, c))
+            for c in controllers if (runs := _values(results, name, c))
         }
         base = {c: v for c, v in means.items() if c in BASELINES}
         best = min(base, key=base.__getitem__) if base else None
         cells = [f"{means[c]:.1f}" if c in means else "error" for c in [*shown, "adaptive"]]
         ratio = (means["adaptive"] / base[best]) if best and "adaptive" in means else None
-        p99s = [
-            r.decision_p99_ms
-            for r in _values(results, name, "adaptive").values()
-            if r.decision_p99_ms is not None
-        ]
+        p99s = [r.decision_p99_ms for r in _values(results, name, "adaptive").values()
+                if r.decision_p99_ms is not None]
         cost = f"{max(p99s):.2f}" if p99s else "—"
         lines.append("| " + " | ".join([name, *cells, best or "—", _fmt(ratio), cost]) + " |")
     return "\n".join(lines)
@@ -278,10 +230,8 @@ def charts(results: list[Result], maps: list[str], runners: list[str], folder: P
     """One bar chart per map: mean delay per runner over the seeds, error bars one std."""
     written = []
     for name in maps:
-        delays = {
-            r: [v.delay_s or 0.0 for v in _values(results, name, r).values()]
-            for r in [PLAIN, *runners]
-        }
+        delays = {r: [v.delay_s or 0.0 for v in _values(results, name, r).values()]
+                  for r in [PLAIN, *runners]}
         seeds = sorted({s for r in delays for s in _values(results, name, r)})
         if seeds:
             title = f"{name}: mean over seeds {', '.join(map(str, seeds))} (± 1 std)"
@@ -290,22 +240,17 @@ def charts(results: list[Result], maps: list[str], runners: list[str], folder: P
 
 
 def section(
-    command: str,
-    info: dict[str, Any],
-    body: str,
-    ratios: dict[str, dict[str, float | None]],
-    results: list[Result],
-    controllers: list[str],
+    command: str, info: dict[str, Any], body: str, ratios: dict[str, dict[str, float | None]],
+    results: list[Result], controllers: list[str],
 ) -> str:
     begin, end = markers(controllers)
     target = ratios.get(TARGET_MAP, {}).get("wall_fixed")
-    verdict = (
-        "not run"
-        if target is None
-        else (f"measured {target:.2f}x, {'met' if target <= TARGET_RATIO else 'NOT met'}")
+    verdict = "not run" if target is None else (
+        f"measured {target:.2f}x, {'met' if target <= TARGET_RATIO else 'NOT met'}"
     )
     errors = [f"- {r.map} seed {r.seed} {r.runner}: {r.error}" for r in results if r.error]
-    title = "plain SUMO vs citybrain" if begin.endswith("bench:begin -->") else ("every controller")
+    title = "plain SUMO vs citybrain" if begin.endswith("bench:begin -->") else (
+        "every controller")
     parts = [
         begin,
         f"## RESCO maps: {title}",
@@ -321,49 +266,18 @@ def section(
         "",
         body,
         "",
-        *(
-            [
-                adaptive_table(
-                    results, sorted({r.map for r in results}, key=MAPS.index), controllers
-                ),
-                "",
-            ]
-            if "adaptive" in controllers
-            else []
-        ),
-        *(
-            [
-                "Sensor robustness: delay with degraded detectors over delay with clean ones "
-                "(same seeds).",
-                "",
-                robustness_table(
-                    results, sorted({r.map for r in results}, key=MAPS.index), controllers
-                ),
-                "",
-            ]
-            if any("@" in c for c in controllers)
-            else []
-        ),
-        *(
-            [
-                "Charts: "
-                + " · ".join(
-                    f"[{m}](bench/charts/{m}.png)"
-                    for m in sorted({r.map for r in results}, key=MAPS.index)
-                ),
-                "",
-            ]
-            if len(controllers) > 2
-            else []
-        ),
-        *(
-            [
-                f"Target (issue): wall time of `fixed` ≤ {TARGET_RATIO}x plain sumo on {TARGET_MAP}: "
-                f"{verdict}."
-            ]
-            if begin.endswith("bench:begin -->")
-            else []
-        ),
+        *([adaptive_table(results, sorted({r.map for r in results}, key=MAPS.index),
+                          controllers), ""] if "adaptive" in controllers else []),
+        *(["Sensor robustness: delay with degraded detectors over delay with clean ones "
+           "(same seeds).", "",
+           robustness_table(results, sorted({r.map for r in results}, key=MAPS.index),
+                            controllers), ""]
+          if any("@" in c for c in controllers) else []),
+        *(["Charts: " + " · ".join(f"[{m}](bench/charts/{m}.png)" for m in
+                                   sorted({r.map for r in results}, key=MAPS.index)), ""]
+          if len(controllers) > 2 else []),
+        *([f"Target (issue): wall time of `fixed` ≤ {TARGET_RATIO}x plain sumo on {TARGET_MAP}: "
+           f"{verdict}."] if begin.endswith("bench:begin -->") else []),
     ]
     if errors:
         parts += ["", "Failed runs:", *errors]
@@ -389,11 +303,8 @@ def main() -> int:
     p.add_argument("--controllers", type=_csv, default=["fixed", "actuated"])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     p.add_argument("--write", type=Path, help="markdown file to write the results section into")
-    p.add_argument(
-        "--from-results",
-        type=Path,
-        help="rebuild the section from an earlier run's results.json, running nothing",
-    )
+    p.add_argument("--from-results", type=Path,
+                   help="rebuild the section from an earlier run's results.json, running nothing")
     args = p.parse_args()
     if args.from_results:
         return report_only(args)
@@ -411,11 +322,8 @@ def main() -> int:
         cfg = resco / name / f"{name}.sumocfg"
         out = args.out / name / f"seed{seed}" / runner
         try:
-            res = (
-                run_plain(cfg, seed, out)
-                if runner == PLAIN
-                else run_citybrain(cfg, runner, seed, out)
-            )
+            res = (run_plain(cfg, seed, out) if runner == PLAIN
+                   else run_citybrain(cfg, runner, seed, out))
         except Exception as exc:  # a broken output file should not sink the whole bench
             res = Result(name, seed, runner, None, 0.0, f"{type(exc).__name__}: {exc}")
         if res.error:
@@ -426,18 +334,9 @@ def main() -> int:
     text = section(command, info, body, ratios, results, args.controllers)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {
-                "command": command,
-                "machine": info,
-                "ratios": ratios,
-                "runs": [asdict(r) for r in results],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    (args.out / "results.json").write_text(json.dumps(
+        {"command": command, "machine": info, "ratios": ratios,
+         "runs": [asdict(r) for r in results]}, indent=2) + "\n")
     if args.write:
         write_markdown(args.write, text, args.controllers)
         if len(args.controllers) > 2:

@@ -119,8 +119,7 @@ class Result:
 
 
 def specs(
-    scenario_seed: int,
-    kinds: list[str] | tuple[str, ...] = KINDS,
+    scenario_seed: int, kinds: list[str] | tuple[str, ...] = KINDS,
     peak_density: float = PEAK_DENSITY,
 ) -> list[Spec]:
     """The benchmark's scenarios for one seed: the seed picks every number, within ranges."""
@@ -129,74 +128,34 @@ def specs(
         rng = random.Random(f"{scenario_seed}:{kind}")
         if kind == "rand":
             args = [
-                "--rand",
-                "--rand.iterations",
-                "40",
-                "--rand.bidi-probability",
-                "1",
-                "--rand.min-distance",
-                "200",
-                "--rand.max-distance",
-                "400",
-                "--rand.min-angle",
-                "50",
-                "--rand.connectivity",
-                "0.9",
-                "--rand.neighbor-dist1",
-                "0",
-                "--rand.neighbor-dist2",
-                "0",
-                "--default.lanenumber",
-                "2",
-                "--tls.guess",
+                "--rand", "--rand.iterations", "40", "--rand.bidi-probability", "1",
+                "--rand.min-distance", "200", "--rand.max-distance", "400",
+                "--rand.min-angle", "50", "--rand.connectivity", "0.9",
+                "--rand.neighbor-dist1", "0", "--rand.neighbor-dist2", "0",
+                "--default.lanenumber", "2", "--tls.guess",
             ]
         elif kind == "spider":
             args = [
-                "--spider",
-                "--spider.arm-number",
-                str(rng.choice((5, 6))),
-                "--spider.circle-number",
-                str(rng.choice((3, 4))),
-                "--spider.space-radius",
-                str(rng.randrange(140, 201, 10)),
-                "--spider.omit-center",
-                "--default.lanenumber",
-                "2",
-                "--tls.guess",
+                "--spider", "--spider.arm-number", str(rng.choice((5, 6))),
+                "--spider.circle-number", str(rng.choice((3, 4))),
+                "--spider.space-radius", str(rng.randrange(140, 201, 10)),
+                "--spider.omit-center", "--default.lanenumber", "2", "--tls.guess",
             ]
         elif kind == "grid":
             x, y = rng.choice((4, 5, 6)), rng.choice((3, 4))
             args = [
-                "--grid",
-                "--grid.x-number",
-                str(x),
-                "--grid.y-number",
-                str(y),
-                "--grid.x-length",
-                str(rng.randrange(180, 321, 20)),
-                "--grid.y-length",
-                str(rng.randrange(140, 261, 20)),
-                "--grid.attach-length",
-                "200",
-                "--default.lanenumber",
-                str(rng.choice((2, 3))),
-                "--turn-lanes",
-                "1",
-                "--turn-lanes.length",
-                "40",
-                "--default.junctions.type",
-                "traffic_light",
+                "--grid", "--grid.x-number", str(x), "--grid.y-number", str(y),
+                "--grid.x-length", str(rng.randrange(180, 321, 20)),
+                "--grid.y-length", str(rng.randrange(140, 261, 20)),
+                "--grid.attach-length", "200",
+                "--default.lanenumber", str(rng.choice((2, 3))),
+                "--turn-lanes", "1", "--turn-lanes.length", "40",
+                "--default.junctions.type", "traffic_light",
             ]
         else:
             raise ValueError(f"unknown scenario kind {kind!r}; known: {', '.join(KINDS)}")
-        out.append(
-            Spec(
-                kind,
-                (*args, "--no-turnarounds", "--seed", str(scenario_seed)),
-                scenario_seed,
-                peak_density=peak_density,
-            )
-        )
+        out.append(Spec(kind, (*args, "--no-turnarounds", "--seed", str(scenario_seed)),
+                        scenario_seed, peak_density=peak_density))
     return out
 
 
@@ -230,38 +189,15 @@ def build(spec: Spec, out: Path) -> Built:
     out.mkdir(parents=True, exist_ok=True)
     net, trips, routes = (out / f"{spec.name}.{s}.xml" for s in ("net", "trips", "rou"))
     cfg = out / f"{spec.name}.sumocfg"
-    _check(
-        [sumolib.checkBinary("netgenerate"), *spec.net_args, "--output-file", str(net)],
-        "netgenerate",
-    )
-    _check(
-        [
-            sys.executable,
-            str(tools_dir() / "randomTrips.py"),
-            "--net-file",
-            str(net),
-            "--output-trip-file",
-            str(trips),
-            "--route-file",
-            str(routes),
-            "--validate",
-            "--seed",
-            str(spec.seed),
-            "--fringe-factor",
-            FRINGE_FACTOR,
-            "--min-distance",
-            MIN_TRIP_M,
-            "--begin",
-            "0",
-            "--end",
-            str(spec.window_s),
-            "--prefix",
-            f"{spec.name}_",
-            "--insertion-density",
-            *map(str, profile(spec)),
-        ],
-        "randomTrips.py",
-    )
+    _check([sumolib.checkBinary("netgenerate"), *spec.net_args, "--output-file", str(net)],
+           "netgenerate")
+    _check([
+        sys.executable, str(tools_dir() / "randomTrips.py"), "--net-file", str(net),
+        "--output-trip-file", str(trips), "--route-file", str(routes), "--validate",
+        "--seed", str(spec.seed), "--fringe-factor", FRINGE_FACTOR,
+        "--min-distance", MIN_TRIP_M, "--begin", "0", "--end", str(spec.window_s),
+        "--prefix", f"{spec.name}_", "--insertion-density", *map(str, profile(spec)),
+    ], "randomTrips.py")
     root = ET.Element("configuration")
     inputs = ET.SubElement(root, "input")
     ET.SubElement(inputs, "net-file", value=net.name)
@@ -278,17 +214,10 @@ def build(spec: Spec, out: Path) -> Built:
     vehicles = sum(1 for _ in ET.parse(routes).getroot().iter("vehicle"))
     args = list(spec.net_args)
     if "--seed" in args:  # the seed is stated once for the whole section
-        del args[args.index("--seed") : args.index("--seed") + 2]
+        del args[args.index("--seed"):args.index("--seed") + 2]
     description = " ".join(args)
-    return Built(
-        spec.name,
-        cfg,
-        len(sumo_net.getTrafficLights()),
-        vehicles,
-        lane_km,
-        (x1 - x0) * (y1 - y0) / 1e6,
-        description,
-    )
+    return Built(spec.name, cfg, len(sumo_net.getTrafficLights()), vehicles, lane_km,
+                 (x1 - x0) * (y1 - y0) / 1e6, description)
 
 
 # --------------------------------------------------------------------------- runs
@@ -316,12 +245,8 @@ def snapshot(dest: Path) -> str:
     (``PYTHONPATH``), so all runs of one table run the same code."""
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(
-        ROOT / "citybrain",
-        dest / "citybrain",
-        symlinks=False,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
+    shutil.copytree(ROOT / "citybrain", dest / "citybrain", symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return code_fingerprint(dest)
 
 
@@ -329,47 +254,28 @@ def run_one(cfg: Path, controller: str, seed: int, out: Path, code: Path | None 
     """One ``citybrain sim run``; with ``code``, importing the package from that snapshot."""
     env = dict(os.environ)
     if code is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH", "")) if p)
-    cmd = [
-        sys.executable,
-        "-m",
-        "citybrain.cli",
-        "sim",
-        "run",
-        str(cfg),
-        "--controller",
-        controller,
-        "--seed",
-        str(seed),
-        "--out",
-        str(out),
-    ]
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(code), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "citybrain.cli", "sim", "run", str(cfg),
+           "--controller", controller, "--seed", str(seed), "--out", str(out)]
     fingerprint = code_fingerprint(code if code is not None else ROOT)
     name = cfg.name.removesuffix(".sumocfg")
     start = time.perf_counter()
     try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            check=False,
-            env=env,
-            cwd=code if code is not None else None,
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env,
+                              cwd=code if code is not None else None)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             tail = " / ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            return Result(
-                name, seed, controller, None, wall, f"exit {proc.returncode}: {tail}", fingerprint
-            )
+            return Result(name, seed, controller, None, wall, f"exit {proc.returncode}: {tail}",
+                          fingerprint)
         metrics = json.loads((out / "metrics.json").read_text())
         delay = float(metrics["mean_delay_s"])
         return Result(name, seed, controller, delay, wall, None, fingerprint)
     except Exception as exc:  # a broken output file is reported, not fatal to the bench
         wall = time.perf_counter() - start
-        return Result(
-            name, seed, controller, None, wall, f"{type(exc).__name__}: {exc}", fingerprint
-        )
+        return Result(name, seed, controller, None, wall, f"{type(exc).__name__}: {exc}",
+                      fingerprint)
 
 
 def run_all(
@@ -377,13 +283,8 @@ def run_all(
 ) -> Iterator[Result]:
     def task(job: tuple[Built, str, int]) -> Result:
         built, controller, seed = job
-        return run_one(
-            built.cfg,
-            controller,
-            seed,
-            out / "runs" / built.name / f"seed{seed}" / controller,
-            code,
-        )
+        return run_one(built.cfg, controller, seed,
+                       out / "runs" / built.name / f"seed{seed}" / controller, code)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         yield from pool.map(task, jobs)
@@ -393,11 +294,8 @@ def run_all(
 
 
 def _delays(results: list[Result], scenario: str, controller: str) -> list[float]:
-    return [
-        r.delay_s
-        for r in results
-        if r.scenario == scenario and r.controller == controller and r.delay_s is not None
-    ]
+    return [r.delay_s for r in results
+            if r.scenario == scenario and r.controller == controller and r.delay_s is not None]
 
 
 def _ms(xs: list[float]) -> str:
@@ -413,21 +311,16 @@ def verdicts(
     """Per scenario: adaptive's mean over the best baseline's mean, on complete seed sets only."""
     out: dict[str, dict[str, Any]] = {}
     for b in scenarios:
-        complete = {
-            c: xs for c in controllers if len(xs := _delays(results, b.name, c)) == len(seeds)
-        }
+        complete = {c: xs for c in controllers
+                    if len(xs := _delays(results, b.name, c)) == len(seeds)}
         base = {c: statistics.fmean(xs) for c, xs in complete.items() if c in BASELINES}
         best = min(base, key=base.__getitem__) if base else None
         ratio = None
         if best is not None and "adaptive" in complete and base[best] > 0:
             ratio = statistics.fmean(complete["adaptive"]) / base[best]
         missing = [c for c in BASELINES if c in controllers and c not in complete]
-        out[b.name] = {
-            "best": best,
-            "ratio": ratio,
-            "met": None if ratio is None or missing else ratio <= TARGET,
-            "missing_baselines": missing,
-        }
+        out[b.name] = {"best": best, "ratio": ratio, "met": None if ratio is None or missing
+                       else ratio <= TARGET, "missing_baselines": missing}
     return out
 
 
@@ -435,35 +328,17 @@ def table(
     results: list[Result], scenarios: list[Built], controllers: list[str], seeds: list[int]
 ) -> str:
     v = verdicts(results, scenarios, controllers, seeds)
-    head = [
-        "scenario",
-        "signals",
-        "vehicles",
-        *controllers,
-        "best baseline",
-        "adaptive / best",
-        f"≤ {TARGET}",
-    ]
+    head = ["scenario", "signals", "vehicles", *controllers, "best baseline",
+            "adaptive / best", f"≤ {TARGET}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b in scenarios:
         cells = [_ms(_delays(results, b.name, c)) for c in controllers]
         ratio, best, met = v[b.name]["ratio"], v[b.name]["best"], v[b.name]["met"]
         ok = "—" if met is None else ("yes" if met else "**no**")
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    f"[{b.name}](bench/charts/unseen-{b.name}.png)",
-                    str(b.signals),
-                    str(b.vehicles),
-                    *cells,
-                    best or "—",
-                    "—" if ratio is None else f"{ratio:.2f}",
-                    ok,
-                ]
-            )
-            + " |"
-        )
+        lines.append("| " + " | ".join([
+            f"[{b.name}](bench/charts/unseen-{b.name}.png)", str(b.signals), str(b.vehicles),
+            *cells, best or "—", "—" if ratio is None else f"{ratio:.2f}", ok,
+        ]) + " |")
     return "\n".join(lines)
 
 
@@ -477,46 +352,30 @@ def charts(
         if not any(delays.values()):
             continue
         seeds = sorted({r.seed for r in results if r.scenario == b.name and r.delay_s is not None})
-        title = (
-            f"unseen {b.name} ({b.signals} signals): seeds {', '.join(map(str, seeds))} (± 1 std)"
-        )
+        title = (f"unseen {b.name} ({b.signals} signals): seeds "
+                 f"{', '.join(map(str, seeds))} (± 1 std)")
         written.append(delay_chart(folder / f"unseen-{b.name}.png", delays, title))
     return written
 
 
 def section(
-    command: str,
-    info: dict[str, Any],
-    results: list[Result],
-    scenarios: list[Built],
-    controllers: list[str],
-    seeds: list[int],
-    scenario_seed: int,
+    command: str, info: dict[str, Any], results: list[Result], scenarios: list[Built],
+    controllers: list[str], seeds: list[int], scenario_seed: int,
 ) -> str:
     v = verdicts(results, scenarios, controllers, seeds)
     failed = [r for r in results if r.error]
     codes = sorted({r.code for r in results})
     if len(codes) == 1:
-        code_note = (
-            f"Every run imported one snapshot of the package taken at the start "
-            f"(sources fingerprint `{codes[0]}`)."
-        )
+        code_note = (f"Every run imported one snapshot of the package taken at the start "
+                     f"(sources fingerprint `{codes[0]}`).")
     else:
-        code_note = (
-            "**The sources changed during the bench** (others were editing them): "
-            + "; ".join(
-                f"`{c}`: "
-                + ", ".join(f"{r.scenario}/{r.seed}/{r.controller}" for r in results if r.code == c)
-                for c in codes
-            )
-            + ". Rerun on a quiet tree before trusting it."
-        )
+        code_note = ("**The sources changed during the bench** (others were editing them): "
+                     + "; ".join(f"`{c}`: " + ", ".join(
+                         f"{r.scenario}/{r.seed}/{r.controller}" for r in results if r.code == c)
+                                 for c in codes) + ". Rerun on a quiet tree before trusting it.")
     judged = [x["met"] for x in v.values() if x["met"] is not None]
-    summary = (
-        f"target met on {sum(judged)} of {len(scenarios)} scenarios"
-        if judged
-        else "target not measured (adaptive or a baseline missing)"
-    )
+    summary = (f"target met on {sum(judged)} of {len(scenarios)} scenarios"
+               if judged else "target not measured (adaptive or a baseline missing)")
     parts = [
         BEGIN,
         "## Unseen scenarios: nets, demand and signal programs no controller was developed on",
@@ -538,21 +397,17 @@ def section(
         "",
         "| scenario | net (netgenerate options) | lane-km | area km² |",
         "|---|---|---|---|",
-        *[
-            f"| {b.name} | `{b.description}` | {b.lane_km:.1f} | {b.area_km2:.1f} |"
-            for b in scenarios
-        ],
+        *[f"| {b.name} | `{b.description}` | {b.lane_km:.1f} | {b.area_km2:.1f} |"
+          for b in scenarios],
         "",
         table(results, scenarios, controllers, seeds),
         "",
-        "Charts: " + " · ".join(f"[{b.name}](bench/charts/unseen-{b.name}.png)" for b in scenarios),
+        "Charts: " + " · ".join(f"[{b.name}](bench/charts/unseen-{b.name}.png)"
+                                for b in scenarios),
     ]
     if failed:
-        parts += [
-            "",
-            "Failed runs:",
-            *[f"- {r.scenario} seed {r.seed} {r.controller}: {r.error}" for r in failed],
-        ]
+        parts += ["", "Failed runs:",
+                  *[f"- {r.scenario} seed {r.seed} {r.controller}: {r.error}" for r in failed]]
     else:
         parts += ["", f"All {len(results)} runs exited 0 (no signal-monitor violation)."]
     return "\n".join([*parts, END, ""])
@@ -576,29 +431,19 @@ def _csv(text: str) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--scenario-seed", type=int, default=1)
-    p.add_argument(
-        "--scenarios",
-        type=_csv,
-        default=list(KINDS),
-        help=f"which generated scenarios ({', '.join(KINDS)})",
-    )
+    p.add_argument("--scenarios", type=_csv, default=list(KINDS),
+                   help=f"which generated scenarios ({', '.join(KINDS)})")
     p.add_argument("--controllers", type=_csv, default=list(CONTROLLERS))
     p.add_argument("--seeds", type=lambda t: [int(v) for v in _csv(t)], default=[1, 2, 3])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "unseen")
     p.add_argument("-j", "--jobs", type=int, default=1, help="runs at once (default 1)")
     p.add_argument("--write", type=Path, help="markdown file to write the section into")
-    p.add_argument(
-        "--live",
-        action="store_true",
-        help="run the working tree's package, not a snapshot taken at the start",
-    )
+    p.add_argument("--live", action="store_true",
+                   help="run the working tree's package, not a snapshot taken at the start")
     p.add_argument("--build-only", action="store_true", help="generate the scenarios, run none")
-    p.add_argument(
-        "--peak-density",
-        type=float,
-        default=PEAK_DENSITY,
-        help="peak veh/h per lane-km (to calibrate the rule; the bench uses the default)",
-    )
+    p.add_argument("--peak-density", type=float, default=PEAK_DENSITY,
+                   help="peak veh/h per lane-km (to calibrate the rule; the bench uses the "
+                   "default)")
     args = p.parse_args()
     for kind in args.scenarios:
         if kind not in KINDS:
@@ -610,10 +455,8 @@ def main() -> int:
     scenarios = []
     for spec in specs(args.scenario_seed, args.scenarios, args.peak_density):
         built = build(spec, out / "scenarios" / spec.name)
-        print(
-            f"{built.name}: {built.signals} signals, {built.vehicles} vehicles, "
-            f"{built.lane_km:.1f} lane-km, {built.area_km2:.1f} km² -> {built.cfg}"
-        )
+        print(f"{built.name}: {built.signals} signals, {built.vehicles} vehicles, "
+              f"{built.lane_km:.1f} lane-km, {built.area_km2:.1f} km² -> {built.cfg}")
         scenarios.append(built)
     if args.build_only:
         return 0
@@ -631,25 +474,16 @@ def main() -> int:
             results.append(res)
             bar.update()
 
-    text = section(
-        command, info, results, scenarios, args.controllers, args.seeds, args.scenario_seed
-    )
+    text = section(command, info, results, scenarios, args.controllers, args.seeds,
+                   args.scenario_seed)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps(
-            {
-                "command": command,
-                "machine": info,
-                "scenario_seed": args.scenario_seed,
-                "scenarios": [{**asdict(b), "cfg": str(b.cfg)} for b in scenarios],
-                "verdicts": verdicts(results, scenarios, args.controllers, args.seeds),
-                "runs": [asdict(r) for r in results],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    (out / "results.json").write_text(json.dumps({
+        "command": command, "machine": info, "scenario_seed": args.scenario_seed,
+        "scenarios": [{**asdict(b), "cfg": str(b.cfg)} for b in scenarios],
+        "verdicts": verdicts(results, scenarios, args.controllers, args.seeds),
+        "runs": [asdict(r) for r in results],
+    }, indent=2) + "\n")
     if args.write:
         charts(results, scenarios, args.controllers, ROOT / "bench" / "charts")
         write_markdown(args.write, text)

@@ -6,24 +6,23 @@ Why no read is lost and none is charged twice, even under ``kill -9``:
    a QoS 1 subscription to every lot's reads, so the broker keeps each delivery until the
    service sends its PUBACK, across disconnects and process deaths, and redelivers the
    unacknowledged ones when the session resumes.
-2. paho runs with ``manual_ack=True``: receiving a message sends nothing back. The handler
-   first records the message (one committed database transaction, idempotent by
-   ``read_id``), then publishes the gateway ack, and only then ``client.ack(mid)``.
-   Deliveries are batched: the service takes what arrives within ``batch_window`` seconds
-   of the first pending message (and whatever is already waiting on the socket then), up
-   to ``batch_size`` messages, records them in ONE transaction (``record_many``), and only
-   after its commit publishes the gateway acks and acks each message to the broker, in
-   the order they arrived. A sink without ``record_many`` is called once per message,
-   each acked right after its own commit, on the network thread. With ``record_many``
-   the transaction runs on a ledger thread (one batch at a time, in order) while the
-   network thread keeps receiving; the ledger thread never touches the connection: the
-   network thread sends a batch's acks once it sees the batch committed (after handing
-   the next batch to the ledger thread, so that one is recorded meanwhile), and only on the
-   connection the batch came in on (a batch still being recorded when the connection
-   drops is waited for and its acks are dropped: the broker redelivers those messages,
-   recorded as duplicates). So no ack can leave before its commit or go to a later
-   connection. The acks to the gateways may all be in flight at once (paho's window of
-   20 QoS 1 publishes would hold a large batch's acks back).
+2. The connection (``mqttlink.Link``, our own MQTT 3.1.1 packets) PUBACKs a delivery only
+   when the handler says so. The handler first records the message (one committed
+   database transaction, idempotent by ``read_id``), then publishes the gateway ack, and
+   only then acks it to the broker. Deliveries are batched: the service takes what
+   arrives within ``batch_window`` seconds of the first pending message (and whatever is
+   already waiting on the socket then), up to ``batch_size`` messages, records them in
+   ONE transaction (``record_many``), and only after its commit publishes the gateway
+   acks and acks each message to the broker, in the order they arrived. A sink without
+   ``record_many`` is called once per message on the network thread. With
+   ``record_many`` the transaction runs on a ledger thread (one batch at a time, in
+   order; on PostgreSQL split by lot over two ledger processes) while the network thread
+   keeps receiving; the ledger side never touches the connection: the network thread
+   sends a batch's acks once it sees the batch committed (after handing the next batch to
+   the ledger side, so that one is recorded meanwhile), and only on the connection the
+   batch came in on (a batch still being recorded when the connection drops is waited
+   for and its acks are dropped: the broker redelivers those messages, recorded as
+   duplicates). So no ack can leave before its commit or go to a later connection.
 3. A death before the commit leaves no effect and no PUBACK: the broker redelivers and the
    read is recorded then. A death after the commit but before the PUBACK makes the broker
    redeliver a read that is already recorded: the sink answers ``duplicate`` (no second
@@ -119,7 +118,7 @@ LANES = 2  # transactions side by side per batch, for a sink that takes concurre
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message as paho handed it over (not yet acknowledged)."""
+    """One message as the connection handed it over (not yet acknowledged)."""
 
     topic: str
     payload: bytes
@@ -145,7 +144,7 @@ class Outcome:
 
 
 class Transport(Protocol):
-    """The part of paho's ``Client`` the handler uses."""
+    """The part of the connection (``mqttlink.Link``) the handler uses."""
 
     def publish(self, topic: str, payload: bytes, qos: int) -> Any: ...
 
