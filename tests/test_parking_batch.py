@@ -458,7 +458,11 @@ def test_a_killed_ledger_process_is_replaced_and_nothing_is_lost_or_charged_twic
             pub.close()
             ledger.close()
         assert not thread.is_alive()
-        assert result[0].recorded == len(payloads)
+        stats = result[0]
+        # Killed between batches: nothing failed. Killed mid-batch: that batch failed, its
+        # other part had committed, and those reads came back as duplicates.
+        assert stats.recorded + stats.duplicate >= len(payloads)
+        assert stats.duplicate == 0 or stats.sink_failures >= 1
         assert _ledger_counts(url) == (len(payloads), len(payloads), stays, stays)
 
 
