@@ -114,6 +114,7 @@ RecordMany = Callable[[Sequence[tuple[str, bytes, datetime]]], Sequence[RecordOu
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_BATCH_WINDOW = 0.005  # seconds
 LANES = 2  # transactions side by side per batch, for a sink that takes concurrent writers
+MIN_PART = 50  # messages: a batch is split only into parts at least this large
 
 
 @dataclass(frozen=True)
@@ -629,8 +630,11 @@ class _BatchWorker:
 
 def _split_by_lot(batch: Sequence[Delivery], lanes: int, root: str) -> list[list[int]]:
     """Indices of ``batch`` in at most ``lanes`` non-empty parts, all of a lot's messages
-    in one part (in arrival order), the parts about equally large."""
-    if lanes == 1:
+    in one part (in arrival order), the parts about equally large. A small batch stays
+    whole: each transaction has a fixed cost (a dozen statements), which only a large
+    part repays."""
+    lanes = min(lanes, len(batch) // MIN_PART)
+    if lanes <= 1:
         return [list(range(len(batch)))]
     by_lot: dict[str | None, list[int]] = {}
     for i, d in enumerate(batch):
