@@ -283,6 +283,9 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
 def parse_read(payload: bytes) -> ReadIn | Rejection:
     """Validate one message against the read contract (no database involved)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -294,7 +297,7 @@ def parse_read(payload: bytes) -> ReadIn | Rejection:
     except UnicodeDecodeError as exc:
         return Rejection(DeadReason.NOT_UTF8, f"not UTF-8: {exc.reason} at byte {exc.start}")
     try:
-        data = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        data = _DECODER.decode(body)
     except (ValueError, RecursionError) as exc:
         return Rejection(DeadReason.MALFORMED_JSON, f"not JSON: {exc}")
     if not isinstance(data, dict):

@@ -174,6 +174,19 @@ def passage_of(passage_id: str, reads: Iterable[Read]) -> Passage:
     if not ordered:
         raise ValueError(f"passage {passage_id} needs at least one read")
     first = ordered[0]
+    if len(ordered) == 1:  # most passages start so: the same passage, built directly
+        return Passage(
+            passage_id=passage_id,
+            lot_id=first.lot_id,
+            direction=first.direction,
+            plate=first.plate,
+            first_ts=first.ts,
+            last_ts=first.ts,
+            read_ids=(first.read_id,),
+            raw_plates=(first.raw_plate,),
+            camera_ids=(first.camera_id,),
+            reads=(first,),
+        )
     for r in ordered[1:]:
         if (r.lot_id, r.direction, r.plate_key) != (first.lot_id, first.direction, first.plate_key):
             raise ValueError(
