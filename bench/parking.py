@@ -788,11 +788,13 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         f"Path: {len(args.lots_used)} real gateways (`run_gateway`, one process per lot, "
         "on-disk outbox, QoS 1) -> Mosquitto -> the real service (`run_service` over "
         f"`open_ledger`, batch size {args.batch_size}, batch window {args.batch_window_ms} ms; "
-        "its network loop keeps receiving and acknowledging while a ledger thread records "
-        "the previous batch) -> the database, all on this machine. "
-        "CPU columns: the service process (every thread, from its subscription to its exit; "
-        "ledger alone: the bench process during `record_many`) and the gateway processes "
-        "together, per read; machine busy: every process on the machine, other people's "
+        "its network loop keeps receiving and acknowledging while the previous batch is "
+        "recorded: on PostgreSQL by two ledger processes, one per half of the lots) -> the "
+        "database, all on this machine; the gateways and the service speak MQTT through "
+        "`parking/mqttlink.py`. CPU columns: the service process and its ledger processes "
+        "(from its subscription to its exit; ledger alone: the bench process during "
+        "`record_many`), the gateway processes together, the PostgreSQL server's processes "
+        "and the broker's, per read; machine busy: every process on the machine, other people's "
         "jobs included, in cores (of 2) over the run. "
         "Throughput: reads acknowledged per second between the 10 % and "
         "90 % marks (whole run in brackets). Latency: exit read handed to its gateway -> the "
@@ -881,31 +883,36 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
 WHY = """\
 Where the time goes. Every commit waits for an fsync (about 4 ms on this disk), so one read
 per transaction stays near a hundred reads/s (the "batches of 1" rows); batching removes
-that limit. What is left is CPU, and these two cores are shared: the service (one Python
-process: paho's receive, PUBACK and ack publish, contract validation, the matching rules
-with the plate vote, psycopg), PostgreSQL, Mosquitto, twelve gateway processes (each read
-costs a gateway an fsync'd outbox insert, paho and its threads: at a low rate that is more
-CPU per read than the service spends), the bench, and other people's jobs (the "machine
-busy" column includes them). Each batch also has a fixed cost (about
-ten statements, each 50-250 µs of Python), so a trickle of small batches costs more CPU per
-read than a flood of large ones (the latency rows). In a city the gateways run at their lots,
-not beside the service: what the service itself needs is its CPU per read above. The
-latency tail at 500 reads/s is waiting for a core (run queue), not the database.
+that limit. What is left is CPU, and the whole path shares these two cores: the CPU budget
+above says how many reads/s it could carry at most. Per read, a gateway validates the
+camera's line, commits it to its outbox (fsync), publishes it and retires it on its ack;
+Mosquitto moves two QoS 1 messages and their PUBACKs; the service receives, records and
+acks; PostgreSQL writes about ten rows and their indexes (the read, its passage, the
+session, the charge, the evidence links) and answers the state queries. At 500 reads/s the
+batches are small and each transaction's fixed cost (about a dozen statements) is shared
+by few reads: hence the higher CPU per read in the latency rows. In a city the gateways run
+at their lots, not beside the service.
 
-Profile of the service at full speed (PostgreSQL, 2026-11-23: a sampler over all of its
-threads and timers around each batch, with another team's benchmark running beside it, the
-machine 2.0 of 2 cores busy): a batch of 200 reads costs the ledger thread 31-35 ms of its
-own CPU but 90-100 ms of wall time (about a dozen PostgreSQL round trips with the commit,
-and waiting for a core or the GIL), and that transaction is the whole cycle: the network
-thread's part of a batch (receiving it, then about 6 ms of CPU for its acks) runs beside it.
-The rate is what the ledger thread's transactions reach on a busy machine. Letting batches
-grow to 1,000 reads when the queue is deep (they then averaged about 490) did not change
-the rate measurably (1,951 against 1,924 reads/s), so batches stay capped at the batch size.
-What was kept: the next batch goes to the ledger thread before the acks of the one just
-committed are sent (the ledger thread no longer idles while they are); the network loop
-reads the packets already on the socket one after another instead of one `select` per
-packet; text fields skip the per-character check when `str.isprintable()` (same rule). In
-the profiling runs the service's CPU per read went from about 265-290 µs to about 250 µs.\
+What changed on 2026-11-23 (profiles with py-spy over every thread and process):
+1. MQTT. paho-mqtt spent about 90 µs of CPU per QoS 1 message on each side (objects, locks
+   and callbacks per packet): more than the whole path may spend per read. The service and
+   the gateways now speak MQTT 3.1.1 through the project's own small link
+   (`parking/mqttwire.py`, `parking/mqttlink.py`): a few µs per packet (a raw publisher ->
+   Mosquitto -> subscriber check on the link moved about 54,000 QoS 1 messages/s, against
+   about 9,000-10,000 with paho at both ends: the ceiling column keeps the issue's paho
+   yardstick). The gateways also keep their pending reads in memory (the outbox file is
+   only written) and retire a burst of acks in one transaction; their CPU per read fell
+   from about 300-460 µs to about 110-145 µs.
+2. The interpreter lock. The service's threads took turns on one core (its network loop
+   and its ledger thread held the lock 80 % of the time) while the second core idled. On
+   PostgreSQL a large batch is now split by lot into two transactions, each recorded in a
+   ledger process of the service's own (the ledger locks by lot, so they never wait on
+   each other; a small batch stays one transaction). A ledger process that dies is
+   replaced; the batch it was recording is redelivered (tests kill one mid-stream).
+3. The same command on this machine before these changes, the same morning: 1,450-1,790
+   reads/s into PostgreSQL (service about 400-450 µs per read). After: 2,300-3,080 reads/s
+   in repeated runs of the throughput row alone; consecutive runs of the same code differ by
+   up to 25 % on this shared machine, so a single row is one draw, not a constant.\
 """
 
 
