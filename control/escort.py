@@ -88,7 +88,6 @@ SPILLBACK_SHARE = 0.6
 """A queue filling this share of the link back to the previous signal on the route blocks
 that signal's queue: the corridor opens the two together (downstream first)."""
 
-
 @dataclass(frozen=True, slots=True)
 class EscortSettings:
     """Escort timing. Queue discharge constants are measured in SUMO by
@@ -201,8 +200,6 @@ class _Escort:
     tracker: RouteTracker
     lanes: list[IntArray]
     trace: EscortTrace
-    others: list[IntArray] = field(default_factory=list)
-    """Per signal: the other lanes of the ambulance's approach edge."""
     passed: int = 0
     """Signals behind the ambulance (route order)."""
     since: dict[int, float] = field(default_factory=dict)
@@ -216,9 +213,6 @@ class _Escort:
     flushing: dict[int, tuple[float, float]] = field(default_factory=dict)
     """Signals serving the other lanes of the ambulance's approach (a queue there blocks the
     way to its own lane): until when, and since when."""
-    pre_flushed: set[int] = field(default_factory=set)
-    """Signals whose other lanes were flushed before the ambulance came (their queue
-    reached back past its own lane)."""
     anchor_m: float = -math.inf
     moved_at: float = math.nan
     """Where and when the ambulance last moved ``MOVED_M`` (for futile holds)."""
@@ -287,7 +281,6 @@ class EscortController:
             RouteTracker(corridor, self.settings.tracker),
             lanes,
             trace,
-            others=[_lanes(index, sig.other_lanes) for sig in corridor.signals],
             flush=[self._flush_phase(sig) for sig in corridor.signals],
         )
         self.traces[req.vehicle] = trace
@@ -443,7 +436,9 @@ class EscortController:
                         )
                     else:
                         escort.paused[k] = (now + st.pause_s, now)
-                        trace.events.append((now, sig.intersection, "ambulance not moving: paused"))
+                        trace.events.append(
+                            (now, sig.intersection, "ambulance not moving: paused")
+                        )
                     continue
                 if now - escort.since[k] > st.max_hold_s:
                     escort.given_up.add(k)
@@ -454,29 +449,6 @@ class EscortController:
                 escort.since[k] = now
                 trace.events.append((now, sig.intersection, "preemption starts"))
             else:
-                if self.mode is EscortMode.CORRIDOR and flush is not None:
-                    # The other lanes' queue reaches back past the ambulance's own lane
-                    # (a short turn pocket behind a long through queue): served first, so
-                    # that the ambulance can get in when its own green comes.
-                    blocking = self._blocking(escort, k, s)
-                    flush_by = green_by - clearance_time(blocking, st)
-                    if blocking >= 1 and self._asks_by(
-                        sig.intersection, view, flush, flush_by, now
-                    ):
-                        if k not in escort.pre_flushed:
-                            escort.pre_flushed.add(k)
-                            trace.events.append(
-                                (
-                                    now,
-                                    sig.intersection,
-                                    f"queue past its lane: flushing phase {flush}",
-                                )
-                            )
-                        claims.setdefault(sig.intersection, []).append(
-                            Claim(
-                                escort.request.vehicle, escort.request.priority, arrival, (flush,)
-                            )
-                        )
                 continue
             claims.setdefault(sig.intersection, []).append(
                 Claim(escort.request.vehicle, escort.request.priority, arrival, sig.phases)
@@ -491,22 +463,8 @@ class EscortController:
         if self.mode is EscortMode.LOCAL:
             return sig.stop_m - s <= st.local_range_m
         target = view.phase if view.phase in sig.phases else sig.phases[0]
-        return self._asks_by(sig.intersection, view, target, green_by, now)
-
-    def _asks_by(
-        self, x_id: str, view: SignalView, target: int, green_by: float, now: float
-    ) -> bool:
-        """Whether ``target`` must be asked for now, for its green to start by ``green_by``."""
-        return now + self._lead(x_id, view, target, now) + 1.0 >= green_by
-
-    def _blocking(self, escort: _Escort, k: int, s: float) -> float:
-        """Vehicles per lane of the other lanes' queue at signal ``k`` that stand beyond the
-        start of the approach edge, while the ambulance is still before it (0 otherwise)."""
-        sig = escort.corridor.signals[k]
-        if not s < sig.edge_m or escort.others[k].size == 0:
-            return 0.0
-        room = (sig.stop_m - sig.edge_m) / JAM_SPACING_M
-        return max(0.0, self._queue(escort.others[k]) - room)
+        lead = self._lead(sig.intersection, view, target, now)
+        return now + lead + 1.0 >= green_by
 
     def _lead(self, x_id: str, view: SignalView, target: int, now: float) -> float:
         """Seconds from asking for ``target`` to its green (or, when it is green now, the
@@ -576,10 +534,7 @@ class EscortController:
         rules = self.rules[x_id]
         st = self.settings
         settings = RecoverySettings(
-            st.lost_time_s,
-            st.headway_s,
-            rules.min_green_s,
-            st.recovery_max_green_s,
+            st.lost_time_s, st.headway_s, rules.min_green_s, st.recovery_max_green_s,
             st.recovery_max_s,
         )
         held = view.phase
