@@ -426,10 +426,9 @@ def busy_cores(before: int, seconds: float) -> float | None:
     return (after - before) / os.sysconf("SC_CLK_TCK") / seconds
 
 
-def process_ticks(prefixes: tuple[str, ...]) -> dict[str, int]:
-    """CPU jiffies (user + system) so far of the processes whose name starts with each of
-    ``prefixes`` (``/proc``; empty elsewhere): the database server and the broker."""
-    ticks = dict.fromkeys(prefixes, 0)
+def processes() -> Iterator[tuple[int, str, int, int]]:
+    """``(pid, name, parent pid, CPU jiffies so far)`` of every process (``/proc``; nothing
+    elsewhere)."""
     for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not pid.isdigit():
             continue
@@ -439,9 +438,17 @@ def process_ticks(prefixes: tuple[str, ...]) -> dict[str, int]:
             continue
         name = stat[stat.find("(") + 1 : stat.rfind(")")]
         rest = stat[stat.rfind(")") + 2 :].split()
+        yield int(pid), name, int(rest[1]), int(rest[11]) + int(rest[12])
+
+
+def process_ticks(prefixes: tuple[str, ...]) -> dict[str, int]:
+    """CPU jiffies (user + system) so far of the processes whose name starts with each of
+    ``prefixes``: the database server and the broker."""
+    ticks = dict.fromkeys(prefixes, 0)
+    for _, name, _, used in processes():
         for prefix in prefixes:
             if name.startswith(prefix):
-                ticks[prefix] += int(rest[11]) + int(rest[12])
+                ticks[prefix] += used
     return ticks
 
 
@@ -451,18 +458,7 @@ SERVERS = ("postgres", "mosquitto")
 def children_ticks(parent: int) -> dict[int, int]:
     """CPU jiffies so far of each child process of ``parent`` (the service's ledger
     processes), by pid."""
-    ticks: dict[int, int] = {}
-    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2 :].split()
-        if int(rest[1]) == parent:
-            ticks[int(pid)] = int(rest[11]) + int(rest[12])
-    return ticks
+    return {pid: used for pid, _, ppid, used in processes() if ppid == parent}
 
 
 @dataclass

@@ -46,8 +46,7 @@ from citybrain.parking.mqtt import (
     read_from_object,
     reads_topic,
 )
-from citybrain.parking.mqttlink import ConnectionLost, Link, Refused
-from citybrain.parking.mqttwire import SUBACK_FAILURE
+from citybrain.parking.mqttlink import ConnectionLost, Link, Refused, open_subscribed
 
 log = logging.getLogger(__name__)
 
@@ -398,25 +397,14 @@ def _connect(settings: BrokerSettings, client_id: str, acks: str, keepalive: int
     """A link subscribed to the lot's acks (persistent session), or None to retry later;
     ``GatewayRefused`` when retrying cannot help."""
     try:
-        link = Link.open(settings, client_id, clean_session=False, keepalive=keepalive)
+        return open_subscribed(settings, client_id, acks, QOS, keepalive)
     except Refused as exc:
         log.error("broker %s refused gateway %s: %s", settings.address.url, client_id, exc)
         if exc.fatal:
             raise GatewayRefused(str(exc)) from None
-        return None
     except OSError as exc:
         log.warning("cannot reach broker %s: %s", settings.address.url, exc)
-        return None
-    try:
-        codes = link.subscribe(acks, QOS)
-    except OSError as exc:
-        log.warning("subscribing at %s failed: %s", settings.address.url, exc)
-        link.abort()
-        return None
-    if any(code == SUBACK_FAILURE for code in codes):
-        link.close()
-        raise GatewayRefused(f"subscription to {acks} refused (check the ACL)")
-    return link
+    return None
 
 
 def _ingest(outbox: Outbox, lines: list[str], lot: str, now: datetime, stats: GatewayStats) -> None:

@@ -24,6 +24,7 @@ from citybrain.parking.mqttwire import (
     DISCONNECT_PACKET,
     FATAL_RETURN_CODES,
     PINGREQ_PACKET,
+    SUBACK_FAILURE,
     ConnAck,
     Decoder,
     PubAck,
@@ -43,16 +44,36 @@ class ConnectionLost(ConnectionError):
 
 
 class Refused(ConnectionError):
-    """The broker answered CONNECT with a non-zero return code."""
+    """The broker refused the login (a CONNACK return code) or a subscription
+    (``SUBACK_FAILURE``: the ACL)."""
 
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"connection refused: {text}")
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
         self.code = code
 
     @property
     def fatal(self) -> bool:
-        """Retrying cannot help (bad credentials, not authorized, rejected id)."""
-        return self.code in FATAL_RETURN_CODES
+        """Retrying cannot help (bad credentials, not authorized, rejected id, the ACL)."""
+        return self.code in FATAL_RETURN_CODES or self.code == SUBACK_FAILURE
+
+
+def open_subscribed(
+    settings: BrokerSettings, client_id: str, topic_filter: str, qos: int, keepalive: int = 30
+) -> Link:
+    """A link on the persistent session of ``client_id``, subscribed to ``topic_filter``.
+
+    ``Refused`` when the broker refuses the login or the subscription, ``OSError`` when it
+    cannot be reached or the connection drops before the SUBACK."""
+    link = Link.open(settings, client_id, clean_session=False, keepalive=keepalive)
+    try:
+        codes = link.subscribe(topic_filter, qos)
+    except BaseException:
+        link.abort()
+        raise
+    if any(code == SUBACK_FAILURE for code in codes):
+        link.close()
+        raise Refused(SUBACK_FAILURE, f"subscription to {topic_filter} refused (check the ACL)")
+    return link
 
 
 class Link:
@@ -117,7 +138,7 @@ class Link:
             if not isinstance(first, ConnAck):
                 raise ConnectionLost(f"expected CONNACK, got {type(first).__name__}")
             if first.code:
-                raise Refused(first.code, first.text)
+                raise Refused(first.code, f"connection refused: {first.text}")
             sock.settimeout(timeout)  # bounds a blocked write; reads wait in select
             link = cls(sock, keepalive, first.session_present)
             link._decoder = decoder

@@ -61,8 +61,7 @@ from citybrain.parking.mqtt import (
     lot_of_topic,
     plan_ack,
 )
-from citybrain.parking.mqttlink import ConnectionLost, Link, Refused
-from citybrain.parking.mqttwire import SUBACK_FAILURE
+from citybrain.parking.mqttlink import ConnectionLost, Refused, open_subscribed
 
 log = logging.getLogger(__name__)
 
@@ -401,10 +400,9 @@ def run_service(
     try:
         while not stop.is_set():
             try:
-                link = Link.open(settings, client_id, clean_session=False, keepalive=keepalive)
-                codes = link.subscribe(subscription, QOS)
+                link = open_subscribed(settings, client_id, subscription, QOS, keepalive)
             except Refused as exc:
-                log.error("broker %s refused the connection: %s", address.url, exc)
+                log.error("broker %s refused the service: %s", address.url, exc)
                 if exc.fatal:
                     raise BrokerRefused(str(exc)) from None
                 stop.wait(backoff)
@@ -415,9 +413,6 @@ def run_service(
                 stop.wait(backoff)
                 backoff = min(max_backoff, backoff * 2)
                 continue
-            if any(code == SUBACK_FAILURE for code in codes):
-                link.close()
-                raise BrokerRefused(f"subscription to {subscription} refused (check the ACL)")
             stats.connections += 1
             log.info(
                 "connected to %s as %s (session %s), subscribed to %s",

@@ -426,8 +426,8 @@ def test_a_killed_ledger_process_is_replaced_and_nothing_is_lost_or_charged_twic
                     topic_root=root,
                     stop=stop,
                     on_ready=ready.set,
-                    batch_size=20,
-                    batch_window=0.005,
+                    batch_size=400,
+                    batch_window=0.3,  # batches large enough to be split over both lanes
                     max_backoff=0.5,
                 )
             )
