@@ -111,6 +111,68 @@ from = "bottom2C0"
 to = "C3top2"
 """
 
+GRID53 = """
+name = "grid5x3-left"
+description = "unseen: 5x3 grid, short turn pockets, the ambulance turns left at C1"
+[net]
+x_number = 5
+y_number = 3
+x_length = 240.0
+attach_length = 200.0
+lanes = 2
+speed_kmh = 50.0
+turn_lanes = 1
+turn_lane_length = 40.0
+cycle_s = 80
+yellow_s = 3
+left_green_s = 6
+[demand]
+window_s = 3600
+slice_s = 300
+peak_veh_per_h = 700.0
+offpeak_fraction = 0.45
+turn_left = 0.18
+turn_right = 0.12
+rate_noise = 0.15
+[[demand.emergency]]
+id = "ambulance"
+depart = 1800
+from = "left1A1"
+to = "C2top2"
+"""
+
+ARTERIAL5 = """
+name = "arterial5"
+description = "unseen: 5 signals 250 m apart, the ambulance runs west to east"
+[net]
+x_number = 5
+y_number = 1
+x_length = 250.0
+attach_length = 200.0
+lanes = 2
+speed_kmh = 50.0
+turn_lanes = 1
+turn_lane_length = 45.0
+cycle_s = 90
+yellow_s = 3
+left_green_s = 8
+[demand]
+window_s = 3600
+slice_s = 300
+peak_veh_per_h = 1000.0
+side_factor = 0.4
+main_axis = "x"
+offpeak_fraction = 0.4
+turn_left = 0.15
+turn_right = 0.1
+rate_noise = 0.15
+[[demand.emergency]]
+id = "ambulance"
+depart = 1700
+from = "left0A0"
+to = "E0right0"
+"""
+
 GRID_AMB = """
 [[demand.emergency]]
 id = "ambulance"
@@ -142,8 +204,10 @@ class Case:
 CASES = (
     Case("arterial", True, None, "arterial", 1),
     Case("grid-amb", True, "grid+", "grid", 1),
-    Case("arterial7", False, ARTERIAL7, None, 7),
+    Case("arterial7", True, ARTERIAL7, None, 7),  # seen since 2026-11-23 (see the notes)
     Case("grid4x4-two", False, GRID4, None, 5),
+    Case("grid5x3-left", False, GRID53, None, 11),
+    Case("arterial5", False, ARTERIAL5, None, 3),
 )
 
 

@@ -47,6 +47,10 @@ class CorridorSignal:
     other_lanes: tuple[str, ...] = ()
     """The approach edge's other lanes (those with no link onto the route's next edge): a
     queue there can stand between the ambulance and its own lane."""
+    edge_m: float = float("nan")
+    """Distance along the route where the approach edge begins (NaN: unknown). From there
+    on the ambulance is in its own lane; before, a queue in the other lanes longer than
+    the edge blocks its way in (a short turn pocket behind a long through queue)."""
 
 
 @dataclass(frozen=True)

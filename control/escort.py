@@ -88,6 +88,7 @@ SPILLBACK_SHARE = 0.6
 """A queue filling this share of the link back to the previous signal on the route blocks
 that signal's queue: the corridor opens the two together (downstream first)."""
 
+
 @dataclass(frozen=True, slots=True)
 class EscortSettings:
     """Escort timing. Queue discharge constants are measured in SUMO by
@@ -200,6 +201,8 @@ class _Escort:
     tracker: RouteTracker
     lanes: list[IntArray]
     trace: EscortTrace
+    others: list[IntArray] = field(default_factory=list)
+    """Per signal: the other lanes of the ambulance's approach edge."""
     passed: int = 0
     """Signals behind the ambulance (route order)."""
     since: dict[int, float] = field(default_factory=dict)
@@ -213,6 +216,9 @@ class _Escort:
     flushing: dict[int, tuple[float, float]] = field(default_factory=dict)
     """Signals serving the other lanes of the ambulance's approach (a queue there blocks the
     way to its own lane): until when, and since when."""
+    pre_flush: dict[int, float] = field(default_factory=dict)
+    """Signals serving the other lanes of the ambulance's approach before it comes (their
+    queue reaches back past its own lane): since when (NaN: done). Once per signal."""
     anchor_m: float = -math.inf
     moved_at: float = math.nan
     """Where and when the ambulance last moved ``MOVED_M`` (for futile holds)."""
@@ -281,6 +287,7 @@ class EscortController:
             RouteTracker(corridor, self.settings.tracker),
             lanes,
             trace,
+            others=[_lanes(index, sig.other_lanes) for sig in corridor.signals],
             flush=[self._flush_phase(sig) for sig in corridor.signals],
         )
         self.traces[req.vehicle] = trace
@@ -416,6 +423,15 @@ class EscortController:
                     )
                     continue
                 del escort.flushing[k]
+            if (
+                self.mode is EscortMode.CORRIDOR
+                and flush is not None
+                and self._pre_flush(escort, k, s, view, flush, (green_by, arrival, queues[k]), now)
+            ):
+                claims.setdefault(sig.intersection, []).append(
+                    Claim(escort.request.vehicle, escort.request.priority, arrival, (flush,))
+                )
+                continue
             if k in escort.since:
                 if (
                     now - escort.since[k] >= st.futile_hold_s
@@ -436,9 +452,7 @@ class EscortController:
                         )
                     else:
                         escort.paused[k] = (now + st.pause_s, now)
-                        trace.events.append(
-                            (now, sig.intersection, "ambulance not moving: paused")
-                        )
+                        trace.events.append((now, sig.intersection, "ambulance not moving: paused"))
                     continue
                 if now - escort.since[k] > st.max_hold_s:
                     escort.given_up.add(k)
@@ -500,6 +514,67 @@ class EscortController:
         best = max(range(len(served)), key=served.__getitem__)
         return best if served[best] > 0 and best not in sig.phases else None
 
+    def _pre_flush(
+        self,
+        escort: _Escort,
+        k: int,
+        s: float,
+        view: SignalView,
+        flush: int,
+        due: tuple[float, float, float],
+        now: float,
+    ) -> bool:
+        """Whether signal ``k`` serves the other lanes of the ambulance's approach now
+        (``due``: by when the ambulance's green should start, its arrival, and the queue
+        in its own lanes).
+
+        While the ambulance is still before its approach edge, the other lanes' queue can
+        reach back past that edge's start (a short turn pocket behind a through queue):
+        holding the ambulance's own phase early, to clear its pocket, only lets that queue
+        grow and shut the pocket. So the other lanes are served instead, and the
+        ambulance's own phase comes as late as it safely can (green ``margin_s`` before the
+        arrival, its pocket's few vehicles moving off ahead of it), or once the ambulance
+        is in its lane, or after ``pause_s``; once per signal, from when the ambulance's
+        own hold would begin. Only while the ambulance's own lane holds its queue with room
+        to spare (a late green clears a few vehicles, not a long queue)."""
+        st, sig = self.settings, escort.corridor.signals[k]
+        green_by, arrival, own = due
+        started = escort.pre_flush.get(k)
+        if started is None:
+            if self._blocking(escort, k, s) < 1:
+                return False
+            if own * JAM_SPACING_M > sig.stop_m - sig.edge_m:
+                return False
+            if k not in escort.since and not self._due(sig, view, s, green_by, now):
+                return False
+            escort.pre_flush[k] = started = now
+            escort.trace.events.append(
+                (now, sig.intersection, f"queue past its lane: flushing phase {flush}")
+            )
+        if math.isnan(started):
+            return False  # done for this signal
+        flowing = view.phase == flush and not view.in_clearance
+        late_green = arrival - st.margin_s
+        if (
+            s >= sig.edge_m
+            or now - started >= st.pause_s
+            or (flowing and self._due(sig, view, s, late_green, now))
+        ):
+            escort.pre_flush[k] = math.nan
+            if k in escort.since:
+                escort.since[k] = now  # the hold's futility is counted from here
+            return False
+        return True
+
+    def _blocking(self, escort: _Escort, k: int, s: float) -> float:
+        """Vehicles per lane of the other lanes' queue at signal ``k`` beyond the start of
+        the approach edge, while the ambulance is still before it (0 otherwise)."""
+        sig = escort.corridor.signals[k]
+        if not s < sig.edge_m or escort.others[k].size == 0:
+            return 0.0
+        room = (sig.stop_m - sig.edge_m) / JAM_SPACING_M
+        return max(0.0, self._queue(escort.others[k]) - room)
+
     def _resolve(self, x_id: str, claims: list[Claim], view: SignalView) -> tuple[int, str]:
         """The phase a contested signal serves, and whose claim won."""
         ranked = sorted(claims, key=lambda c: (-c.priority, c.arrival_s, c.vehicle))
@@ -534,7 +609,10 @@ class EscortController:
         rules = self.rules[x_id]
         st = self.settings
         settings = RecoverySettings(
-            st.lost_time_s, st.headway_s, rules.min_green_s, st.recovery_max_green_s,
+            st.lost_time_s,
+            st.headway_s,
+            rules.min_green_s,
+            st.recovery_max_green_s,
             st.recovery_max_s,
         )
         held = view.phase

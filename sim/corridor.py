@@ -78,12 +78,17 @@ def corridor_of(
             exit_m = stop_m + _dist(shape[-1], (float(start[0]), float(start[1])))
             approach = tuple(sorted({c.getFromLane().getID() for c in conns}))
             others = tuple(sorted({ln.getID() for ln in edge.getLanes()} - set(approach)))
-            signals.append(CorridorSignal(tl, stop_m, exit_m, approach, links, phases, others))
+            signals.append(
+                CorridorSignal(
+                    tl, stop_m, exit_m, approach, links, phases, others, edge_m=speed_from[-1]
+                )
+            )
     points = _dedupe(points)
     if len(points) < 2:
         raise ScenarioError(f"escort {vehicle}: the route has no length")
-    return Corridor(vehicle, Polyline(tuple(points)), tuple(speed_from), tuple(speeds),
-                    tuple(signals))
+    return Corridor(
+        vehicle, Polyline(tuple(points)), tuple(speed_from), tuple(speeds), tuple(signals)
+    )
 
 
 def serving_phases(x: Intersection, links: tuple[int, ...]) -> tuple[int, ...]:

@@ -352,6 +352,45 @@ def test_a_hold_the_ambulance_cannot_use_is_paused_and_asked_again() -> None:
     assert any(e == "preemption starts" and t > paused[-1] for t, e in events)
 
 
+def test_a_through_queue_past_a_short_pocket_is_served_before_the_ambulance_green() -> None:
+    """The ambulance's lane (in2, phase 1) is a 30 m pocket beside a through lane (in0,
+    phase 0) whose queue of 12 reaches back past the pocket's start: holding phase 1 early
+    would only let that queue grow and shut the pocket. The escort serves phase 0 first,
+    and phase 1 late: green ``margin_s`` before the arrival, and the ambulance never
+    stops."""
+    edge_m = STOP_M - 30.0
+    sig = CorridorSignal("x", STOP_M, EXIT_M, ("in2",), (2,), (1,), ("in0",), edge_m=edge_m)
+    route = Corridor("amb", Polyline(((0.0, 5000.0), (1500.0, 5000.0))), (0.0,), (SPEED,), (sig,))
+    amb = Ambulance("amb", 1)
+    escort = EscortController(
+        Stub(1), "corridor", layout(), lambda req: route, EnvelopeTiming(), EscortSettings()
+    )
+    w = World(escort, [amb], {"in0": 12.0})
+    w.run(120)
+    events = [(t, e) for t, _, e in escort.traces["amb"].events]
+    flushed = [t for t, e in events if e == "queue past its lane: flushing phase 0"]
+    assert flushed and flushed[0] < edge_m / SPEED, events
+    # phase 0 shown while the ambulance is on its way, although the controller wants 1
+    assert "GGrr" in w.shown[int(flushed[0]) + 1 : int(edge_m / SPEED)]
+    arrival = STOP_M / SPEED
+    green = green_start(w, 1, after=flushed[0])
+    margin = escort.settings.margin_s
+    assert arrival - margin - 8.0 <= green <= arrival - 1.0  # late, and still in time
+    assert amb.passed_at is not None and amb.stops == 0
+    # without the queue past the pocket, phase 1 is simply held for the ambulance
+    calm = World(
+        EscortController(
+            Stub(1), "corridor", layout(), lambda req: route, EnvelopeTiming(), EscortSettings()
+        ),
+        [Ambulance("amb", 1)],
+        {"in0": 2.0},
+    )
+    calm.run(120)
+    before = int(STOP_M / SPEED)  # (after it, the recovery serves phase 0)
+    assert not any(r.phase == 0 for r in calm.requests[:before])
+    assert not any("queue past" in e for _, _, e in calm.escort.traces["amb"].events)
+
+
 # --------------------------------------------------------------------------- the envelope
 
 
