@@ -185,10 +185,16 @@ to = "B2top1"
 CONFLICT_NOTE = (
     "\nNotes: `grid4x4-two` is built so that its two ambulances reach signal C1 within "
     "seconds of each other on crossing routes. The escorts resolve it by arrival (equal "
-    "priorities): the first one is served without a stop, the other waits for the change "
-    "interval and its own approach's queue, so it stops once. Civilian delay `vs none` over "
-    "the hour is within SUMO's run-to-run noise (another signal sequence reshuffles the whole "
-    "hour); the ±5 min column is the sharper measure of what an escort costs the others."
+    "priorities): the first one is served without a stop; the other must wait for the "
+    "change interval, and while the first one's hold lasts (about 20 s) the queue on its "
+    "own approach grows, so it stops once or twice (seed 2: twice, caught in that queue). "
+    "Serving the second approach's queue before the first ambulance's hold, and again "
+    "after it, is not done yet. Civilian delay `vs none` over the hour is within SUMO's "
+    "run-to-run noise (another signal sequence reshuffles the whole hour); the ±5 min "
+    "column is the sharper measure of what an escort costs the others. `arterial7` was "
+    "unseen until 2026-11-23, when one of its runs was studied while the turn-pocket rule "
+    "was developed (on `grid-amb`): it now counts as seen. `grid5x3-left` and `arterial5` "
+    "were written and run once after that rule was final."
 )
 
 

@@ -29,6 +29,11 @@ Modes:
   helping: when another lane of the ambulance's approach edge has a phase of its own (the
   ambulance is stuck in a through queue short of its turn pocket) that lane is flushed first,
   otherwise the hold is paused; either way the escort asks again once the ambulance moves.
+  Before that happens: when the ambulance is still short of a turn pocket whose other lanes'
+  queue reaches back past the pocket's start, and its own lane's queue fits in the pocket,
+  holding its phase early (to clear the pocket) would only let the through queue grow and
+  shut the pocket; the other lanes are served instead, and the ambulance's phase comes late
+  (green ``margin_s`` before it arrives), the Opticom timing.
 
 Conflicts (two escorts wanting one signal): the higher priority wins, then the earlier
 predicted arrival, then the vehicle id; a phase serving both is used when there is one. The
