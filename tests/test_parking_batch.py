@@ -345,6 +345,32 @@ def _bind_all(url: str, payloads: Sequence[tuple[str, bytes]]) -> int:
     return sum(1 for rid in ids if rid.endswith("-out") and rid.replace("-out", "-in") in ids)
 
 
+def _serve_in_thread(
+    url: str, sink: Any, client_id: str, root: str, **options: Any
+) -> tuple[threading.Thread, threading.Event, threading.Event, list[Any]]:
+    """``run_service`` on a thread: (the thread, its stop event, its ready event, a list
+    that receives its stats when it returns)."""
+    stop, ready = threading.Event(), threading.Event()
+    result: list[Any] = []
+
+    def serve() -> None:
+        result.append(
+            run_service(
+                url,
+                sink,
+                client_id=client_id,
+                topic_root=root,
+                stop=stop,
+                on_ready=ready.set,
+                **options,
+            )
+        )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, stop, ready, result
+
+
 def test_service_records_batches_into_the_ledger_once(
     mqtt_url: str, sessions: Sessions, root: str, fresh_url: Callable[[], str]
 ) -> None:
@@ -355,25 +381,9 @@ def test_service_records_batches_into_the_ledger_once(
     service_id = sessions.new("svc")
     listener = AckListener(mqtt_url, acks_topic("L01", root))
     pub = Publisher(mqtt_url)
-    stop, ready = threading.Event(), threading.Event()
-    result: list[Any] = []
-
-    def serve() -> None:
-        result.append(
-            run_service(
-                mqtt_url,
-                ledger,
-                client_id=service_id,
-                topic_root=root,
-                stop=stop,
-                on_ready=ready.set,
-                batch_size=16,
-                batch_window=0.01,
-            )
-        )
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    thread, stop, ready, result = _serve_in_thread(
+        mqtt_url, ledger, service_id, root, batch_size=16, batch_window=0.01
+    )
     try:
         assert ready.wait(10)
         infos = [pub.client.publish(reads_topic(lot, root), p, qos=1) for lot, p in payloads]
@@ -413,27 +423,16 @@ def test_a_killed_ledger_process_is_replaced_and_nothing_is_lost_or_charged_twic
         ledger = open_ledger(url)
         assert ledger.parallel_writers
         pub = Publisher(mqtt_url)
-        stop, ready = threading.Event(), threading.Event()
-        result: list[Any] = []
         before = set(multiprocessing.active_children())
-
-        def serve() -> None:
-            result.append(
-                run_service(
-                    mqtt_url,
-                    ledger,
-                    client_id=sessions.new("svc"),
-                    topic_root=root,
-                    stop=stop,
-                    on_ready=ready.set,
-                    batch_size=400,
-                    batch_window=0.3,  # batches large enough to be split over both lanes
-                    max_backoff=0.5,
-                )
-            )
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
+        thread, stop, ready, result = _serve_in_thread(
+            mqtt_url,
+            ledger,
+            sessions.new("svc"),
+            root,
+            batch_size=400,
+            batch_window=0.3,  # batches large enough to be split over both lanes
+            max_backoff=0.5,
+        )
         try:
             assert ready.wait(30)
             lanes = [p for p in multiprocessing.active_children() if p not in before]
@@ -498,27 +497,12 @@ def test_service_receives_while_a_batch_is_recorded_and_acks_only_after_its_comm
     listener = AckListener(mqtt_url, acks_topic("L01", root))
     sink = _GatedSink(ledger, listener)
     pub = Publisher(mqtt_url)
-    stop, ready = threading.Event(), threading.Event()
-    result: list[Any] = []
     first = [read_msg(f"a{i}", "in", f"浙A1000{i}", at(i), lot="L01") for i in range(3)]
     later = [read_msg(f"b{i}", "in", f"浙A2000{i}", at(10 + i), lot="L01") for i in range(3)]
 
-    def serve() -> None:
-        result.append(
-            run_service(
-                mqtt_url,
-                sink,
-                client_id=sessions.new("svc"),
-                topic_root=root,
-                stop=stop,
-                on_ready=ready.set,
-                batch_size=3,
-                batch_window=0.01,
-            )
-        )
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    thread, stop, ready, result = _serve_in_thread(
+        mqtt_url, sink, sessions.new("svc"), root, batch_size=3, batch_window=0.01
+    )
     try:
         assert ready.wait(10)
         for body in first:
