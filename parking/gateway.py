@@ -63,6 +63,7 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE acked_at IS NULL
 
 
 ACK_LINGER = 0.003  # seconds the loop waits for the rest of a burst of acks
+CONNECT_S = 3.0  # the loop waits this long at most for each step of a connection
 
 
 def gateway_client_id(lot_id: str) -> str:
@@ -280,10 +281,14 @@ def run_gateway(
     stream, owned = _feed_lines(feed)
     finished = threading.Event()  # tells the feed reader to stop
 
+    wake_lock = threading.Lock()  # the reader may outlive the loop: never write a closed fd
+    wake_open = [True]
+
     def put(event: tuple[str, str | None]) -> None:
         events.put(event)
-        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
-            os.write(wake_w, b"x")
+        with wake_lock, contextlib.suppress(BlockingIOError):  # a full pipe wakes it anyway
+            if wake_open[0]:
+                os.write(wake_w, b"x")
 
     def read_feed() -> None:
         try:
@@ -383,13 +388,20 @@ def run_gateway(
                     retry_at = time.monotonic() + backoff
             if exit_when_drained and feed_done and events.empty() and not outbox.pending_count():
                 break
+    except BaseException:
+        if link is not None:
+            link.abort()  # acks retired or not: PUBACK nothing more (the broker resends)
+            link = None
+        raise
     finally:
         finished.set()
         if link is not None:
             link.close()
         outbox.close()
-        os.close(wake_r)
-        os.close(wake_w)
+        with wake_lock:
+            wake_open[0] = False
+            os.close(wake_r)
+            os.close(wake_w)
     return stats
 
 
@@ -397,7 +409,7 @@ def _connect(settings: BrokerSettings, client_id: str, acks: str, keepalive: int
     """A link subscribed to the lot's acks (persistent session), or None to retry later;
     ``GatewayRefused`` when retrying cannot help."""
     try:
-        return open_subscribed(settings, client_id, acks, QOS, keepalive)
+        return open_subscribed(settings, client_id, acks, QOS, keepalive, timeout=CONNECT_S)
     except Refused as exc:
         log.error("broker %s refused gateway %s: %s", settings.address.url, client_id, exc)
         if exc.fatal:

@@ -37,6 +37,7 @@ from citybrain.parking.mqttwire import (
 )
 
 READ_SIZE = 256 * 1024
+CLOSE_GRACE_S = 0.1  # how long ``close`` reads what the broker still sends
 
 
 class ConnectionLost(ConnectionError):
@@ -58,15 +59,20 @@ class Refused(ConnectionError):
 
 
 def open_subscribed(
-    settings: BrokerSettings, client_id: str, topic_filter: str, qos: int, keepalive: int = 30
+    settings: BrokerSettings,
+    client_id: str,
+    topic_filter: str,
+    qos: int,
+    keepalive: int = 30,
+    timeout: float = 10.0,
 ) -> Link:
     """A link on the persistent session of ``client_id``, subscribed to ``topic_filter``.
 
     ``Refused`` when the broker refuses the login or the subscription, ``OSError`` when it
     cannot be reached or the connection drops before the SUBACK."""
-    link = Link.open(settings, client_id, clean_session=False, keepalive=keepalive)
+    link = Link.open(settings, client_id, clean_session=False, keepalive=keepalive, timeout=timeout)
     try:
-        codes = link.subscribe(topic_filter, qos)
+        codes = link.subscribe(topic_filter, qos, timeout)
     except BaseException:
         link.abort()
         raise
@@ -108,9 +114,9 @@ class Link:
         broker cannot be reached (or the TLS handshake fails)."""
         address = settings.address
         raw = socket.create_connection((address.host, address.port), timeout=timeout)
+        sock: socket.socket = raw
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock: socket.socket = raw
             if address.tls:
                 context = ssl.create_default_context(cafile=settings.ca_file)
                 sock = context.wrap_socket(raw, server_hostname=address.host)
@@ -131,7 +137,10 @@ class Link:
                 data = sock.recv(READ_SIZE)
                 if not data:
                     raise ConnectionLost("the broker closed the connection before CONNACK")
-                packets = decoder.feed(data)
+                try:
+                    packets = decoder.feed(data)
+                except ValueError as exc:  # not an MQTT broker (say TLS or HTTP)
+                    raise ConnectionLost(f"the broker sent garbage: {exc}") from None
                 if packets:
                     break
             first = packets[0]
@@ -146,6 +155,7 @@ class Link:
             link._early = [p for p in link._take(packets[1:]) if isinstance(p, Publish)]
             return link
         except BaseException:
+            sock.close()
             raw.close()
             raise
 
@@ -209,7 +219,15 @@ class Link:
         try:
             self._out += DISCONNECT_PACKET
             self.flush()
-        except ConnectionLost:
+            # Read what the broker already sent before closing: closing with unread input
+            # resets the connection, and the broker may then drop our last packets.
+            self._sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + CLOSE_GRACE_S
+            while (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select([self._sock.fileno()], [], [], left)
+                if not ready or not self._sock.recv(READ_SIZE):
+                    break
+        except (OSError, ValueError):
             pass
         self.abort()
 
@@ -240,8 +258,7 @@ class Link:
     def _receive(self, timeout: float, wake: int | None, want: type | None = None) -> list[object]:
         if self.closed:
             raise ConnectionLost("the connection is closed")
-        now = time.monotonic()
-        self._keepalive(now)
+        self._ping_if_due(time.monotonic())
         limit = self.keepalive * 0.5 if self.keepalive else timeout
         wait = max(0.0, min(timeout, limit))
         pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
@@ -255,6 +272,7 @@ class Link:
                 self.abort()
                 raise ConnectionLost(f"waiting on the socket failed: {exc}") from None
             if self._sock.fileno() not in ready:
+                self._check_silence(time.monotonic())
                 return []
         chunks: list[bytes] = []
         try:
@@ -283,12 +301,15 @@ class Link:
             self._early += [p for p in rest if isinstance(p, Publish)]
         return rest
 
-    def _keepalive(self, now: float) -> None:
-        if not self.keepalive:
-            return
-        if now - self._heard_at > self.keepalive * 1.5:
+    def _check_silence(self, now: float) -> None:
+        """Nothing was waiting on the socket: a broker silent for 1.5 keepalives is gone."""
+        if self.keepalive and now - self._heard_at > self.keepalive * 1.5:
             self.abort()
             raise ConnectionLost(f"the broker was silent for {now - self._heard_at:.0f} s")
+
+    def _ping_if_due(self, now: float) -> None:
+        if not self.keepalive:
+            return
         half = self.keepalive * 0.5
         quiet = now - self._sent_at >= half or now - self._heard_at >= half
         if quiet and not self._ping_out:

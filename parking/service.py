@@ -42,6 +42,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -651,6 +652,9 @@ class _RemoteSink:
         self._start()
 
     def _start(self) -> None:
+        old = getattr(self, "_conn", None)
+        if old is not None:
+            old.close()
         self._conn, child = self._context.Pipe()
         self._process = self._context.Process(
             target=_lane_main, args=(child, self._factory), name="parking-lane", daemon=True
@@ -681,7 +685,9 @@ class _RemoteSink:
 
 
 def _lane_main(conn: Connection, factory: Callable[[], BatchReadSink]) -> None:
-    """A lane process: record what arrives, answer ``[(kind, read_id)]`` or the error."""
+    """A lane process: record what arrives, answer ``[(kind, read_id)]`` or the error.
+    Ctrl-C is for the service: it stops the lanes by closing their pipes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sink = factory()
     while True:
         try:

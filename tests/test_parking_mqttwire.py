@@ -184,3 +184,29 @@ def test_keepalive_pings_and_a_closed_link_refuses_work(
     link.close()
     with pytest.raises(ConnectionLost):
         link.poll(0.1)
+
+
+def test_a_server_that_is_not_an_mqtt_broker_is_a_lost_connection_not_a_crash() -> None:
+    """Garbage instead of a CONNACK (a TLS or HTTP port, say) is an ``OSError`` the
+    service and the gateways retry after, not an exception that ends them."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)  # the CONNECT
+            conn.sendall(b"\x10\x00")  # a CONNECT back: no broker sends one
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ConnectionLost, match="garbage"):
+            Link.open(BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}"), "x", clean_session=True)
+        assert issubclass(ConnectionLost, OSError)
+    finally:
+        thread.join(5)
+        server.close()
