@@ -324,6 +324,7 @@ def child_gateway(args: argparse.Namespace) -> None:
         topic_root=args.root,
         exit_when_drained=True,
         stop=stop,
+        on_connect=lambda: print("READY", flush=True),
     )
     print(json.dumps({"cpu_s": time.process_time() - start}), flush=True)
 
@@ -363,8 +364,8 @@ def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         if line.strip() == b"READY":
             return
         if not line:
-            raise RuntimeError(f"service exited with {proc.wait()}")
-    raise TimeoutError("service did not subscribe")
+            raise RuntimeError(f"{proc.args[3]} exited with {proc.wait()}")
+    raise TimeoutError(f"{proc.args[3]} did not connect within {timeout:.0f} s")
 
 
 # ---------------------------------------------------------------------------- acks
@@ -558,7 +559,8 @@ def run_once(
             if kind == "latency":
                 pipes = {lot: gw.stdin for lot, gw in zip(work.lots, gateways, strict=True)}
                 pacer = threading.Thread(target=pace, args=(work, pipes, args.rate, sent))
-                time.sleep(2.0)  # the gateways connect before the clock starts
+                for gw in gateways:  # the clock starts once every gateway is connected
+                    wait_ready(gw)
                 pacer.start()
             with tqdm(total=len(work.lines), desc=f"{db} {kind}", unit="read") as bar:
                 last, idle_since = 0, time.monotonic()

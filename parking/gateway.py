@@ -257,13 +257,14 @@ def run_gateway(
     exit_when_drained: bool = False,
     stop: threading.Event | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_connect: Callable[[], None] | None = None,
 ) -> GatewayStats:
     """Feed ``lot``'s camera reads to the broker until ``stop`` is set (or, with
     ``exit_when_drained``, until the feed has ended and every read is acknowledged).
 
     ``feed`` is a path, ``"-"`` for stdin, or an open text stream of JSON lines. Reconnects
     by itself (back-off 1 to 10 s); raises ``GatewayRefused`` on bad credentials or a
-    refused subscription.
+    refused subscription. ``on_connect`` is called after each subscription to the acks.
     """
     lot = check_lot_id(lot)
     settings = BrokerSettings.from_url(
@@ -328,6 +329,8 @@ def run_gateway(
                     stats.connections += 1
                     send_window.reset()
                     log.info("gateway %s connected to %s", lot, address.url)
+                    if on_connect is not None:
+                        on_connect()
             acks: list[str] = []
             try:
                 if link is not None:

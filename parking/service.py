@@ -114,6 +114,7 @@ RecordMany = Callable[[Sequence[tuple[str, bytes, datetime]]], Sequence[RecordOu
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_BATCH_WINDOW = 0.005  # seconds
 LANES = 2  # transactions side by side per batch, for a sink that takes concurrent writers
+LANE_START_S = 60.0  # seconds a ledger process may take to start and open the ledger
 MIN_PART = 50  # messages: a batch is split only into parts at least this large
 
 
@@ -661,6 +662,16 @@ class _RemoteSink:
         )
         self._process.start()
         child.close()
+        # Ready before the service says it is: a first batch must not wait for imports.
+        if not self._conn.poll(LANE_START_S):
+            self._process.kill()
+            raise RuntimeError(f"a ledger process did not start within {LANE_START_S:.0f} s")
+        try:
+            hello = self._conn.recv()
+        except (EOFError, OSError):
+            hello = f"it exited with {self._process.exitcode}"
+        if hello != "ready":
+            raise RuntimeError(f"a ledger process could not open the ledger: {hello}")
 
     def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> list[Outcome]:
         if not self._process.is_alive():
@@ -688,7 +699,12 @@ def _lane_main(conn: Connection, factory: Callable[[], BatchReadSink]) -> None:
     """A lane process: record what arrives, answer ``[(kind, read_id)]`` or the error.
     Ctrl-C is for the service: it stops the lanes by closing their pipes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sink = factory()
+    try:
+        sink = factory()
+    except Exception as exc:
+        conn.send(f"{type(exc).__name__}: {exc}")
+        return
+    conn.send("ready")
     while True:
         try:
             items = conn.recv()

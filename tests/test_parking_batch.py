@@ -703,3 +703,16 @@ def test_a_batch_fails_when_its_ledger_process_dies_and_the_next_goes_to_a_new_o
         assert [(o.read_id, o.kind) for o in again] == [("d", "recorded")]
     finally:
         remote.close()
+
+
+def _unopenable() -> Any:
+    raise ValueError("no database here")
+
+
+def test_a_ledger_process_that_cannot_open_its_ledger_fails_at_start() -> None:
+    """A ledger process reports ready only once its ledger is open, so the service says
+    it is ready (and takes reads) only then, and a ledger it cannot open fails at start."""
+    from citybrain.parking.service import _RemoteSink
+
+    with pytest.raises(RuntimeError, match="no database here"):
+        _RemoteSink(_unopenable)
