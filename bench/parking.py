@@ -910,7 +910,9 @@ What changed on 2026-11-23 (profiles with py-spy over every thread and process):
 3. The same command on this machine before these changes, the same morning: 1,450-1,790
    reads/s into PostgreSQL (service about 400-450 µs per read). After: 2,300-3,080 reads/s
    in repeated runs of the throughput row alone; consecutive runs of the same code differ by
-   up to 25 % on this shared machine, so a single row is one draw, not a constant.\
+   up to 25 % on this shared machine, so a single row is one draw, not a constant. The
+   latency row too: p99 at 500 reads/s was 82 ms in a run at 04:59 UTC and 108-139 ms in
+   runs at 06:20 (load average about 3 from other jobs), with the same service design.\
 """
 
 
