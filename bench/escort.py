@@ -21,13 +21,10 @@ one signal (a conflict resolved by the escorts' priorities and arrivals).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from citybrain.control.escort import EscortSettings
+from citybrain.sim.benchreport import machine, write_section
 from citybrain.sim.library import build_scenario, load_spec
 from citybrain.sim.runner import RunOptions, run, sumo_version
 
@@ -315,8 +313,9 @@ def table(results: list[dict[str, Any]], cases: list[Case], seeds: list[int]) ->
             ]
             if mode != "none":
                 civ_ok[mode] += [c <= 0.05 for c in changes]
-            change = f"{100 * statistics.mean(changes):+.1f} %" if mode != "none" else ""
-            wchange = f"{100 * statistics.mean(wchanges):+.1f} %" if mode != "none" else ""
+            against = mode != "none" and changes  # blank for `none`, and without `none` runs
+            change = f"{100 * statistics.mean(changes):+.1f} %" if against else ""
+            wchange = f"{100 * statistics.mean(wchanges):+.1f} %" if against else ""
             lines.append(
                 f"| {case.name} | {'yes' if case.seen else 'no'} | {mode} "
                 f"| {statistics.mean(ratios):.2f}, {max(ratios):.2f} "
@@ -326,6 +325,8 @@ def table(results: list[dict[str, Any]], cases: list[Case], seeds: list[int]) ->
     lines.append("")
     for mode in MODES:
         ok, civ = targets[mode], civ_ok[mode]
+        if not ok:
+            continue  # not run
         extra = f"; civilian delay within +5 % in {sum(civ)}/{len(civ)} runs" if civ else ""
         lines.append(
             f"- `{mode}`: {sum(ok)}/{len(ok)} ambulance trips within 1.2x free flow with no "
@@ -334,18 +335,6 @@ def table(results: list[dict[str, Any]], cases: list[Case], seeds: list[int]) ->
     if any(c.name == "grid4x4-two" for c in cases):
         lines.append(CONFLICT_NOTE)
     return "\n".join(lines)
-
-
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    section = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main() -> int:
@@ -375,18 +364,13 @@ def main() -> int:
     print(body)
     if args.write:
         cmd = "python bench/escort.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-            check=False,
-        ).stdout.strip()
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        info = machine(ROOT)
         esc = EscortSettings()
         head = (
             "## Ambulance escort: none vs local vs corridor\n\n"
             f"Command: `{cmd}`\n\n"
-            f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, SUMO {sumo_version()}, {stamp}; code {commit} + "
-            "uncommitted changes.\n\n"
+            f"Machine: {info['platform']}, {info['cores']} cores, Python {info['python']}, "
+            f"SUMO {info['sumo']}, {info['date']}; code {info['code']}.\n\n"
             f"Controller `adaptive`, seeds {args.seeds}, the whole hour of each scenario "
             "(ambulances at the peak). Ratios: travel time over the free-flow time (alone on "
             "the empty net, all signals green). Civilian delay: RESCO's mean delay of the "
@@ -398,7 +382,7 @@ def main() -> int:
             f"SUMO {sumo_version()}, 1 s steps): headway {esc.headway_s:g} s, start-up lost "
             f"time {esc.lost_time_s:g} s, crossing {esc.cross_s:g} s.\n"
         )
-        write_section(args.write, head + "\n" + body)
+        write_section(args.write, BEGIN, END, f"{BEGIN}\n{head}\n{body}\n{END}")
         print(f"wrote the escort section of {args.write}")
     return 0
 

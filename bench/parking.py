@@ -40,7 +40,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import random
 import signal
 import statistics
@@ -57,6 +56,8 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 from tqdm import tqdm
+
+from citybrain.sim.benchreport import machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- parking-bench:begin -->", "<!-- parking-bench:end -->"
@@ -748,17 +749,11 @@ def broker_url(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, s
 # ---------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def machine_text() -> str:
+    info = machine(ROOT)
     return (
-        f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, {mosquitto_version()}, {now}"
+        f"{info['platform']}, {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
+        f"{mosquitto_version()}, {info['date']}; code {info['code']}"
     )
 
 
@@ -779,7 +774,7 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"Machine: {machine()}. Broker: {broker_text}. Shared machine: load average (1 min) "
+        f"Machine: {machine_text()}. Broker: {broker_text}. Shared machine: load average (1 min) "
         f"{args.load[0]:.1f} when the run started, {os.getloadavg()[0]:.1f} when it ended "
         "(other people's jobs ran beside it).",
         "",
@@ -916,21 +911,6 @@ What changed on 2026-11-23 (profiles with py-spy over every thread and process):
 """
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace only the text between the markers (append the section when absent)."""
-    block = f"{BEGIN}\n{section}{END}\n"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -1004,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(args, runs, ceiling_rate, broker_text)
     print(section)
     if args.write is not None:
-        write_section(args.write, section)
+        write_section(args.write, BEGIN, END, f"{BEGIN}\n{section}{END}")
         print(f"wrote the parking-bench section of {args.write}", file=sys.stderr)
     return 0 if all(not r.problems for r in runs) else 1
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from citybrain.sim.benchreport import delay_chart, machine
+from citybrain.sim.benchreport import delay_chart, machine, write_section
 from citybrain.sim.metrics import summarize
 from citybrain.sim.scenario import load_scenario
 
@@ -284,17 +284,6 @@ def section(
     return "\n".join([*parts, end, ""])
 
 
-def write_markdown(path: Path, text: str, controllers: list[str]) -> None:
-    begin, end = markers(controllers)
-    old = path.read_text() if path.is_file() else INTRO
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        new = head + text.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--resco", type=Path, default=ROOT / ".." / "shared" / "scenarios" / "resco")
@@ -338,7 +327,7 @@ def main() -> int:
         {"command": command, "machine": info, "ratios": ratios,
          "runs": [asdict(r) for r in results]}, indent=2) + "\n")
     if args.write:
-        write_markdown(args.write, text, args.controllers)
+        write_section(args.write, *markers(args.controllers), text, INTRO)
         if len(args.controllers) > 2:
             charts(results, args.maps, args.controllers, ROOT / "bench" / "charts")
     return 1 if any(r.error for r in results) else 0
@@ -354,7 +343,7 @@ def report_only(args: argparse.Namespace) -> int:
     text = section(saved["command"], saved["machine"], body, ratios, results, controllers)
     print(text)
     if args.write:
-        write_markdown(args.write, text, controllers)
+        write_section(args.write, *markers(controllers), text, INTRO)
         if len(controllers) > 2:
             charts(results, maps, controllers, ROOT / "bench" / "charts")
     return 0

@@ -59,7 +59,7 @@ from typing import Any
 import sumolib
 from tqdm import tqdm
 
-from citybrain.sim.benchreport import delay_chart, machine
+from citybrain.sim.benchreport import delay_chart, machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- unseen-bench:begin -->", "<!-- unseen-bench:end -->"
@@ -413,17 +413,6 @@ def section(
     return "\n".join([*parts, END, ""])
 
 
-def write_markdown(path: Path, text: str) -> None:
-    """Replace only this bench's section (append it when absent): a quick read-modify-write."""
-    old = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def _csv(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -486,7 +475,7 @@ def main() -> int:
     }, indent=2) + "\n")
     if args.write:
         charts(results, scenarios, args.controllers, ROOT / "bench" / "charts")
-        write_markdown(args.write, text)
+        write_section(args.write, BEGIN, END, text)
     return 1 if any(r.error for r in results) else 0
 
 

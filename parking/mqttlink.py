@@ -209,9 +209,6 @@ class Link:
             return early
         return [p for p in self._receive(timeout, wake) if isinstance(p, Publish)]
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
     def close(self) -> None:
         """Send what is queued and DISCONNECT (the session stays, if it was kept)."""
         if self.closed:

@@ -35,6 +35,24 @@ def machine(repo: Path) -> dict[str, Any]:
     }
 
 
+def write_section(
+    path: Path, begin: str, end: str, block: str, intro: str = "# Benchmarks\n"
+) -> None:
+    """Put ``block`` (from the ``begin`` marker to the ``end`` marker) into the markdown file
+    ``path``: in place of the text between those markers, or appended when they are absent
+    (a new file starts with ``intro``). Written atomically."""
+    text = path.read_text(encoding="utf-8") if path.exists() else intro
+    block = block.rstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def git(repo: Path, *args: str) -> str:
     proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else "?"
