@@ -64,6 +64,7 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE acked_at IS NULL
 
 ACK_LINGER = 0.003  # seconds the loop waits for the rest of a burst of acks
 CONNECT_S = 3.0  # the loop waits this long at most for each step of a connection
+IDLE_POLL_S = 0.25  # with nothing to do, the loop looks at ``stop`` this often
 
 
 def gateway_client_id(lot_id: str) -> str:
@@ -334,7 +335,8 @@ def run_gateway(
             acks: list[str] = []
             try:
                 if link is not None:
-                    arrived = link.poll(0.05, wake_r)
+                    wait = min(IDLE_POLL_S, send_window.next_due(time.monotonic()))
+                    arrived = link.poll(wait, wake_r)
                     if arrived and arrived[0].topic == in_topic:
                         # The service acks a whole batch at once: let the burst arrive, so
                         # that one retirement (one transaction) serves it.
@@ -350,7 +352,7 @@ def run_gateway(
                             log.warning("ignoring a malformed ack: %s", exc)
                 else:
                     select.select(
-                        [wake_r], [], [], min(0.05, max(0.0, retry_at - time.monotonic()))
+                        [wake_r], [], [], min(IDLE_POLL_S, max(0.0, retry_at - time.monotonic()))
                     )
             except ConnectionLost as exc:
                 log.info("gateway %s disconnected: %s", lot, exc)

@@ -42,6 +42,7 @@ import time
 import tomllib
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -67,14 +68,16 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     text,
+    true,
     update,
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
@@ -146,6 +149,7 @@ SQLITE_BUSY_MS = 30_000
 MIGRATIONS = "citybrain.parking:migrations"  # Alembic script location (package resource)
 _RETRIES = 5
 _RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+_CHECKED_BATCHES = 50  # after a batch with a stored read id, check this many first
 T = TypeVar("T")
 
 
@@ -582,10 +586,26 @@ def _passages_query(postgres: bool) -> Any:
     return sa_select(table).where(table.c.passage_id.in_(_ids(postgres)))
 
 
+def _per_key(name: str, inner: Any, key: Any) -> Any:
+    """PostgreSQL: ``inner`` (a select) run once per element of the array parameter
+    ``name``, with ``key == element``: a nested loop over the array that reaches the rows
+    through the index on ``key`` whatever the planner thinks of the table (``OFFSET 0``
+    keeps the subquery from being flattened into a join). A semi-join of the array with a
+    table of a few thousand rows is planned as a scan of the whole table, which grows with
+    the ledger until its statistics catch up; this costs the same at any size."""
+    keys = func.unnest(bindparam(name, type_=postgresql.ARRAY(String)))
+    k = keys.table_valued("key").render_derived().alias("k")
+    lateral = inner.where(key == k.c.key).offset(literal_column("0")).lateral("x")
+    return sa_select(*lateral.c).select_from(k).join(lateral, true())
+
+
 @cache
 def _bindings_query(postgres: bool) -> Any:
     binding = _table("binding")
-    return sa_select(binding.c.plate, binding.c.account).where(binding.c.plate.in_(_ids(postgres)))
+    columns = sa_select(binding.c.plate, binding.c.account)
+    if postgres:
+        return _per_key("ids", columns, binding.c.plate)
+    return columns.where(binding.c.plate.in_(_ids(postgres)))
 
 
 @cache
@@ -805,6 +825,10 @@ class _Loaded:
             ],
         )
 
+    def read_ids(self) -> set[str]:
+        """The ids of the stored reads loaded as evidence."""
+        return {r.read_id for reads in self.evidence.values() for r in reads}
+
     def plates(self) -> set[str]:
         """Every plate the loaded state was read as (sessions, passages, their reads)."""
         out = {r.plate for r in self.sessions.values()}
@@ -865,14 +889,10 @@ def _evidence_query(postgres: bool) -> Any:
     c = read.c
     columns = (link.c.passage_id, c.read_id, c.lot_id, c.camera_id, c.direction, c.raw_plate)
     if postgres:
-        ids = bindparam("pids", type_=postgresql.ARRAY(String))
-        keys = func.unnest(ids).table_valued("pid").render_derived().alias("k")
-        return (
-            sa_select(*columns, c.confidence, c.ts)
-            .select_from(keys)
-            .join(link, link.c.passage_id == keys.c.pid)
-            .join(read, link.c.read_id == c.read_id)
+        inner = sa_select(*columns, c.confidence, c.ts).join_from(
+            link, read, link.c.read_id == c.read_id
         )
+        return _per_key("pids", inner, link.c.passage_id)
     return (
         sa_select(*columns, c.confidence, c.ts)
         .join_from(link, read, link.c.read_id == c.read_id)
@@ -1098,6 +1118,8 @@ class Ledger:
         self.grace = grace
         self.window = window
         self._postgres = engine.dialect.name == "postgresql"
+        # Batches left to check for known read ids before writing (see _record_batch).
+        self._check_known = 0
 
     @property
     def parallel_writers(self) -> bool:
@@ -1161,7 +1183,26 @@ class Ledger:
         prepared = [self._prepare(RecordItem(*item)) for item in items]
         if not prepared:
             return []
-        return self._retrying(lambda: self._record_batch(prepared))
+        return self._retrying(lambda: self._record_batch_once(prepared))
+
+    def _record_batch_once(self, batch: list[_Prepared]) -> list[RecordOutcome]:
+        """``_record_batch``, first without asking which read ids are already stored.
+
+        Nearly every read arrives once, so the batch is first written as if all its reads
+        were new: the read inserts skip stored ids and count what they added, and a stored
+        id makes the count fall short (or a passage or link collide): the transaction rolls
+        back and the batch is recorded again, checking every id first; so are the next
+        batches for a while (a gateway replaying after an outage sends many). Outcomes and
+        stored state are the same either way; only the round trips differ. (A stored read
+        of the same content is seen among the loaded passages' evidence before anything is
+        decided; one of other content collides on its id or its passage's.)"""
+        if self._check_known == 0:
+            try:
+                return self._record_batch(batch, check_known=False)
+            except (_Collision, IntegrityError):
+                self._check_known = _CHECKED_BATCHES
+        self._check_known -= 1
+        return self._record_batch(batch, check_known=True)
 
     def expire(self, now: datetime) -> tuple[str, ...]:
         """Send what waited past the grace period to review; returns those session ids.
@@ -1328,8 +1369,10 @@ class Ledger:
             return _Prepared(topic, lot, payload, item.received_at, None, rejection)
         return _Prepared(topic, lot, payload, item.received_at, parsed, None)
 
-    def _record_batch(self, batch: list[_Prepared]) -> list[RecordOutcome]:
-        """One transaction: lots locked, reads classified, new reads applied, all written."""
+    def _record_batch(self, batch: list[_Prepared], *, check_known: bool) -> list[RecordOutcome]:
+        """One transaction: lots and plates locked, reads classified (against the stored
+        ones with ``check_known``; otherwise within the batch, every id taken as new), new
+        reads applied, all written."""
         outcomes: list[RecordOutcome] = []
         dead: dict[str, dict[str, Any]] = {}  # by digest: a bad message twice is kept once
         fresh: list[tuple[int, Read, datetime, bytes]] = []
@@ -1345,8 +1388,15 @@ class Ledger:
 
         with self.engine.begin() as conn:
             valid = [p.msg for p in batch if p.msg is not None]
-            self._lock_keys(conn, (f"lot:{m.lot_id}" for m in valid))
-            known = _known_reads(conn, {m.read_id for m in valid}, self._postgres)
+            # The reads' lots and plates, in one statement (sorted: lots before plates).
+            plates = {normalize(m.plate) for m in valid}
+            keys = [*(f"lot:{m.lot_id}" for m in valid), *(f"plate:{p}" for p in plates)]
+            self._lock_keys(conn, keys)
+            known = (
+                _known_reads(conn, {m.read_id for m in valid}, self._postgres)
+                if check_known
+                else {}
+            )
             for p in batch:
                 msg = p.msg
                 if msg is None:
@@ -1369,7 +1419,7 @@ class Ledger:
                     reject(p, msg.lot_id, Rejection(DeadReason.READ_ID_CONFLICT, why, msg.read_id))
             writes = _Writes(conn)
             if fresh:
-                changed = self._apply_reads(conn, writes, fresh)
+                changed = self._apply_reads(conn, writes, fresh, plates, check_known)
                 for index, sessions in changed.items():
                     outcomes[index] = replace(outcomes[index], sessions=sessions)
             writes.insert(_table("dead_letter"), list(dead.values()), ignore="digest")
@@ -1378,7 +1428,12 @@ class Ledger:
         return outcomes
 
     def _apply_reads(
-        self, conn: Connection, writes: _Writes, fresh: list[tuple[int, Read, datetime, bytes]]
+        self,
+        conn: Connection,
+        writes: _Writes,
+        fresh: list[tuple[int, Read, datetime, bytes]],
+        locked: AbstractSet[str],
+        check_known: bool,
     ) -> dict[int, tuple[str, ...]]:
         """Store new reads and apply the matching rules to them, in order, on the persisted
         state of their (lot, look-alike key); returns the sessions each read changed."""
@@ -1390,11 +1445,13 @@ class Ledger:
             count=True,
         )
         state = _load_state(conn, reads, self.window, self._postgres)
+        if not check_known and not state.read_ids().isdisjoint(r.read_id for r in reads):
+            raise _Collision("a read of the batch is stored already")  # redone, checked
         book = state.book(self.grace, self.window)
         # Money: every plate a stay closed by this batch can have been read as is among
         # these (after the lots, one statement, sorted): locked, their accounts read.
         checked = state.plates() | {r.plate for r in reads}
-        bindings = self._bound_accounts(conn, checked)
+        bindings = self._bound_accounts(conn, checked, locked)
         created: list[str] = []  # new passages, in creation order
         grown: set[str] = set()  # loaded passages a read joined
         links: list[dict[str, str]] = []
@@ -1500,11 +1557,14 @@ class Ledger:
         writes.insert(sessions, new)
         writes.update(sessions, "session_id", old)
 
-    def _bound_accounts(self, conn: Connection, plates: set[str]) -> dict[str, str]:
-        """Accounts bound to ``plates``, holding their locks until the end of the transaction."""
+    def _bound_accounts(
+        self, conn: Connection, plates: set[str], locked: AbstractSet[str] = frozenset()
+    ) -> dict[str, str]:
+        """Accounts bound to ``plates``, holding their locks until the end of the transaction
+        (``locked``: plates this transaction has already locked)."""
         if not plates:
             return {}
-        self._lock_keys(conn, (f"plate:{p}" for p in plates))
+        self._lock_keys(conn, (f"plate:{p}" for p in plates - locked))
         rows = conn.execute(_bindings_query(self._postgres), {"ids": sorted(plates)})
         return {plate: account for plate, account in rows}
 

@@ -348,6 +348,13 @@ class SendWindow:
         for read_id in read_ids:
             self._sent_at.pop(read_id, None)
 
+    def next_due(self, now: float) -> float:
+        """Seconds from ``now`` until the earliest read in flight is due again (``inf``
+        when none is in flight)."""
+        if not self._sent_at:
+            return math.inf
+        return max(0.0, min(self._sent_at.values()) + self.resend_after - now)
+
     def due(self, head: Sequence[str], now: float) -> tuple[list[str], list[str]]:
         """``(first_sends, resends)`` among ``head``, recorded as sent at ``now``."""
         head = head[: self.size]
