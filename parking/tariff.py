@@ -72,6 +72,8 @@ class Tariff:
     rates: tuple[RateBand, ...]
     # Band index for every minute of the local day, filled in by __post_init__.
     _band_of_minute: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # The price of a unit starting in each minute of the local day (the same, flattened).
+    _cents_of_minute: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key = f"lots.{self.lot_id}"
@@ -88,7 +90,10 @@ class Tariff:
                 if not _is_hhmm(value):
                     raise ConfigError(f"{key}.rates[{i}].{name} must be HH:MM, not {value!r}")
             _check_cents(f"{key}.rates[{i}].cents_per_unit", band.cents_per_unit)
-        object.__setattr__(self, "_band_of_minute", _cover_day(key, self.rates))
+        bands = _cover_day(key, self.rates)
+        object.__setattr__(self, "_band_of_minute", bands)
+        cents = tuple(self.rates[b].cents_per_unit for b in bands)
+        object.__setattr__(self, "_cents_of_minute", cents)
 
     def band_at(self, local: datetime | time) -> RateBand:
         """The band in force at a local wall-clock time."""
@@ -141,24 +146,35 @@ def fee(tariff: Tariff, entry_at: datetime, exit_at: datetime) -> Fee:
     duration = end - start
     if duration <= timedelta(minutes=tariff.free_minutes):
         return Fee(tariff.lot_id, entry_at, exit_at, duration, True, 0, (), 0)
-    unit = timedelta(minutes=tariff.unit_minutes)
+    unit_minutes = tariff.unit_minutes
+    unit = timedelta(minutes=unit_minutes)
     units = -((-duration) // unit)  # ceil, exact in microseconds
-    counts: dict[int, list[int]] = {}  # window index -> [units, raw cents]
+    # Unit k starts k * unit_minutes whole minutes after the entry: its 24-hour window is
+    # that // MINUTES_PER_DAY, and its price that of the local minute it starts in (bands
+    # change on whole minutes, so the seconds never matter).
+    count = (units - 1) * unit_minutes // MINUTES_PER_DAY + 1
+    unit_counts = [0] * count
+    raw_cents = [0] * count
+    price = tariff._cents_of_minute
+    zone = tariff.timezone
+    at = start
     for k in range(units):
-        offset = k * unit
-        local = (start + offset).astimezone(tariff.timezone)
-        slot = counts.setdefault(offset // DAY, [0, 0])
-        slot[0] += 1
-        slot[1] += tariff.band_at(local).cents_per_unit
+        local = at.astimezone(zone)
+        window = k * unit_minutes // MINUTES_PER_DAY
+        unit_counts[window] += 1
+        raw_cents[window] += price[local.hour * 60 + local.minute]
+        at += unit
+    cap = tariff.daily_cap_cents
     windows = tuple(
         WindowFee(
             index=i,
-            start=(start + i * DAY).astimezone(tariff.timezone),
+            start=(start + i * DAY).astimezone(zone),
             units=n,
             raw_cents=raw,
-            cents=raw if tariff.daily_cap_cents is None else min(raw, tariff.daily_cap_cents),
+            cents=raw if cap is None else min(raw, cap),
         )
-        for i, (n, raw) in sorted(counts.items())
+        for i, (n, raw) in enumerate(zip(unit_counts, raw_cents, strict=True))
+        if n
     )
     total = sum(w.cents for w in windows)
     return Fee(tariff.lot_id, entry_at, exit_at, duration, False, units, windows, total)
