@@ -337,9 +337,13 @@ def run_gateway(
                 if link is not None:
                     wait = min(IDLE_POLL_S, send_window.next_due(time.monotonic()))
                     arrived = link.poll(wait, wake_r)
-                    if arrived and arrived[0].topic == in_topic:
-                        # The service acks a whole batch at once: let the burst arrive, so
-                        # that one retirement (one transaction) serves it.
+                    if (
+                        arrived
+                        and arrived[0].topic == in_topic
+                        and send_window.in_flight > len(arrived)
+                    ):
+                        # The service acks a whole batch at once: let the rest of the burst
+                        # arrive, so that one retirement (one transaction) serves it.
                         time.sleep(ACK_LINGER)
                         arrived += link.poll(0.0)
                     for message in arrived:
