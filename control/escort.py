@@ -438,8 +438,13 @@ class EscortController:
                 )
                 continue
             if k in escort.since:
+                # A hold is futile when the ambulance stands still through its own green:
+                # time the signal spent serving another escort (a conflict it lost) or
+                # changing over does not count.
+                ours = view.phase in sig.phases and not view.in_clearance
+                serving_since = max(escort.since[k], view.green_since) if ours else now
                 if (
-                    now - escort.since[k] >= st.futile_hold_s
+                    now - serving_since >= st.futile_hold_s
                     and now - escort.moved_at >= st.futile_hold_s
                 ):
                     del escort.since[k]

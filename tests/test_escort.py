@@ -298,6 +298,30 @@ def test_two_crossing_escorts_are_served_by_priority_without_deadlock(
     assert not w.escort.escorts["a"].given_up and not w.escort.escorts["b"].given_up
 
 
+def test_waiting_out_another_escorts_hold_is_not_a_futile_hold() -> None:
+    # b outranks a and comes 12 s after it, with a long queue to flush first: a must stand
+    # at the red through b's hold, for longer than futile_hold_s, before its own green can
+    # come. That wait is not a futile hold of a's green (there is none yet): a is served
+    # right after b, not paused.
+    _PRIORITY.update(a=1, b=2)
+    try:
+        a = Ambulance("a", 0)
+        b = Ambulance("b", 1, start_s=12.0)
+        # the normal controller prefers b's road all along
+        w = world(1, [a, b], {"in2": 8.0, "in3": 8.0})
+        w.run(160)
+    finally:
+        _PRIORITY.clear()
+    assert a.passed_at is not None and b.passed_at is not None
+    assert b.passed_at < a.passed_at and b.stops == 0
+    stood = a.passed_at - (STOP_M // SPEED)  # how long a stood at the line
+    assert stood > w.escort.settings.futile_hold_s  # the case this test is about
+    events = [e for _, _, e in w.escort.traces["a"].events]
+    assert "ambulance not moving: paused" not in events, events
+    assert a.stops == 1  # the wait b's hold forces, no more
+    assert a.passed_at - b.passed_at < 12  # the change interval and a's start
+
+
 # --------------------------------------------------------------------------- lost GPS
 
 
@@ -347,9 +371,17 @@ def test_a_hold_the_ambulance_cannot_use_is_paused_and_asked_again() -> None:
     pause = int(w.escort.settings.pause_s)
     assert not any(r.hold for r in w.requests[first + 1 : first + pause])
     assert "rrGG" in w.shown[first + 1 : first + pause + 1]
-    # and once it moves again it is escorted through without a stop
-    assert amb.passed_at is not None and amb.stops == 0
-    assert any(e == "preemption starts" and t > paused[-1] for t, e in events)
+    # and once it moves again it is escorted through: asked again at once, its green as
+    # soon as the envelope allows (a pause that has just begun still costs the normal
+    # phase's minimum green and a change interval: 100 m short of the line, that can be a
+    # stop the safety rules force)
+    moved = amb.blocked[1]
+    asked = [t for t, e in events if e == "preemption starts" and t >= moved]
+    assert asked and asked[0] <= moved + 2  # the first step the GPS shows it moving
+    x = crossing()
+    soonest = EnvelopeTiming().min_green_s + x.yellow_s + x.all_red_s
+    assert green_start(w, 0, after=asked[0]) - asked[0] <= soonest
+    assert amb.passed_at is not None
 
 
 def test_a_through_queue_past_a_short_pocket_is_served_before_the_ambulance_green() -> None:
