@@ -41,6 +41,7 @@ import re
 import time
 import tomllib
 import unicodedata
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -70,13 +71,12 @@ from sqlalchemy import (
     insert,
     literal_column,
     or_,
-    text,
     true,
     update,
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session as DbSession
@@ -493,12 +493,12 @@ def _advisory_lock(connection: Connection, keys: Iterable[str]) -> None:
     ordered = sorted(set(keys))
     if not ordered:
         return
-    connection.execute(_LOCK, {"keys": ordered})
+    _driver_rows(connection, _LOCK, {"keys": ordered})
 
 
-_LOCK = text(
+_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
-    'FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k COLLATE "C"'
+    'FROM unnest(CAST(%(keys)s AS text[])) AS k ORDER BY k COLLATE "C"'
 )
 
 
@@ -551,7 +551,7 @@ def _known_reads(
     """The stored content and arrival of the reads among ``read_ids`` already recorded."""
     known: dict[str, tuple[_Content, datetime]] = {}
     for chunk in _chunks(sorted(read_ids)):
-        for r in conn.execute(_known_reads_query(postgres), {"ids": chunk}):
+        for r in _rows(conn, _known_reads_query(postgres), {"ids": chunk}):
             content = (r.lot_id, r.camera_id, r.direction, r.raw_plate, r.confidence, r.ts)
             known[r.read_id] = (content, r.received_at)
     return known
@@ -597,6 +597,63 @@ def _per_key(name: str, inner: Any, key: Any) -> Any:
     k = keys.table_valued("key").render_derived().alias("k")
     lateral = inner.where(key == k.c.key).offset(literal_column("0")).lateral("x")
     return sa_select(*lateral.c).select_from(k).join(lateral, true())
+
+
+class _Compiled(NamedTuple):
+    sql: str
+    row: Any  # a named tuple class of the statement's columns
+    instants: tuple[int, ...]  # the UTCDateTime columns
+
+
+@cache
+def _compiled(stmt: Any, dialect: Dialect) -> _Compiled:
+    compiled = stmt.compile(dialect=dialect)
+    columns = list(stmt.selected_columns)
+    names = [c.key for c in columns]
+    instants = tuple(i for i, c in enumerate(columns) if isinstance(c.type, UTCDateTime))
+    return _Compiled(str(compiled), namedtuple("Row", names), instants)
+
+
+def _driver_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """PostgreSQL: ``sql`` run straight on the driver's connection (psycopg, prepared), in
+    the transaction ``conn`` has open. SQLAlchemy's machinery costs more per statement than
+    PostgreSQL does to run the hot path's small ones. Driver errors are raised as
+    SQLAlchemy's (a lost connection invalidated), like ``conn.execute`` does."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        cursor = driver.execute(sql, params, prepare=True)
+        return cursor.fetchall() if cursor.description is not None else []
+    except Exception as exc:
+        dbapi = conn.dialect.loaded_dbapi
+        if not isinstance(exc, dbapi.Error):
+            raise
+        lost = conn.dialect.is_disconnect(exc, driver, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, params, exc, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
+
+
+def _rows(conn: Connection, stmt: Any, params: Mapping[str, Any]) -> list[Any]:
+    """The rows of a hot-path select (attributes by column name, instants aware in UTC as
+    ``UTCDateTime`` gives them): on PostgreSQL through ``_driver_rows``, on SQLite (the
+    database in this process) through SQLAlchemy."""
+    if conn.dialect.name != "postgresql":
+        return list(conn.execute(stmt, params))
+    c = _compiled(stmt, conn.dialect)
+    rows = _driver_rows(conn, c.sql, params)
+    if not c.instants:
+        return [c.row._make(r) for r in rows]
+    out = []
+    for r in rows:
+        values = list(r)
+        for i in c.instants:
+            if values[i] is not None:
+                values[i] = values[i].astimezone(UTC)
+        out.append(c.row._make(values))
+    return out
 
 
 @cache
@@ -700,7 +757,7 @@ class _Writes:
             ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(self.parts))
             tail = "SELECT 0" if self.counted is None else f"SELECT count(*) FROM w{self.counted}"
             # psycopg directly, parameters in binary: dumping arrays as text costs 4x more.
-            added = self.conn.exec_driver_sql(f"WITH {ctes} {tail}", self.params).scalar_one()
+            ((added,),) = _driver_rows(self.conn, f"WITH {ctes} {tail}", self.params)
             self.count += int(added)
             self.parts, self.params, self.counted = [], {}, None
         return self.count
@@ -916,13 +973,13 @@ def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres
     if postgres:
         ordered = sorted(pairs)
         names = ("lot_id", "plate_key")
-        for row in conn.execute(_matching("session", names), _tuples(names, ordered)):
+        for row in _rows(conn, _matching("session", names), _tuples(names, ordered)):
             sessions[row.session_id] = row
-        for row in conn.execute(_matching("pending_exit", names), _tuples(names, ordered)):
+        for row in _rows(conn, _matching("pending_exit", names), _tuples(names, ordered)):
             pending[row.passage_id] = row
         gate_names = ("lot_id", "direction", "plate_key")
         params: dict[str, Any] = {**_tuples(gate_names, sorted(gates)), **span}
-        for row in conn.execute(_matching("passage", gate_names, near=True), params):
+        for row in _rows(conn, _matching("passage", gate_names, near=True), params):
             passages[row.passage_id] = row
     else:
         lots = sorted({lot for lot, _ in pairs})
@@ -956,7 +1013,7 @@ def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres
             wanted.add(r.entry_passage_id)
     missing = sorted(pid for pid in wanted if pid not in passages)
     for chunk in _chunks(missing):
-        for row in conn.execute(_passages_query(postgres), {"ids": chunk}):
+        for row in _rows(conn, _passages_query(postgres), {"ids": chunk}):
             passages[row.passage_id] = row
     return _Loaded(sessions, pending, passages, _evidence(conn, sorted(passages), postgres))
 
@@ -966,7 +1023,7 @@ def _evidence(conn: Connection, passage_ids: list[str], postgres: bool) -> dict[
     out: dict[str, list[Read]] = {}
     query = _evidence_query(postgres)
     for chunk in _chunks(passage_ids, 10 * _IN_CHUNK if postgres else _IN_CHUNK):
-        for r in conn.execute(query, {"pids": chunk}):
+        for r in _rows(conn, query, {"pids": chunk}):
             out.setdefault(r.passage_id, []).append(
                 Read(
                     read_id=r.read_id,
@@ -1565,7 +1622,7 @@ class Ledger:
         if not plates:
             return {}
         self._lock_keys(conn, (f"plate:{p}" for p in plates - locked))
-        rows = conn.execute(_bindings_query(self._postgres), {"ids": sorted(plates)})
+        rows = _rows(conn, _bindings_query(self._postgres), {"ids": sorted(plates)})
         return {plate: account for plate, account in rows}
 
     def _lock_keys(self, conn: Connection, keys: Iterable[str]) -> None:

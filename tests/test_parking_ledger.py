@@ -587,6 +587,30 @@ def test_naive_received_at_is_refused(ledger: Ledger) -> None:
 # ---- sessions ------------------------------------------------------------------------------
 
 
+def test_a_database_connection_lost_between_batches_is_replaced(tmp_path: Any) -> None:
+    # The server drops the ledger's pooled connection (a restart, an idle timeout): the
+    # next batch finds it dead at its first statement, and is recorded on a new one.
+    require_pg()
+    with fresh_database("postgresql", tmp_path, PG_URL, "cbtest") as url:
+        ledger = open_ledger(url)
+        try:
+            ledger.bind("浙A12345", "acct-1", at=at(-60))
+            record(ledger, "r1", "in", "浙A·12345", 0)
+            with ledger.engine.connect() as probe:
+                driver = probe.connection.driver_connection
+                pid = driver.info.backend_pid  # type: ignore[union-attr]
+            killer = create_engine(make_url(PG_URL))
+            with killer.connect() as conn:
+                query = text("SELECT pg_terminate_backend(:pid)")
+                assert conn.execute(query, {"pid": pid}).scalar()
+            killer.dispose()
+            record(ledger, "r3", "out", "浙A12345", 140)
+            (s,) = ledger.sessions()
+            assert (s.status, s.fee_cents, s.account) == ("settled", 2500, "acct-1")
+        finally:
+            ledger.close()
+
+
 def test_entry_and_exit_settle_with_the_exact_fee(ledger: Ledger) -> None:
     ledger.bind("浙A12345", "acct-1", at=at(-60))
     record(ledger, "r1", "in", "浙A·12345", 0)
