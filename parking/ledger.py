@@ -619,11 +619,27 @@ def _driver_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[
     the transaction ``conn`` has open. SQLAlchemy's machinery costs more per statement than
     PostgreSQL does to run the hot path's small ones. Driver errors are raised as
     SQLAlchemy's (a lost connection invalidated), like ``conn.execute`` does."""
+    return _driver_rows_many(conn, [(sql, params)])[0]
+
+
+def _driver_rows_many(
+    conn: Connection, statements: Sequence[tuple[str, Mapping[str, Any]]]
+) -> list[list[tuple[Any, ...]]]:
+    """``_driver_rows`` of several statements that do not depend on each other's results,
+    sent together (psycopg's pipeline mode: one round trip for all, run in order)."""
     driver = conn.connection.driver_connection
     assert driver is not None
+    sql, params = statements[0]
     try:
-        cursor = driver.execute(sql, params, prepare=True)
-        return cursor.fetchall() if cursor.description is not None else []
+        if len(statements) == 1:
+            cursors = [driver.execute(sql, params, prepare=True)]
+        else:
+            with driver.pipeline():
+                cursors = []
+                for sql, params in statements:
+                    cursors.append(driver.cursor())
+                    cursors[-1].execute(sql, params, prepare=True)
+        return [c.fetchall() if c.description is not None else [] for c in cursors]
     except Exception as exc:
         dbapi = conn.dialect.loaded_dbapi
         if not isinstance(exc, dbapi.Error):
@@ -640,10 +656,21 @@ def _rows(conn: Connection, stmt: Any, params: Mapping[str, Any]) -> list[Any]:
     """The rows of a hot-path select (attributes by column name, instants aware in UTC as
     ``UTCDateTime`` gives them): on PostgreSQL through ``_driver_rows``, on SQLite (the
     database in this process) through SQLAlchemy."""
+    rows: list[Any] = _rows_many(conn, [(stmt, params)])[0]
+    return rows
+
+
+def _rows_many(conn: Connection, selects: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[Any]:
+    """``_rows`` of several independent selects (on PostgreSQL in one round trip)."""
     if conn.dialect.name != "postgresql":
-        return list(conn.execute(stmt, params))
-    c = _compiled(stmt, conn.dialect)
-    rows = _driver_rows(conn, c.sql, params)
+        return [list(conn.execute(stmt, params)) for stmt, params in selects]
+    compiled = [_compiled(stmt, conn.dialect) for stmt, _ in selects]
+    sent = [(c.sql, p) for c, (_, p) in zip(compiled, selects, strict=True)]
+    results = _driver_rows_many(conn, sent)
+    return [_named(c, rows) for c, rows in zip(compiled, results, strict=True)]
+
+
+def _named(c: _Compiled, rows: list[tuple[Any, ...]]) -> list[Any]:
     if not c.instants:
         return [c.row._make(r) for r in rows]
     out = []
@@ -971,16 +998,21 @@ def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres
     passages: dict[str, Any] = {}
     span = {"low": low, "high": high}
     if postgres:
-        ordered = sorted(pairs)
         names = ("lot_id", "plate_key")
-        for row in _rows(conn, _matching("session", names), _tuples(names, ordered)):
-            sessions[row.session_id] = row
-        for row in _rows(conn, _matching("pending_exit", names), _tuples(names, ordered)):
-            pending[row.passage_id] = row
+        by_key = _tuples(names, sorted(pairs))
         gate_names = ("lot_id", "direction", "plate_key")
         params: dict[str, Any] = {**_tuples(gate_names, sorted(gates)), **span}
-        for row in _rows(conn, _matching("passage", gate_names, near=True), params):
-            passages[row.passage_id] = row
+        found = _rows_many(
+            conn,
+            [
+                (_matching("session", names), by_key),
+                (_matching("pending_exit", names), by_key),
+                (_matching("passage", gate_names, near=True), params),
+            ],
+        )
+        sessions = {row.session_id: row for row in found[0]}
+        pending = {row.passage_id: row for row in found[1]}
+        passages = {row.passage_id: row for row in found[2]}
     else:
         lots = sorted({lot for lot, _ in pairs})
         keys = sorted({key for _, key in pairs})
