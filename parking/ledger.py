@@ -485,15 +485,29 @@ def open_ledger(
     return Ledger(engine, chosen, grace=grace, window=window)
 
 
-def _advisory_lock(connection: Connection, keys: Iterable[str]) -> None:
+def _advisory_lock(connection: Connection, keys: Iterable[str], *, lookups: bool = False) -> None:
     """PostgreSQL transaction-scoped locks, all in one statement, taken in sorted order
     (code point order, as Python sorts): no lock cycles between transactions.
 
-    PostgreSQL evaluates volatile functions of a select list after its ORDER BY."""
+    PostgreSQL evaluates volatile functions of a select list after its ORDER BY.
+
+    ``lookups``: in the same round trip, the transaction's planner is told to reach rows
+    through the indexes only (no table scans, no hash or merge joins). Every statement
+    of recording a batch looks up a few keys given in arrays; left to the statistics, a
+    table that grew since its last ANALYZE (a new ledger, a busy hour) is taken to be
+    small and scanned whole, once per statement, at a cost growing with the table."""
     ordered = sorted(set(keys))
-    if not ordered:
-        return
-    _driver_rows(connection, _LOCK, {"keys": ordered})
+    statements: list[tuple[str, Mapping[str, Any]]] = [(_LOOKUPS, {})] if lookups else []
+    if ordered:
+        statements.append((_LOCK, {"keys": ordered}))
+    if statements:
+        _driver_rows_many(connection, statements)
+
+
+_LOOKUPS = (
+    "SELECT set_config('enable_seqscan', 'off', true), "
+    "set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+)
 
 
 _LOCK = (
@@ -1480,7 +1494,8 @@ class Ledger:
             # The reads' lots and plates, in one statement (sorted: lots before plates).
             plates = {normalize(m.plate) for m in valid}
             keys = [*(f"lot:{m.lot_id}" for m in valid), *(f"plate:{p}" for p in plates)]
-            self._lock_keys(conn, keys)
+            if self._postgres:
+                _advisory_lock(conn, keys, lookups=True)
             known = (
                 _known_reads(conn, {m.read_id for m in valid}, self._postgres)
                 if check_known
