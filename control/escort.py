@@ -26,9 +26,10 @@ Modes:
   other: a green wave that moves with the ambulance. A queue that reaches back from one
   signal to the previous one on the route holds that signal's queue, so the downstream one
   opens first. A hold through which the ambulance stands still for ``futile_hold_s`` of its
-  own green is not helping (waiting out another escort's hold does not count): when another lane of the ambulance's approach edge has a phase of its own (the
-  ambulance is stuck in a through queue short of its turn pocket) that lane is flushed first,
-  otherwise the hold is paused; either way the escort asks again once the ambulance moves.
+  own green is not helping (waiting out another escort's hold does not count): when
+  another lane of the ambulance's approach edge has a phase of its own (the ambulance is
+  stuck in a through queue short of its turn pocket) that lane is flushed first, otherwise
+  the hold is paused; either way the escort asks again once the ambulance moves.
   Before that happens: when the ambulance is still short of a turn pocket whose other lanes'
   queue reaches back past the pocket's start, and its own lane's queue fits in the pocket,
   holding its phase early (to clear the pocket) would only let the through queue grow and

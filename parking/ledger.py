@@ -545,6 +545,15 @@ def _text_of(payload: bytes) -> str | None:
 _key_of = lru_cache(maxsize=1 << 16)(lookalike_key)
 
 
+class _Relock(Exception):
+    """Plates to lock that sort before plates already held: redo the transaction with
+    them locked up front (locks are taken in sorted order, never a cycle)."""
+
+    def __init__(self, plates: set[str]) -> None:
+        super().__init__(f"{len(plates)} plates to lock first")
+        self.plates = plates
+
+
 class _Collision(Exception):
     """Another transaction stored one of the batch's read ids meanwhile: redo the batch."""
 
@@ -665,7 +674,10 @@ def _driver_rows_many(
             raise
         lost = conn.dialect.is_disconnect(exc, driver, None)
         if lost:
+            # As SQLAlchemy does: this connection, and the pool's others (a server restart
+            # killed them all; the retries must not meet them one by one).
             conn.invalidate(exc)
+            conn.engine.dispose(close=False)
         raise DBAPIError.instance(
             sql, params, exc, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
         ) from exc
@@ -1303,14 +1315,37 @@ class Ledger:
         batches for a while (a gateway replaying after an outage sends many). Outcomes and
         stored state are the same either way; only the round trips differ. (A stored read
         of the same content is seen among the loaded passages' evidence before anything is
-        decided; one of other content collides on its id or its passage's.)"""
-        if self._check_known == 0:
+        decided; one of other content collides on its id or its passage's, or trips the
+        session book, which assumes new reads: any failure of the first attempt but a
+        retryable database error sends the batch to the checked one, where a genuine error
+        is raised again.)
+
+        Plates that the loaded state brings in beyond the batch's own are locked after the
+        others; when one sorts before a plate already held, the transaction is redone with
+        it locked up front (``_Relock``), so that locks are always taken in sorted order."""
+        extra: set[str] = set()
+        while True:
             try:
-                return self._record_batch(batch, check_known=False)
-            except (_Collision, IntegrityError):
+                return self._record_batch_checking(batch, extra)
+            except _Relock as relock:
+                extra |= relock.plates
+
+    def _record_batch_checking(
+        self, batch: list[_Prepared], extra: set[str]
+    ) -> list[RecordOutcome]:
+        if self._check_known <= 0:
+            try:
+                return self._record_batch(batch, check_known=False, extra=extra)
+            except _Relock:
+                raise
+            except DBAPIError as exc:
+                if not isinstance(exc, IntegrityError):
+                    raise  # a deadlock, a lost connection: _retrying's, or not retryable
                 self._check_known = _CHECKED_BATCHES
-        self._check_known -= 1
-        return self._record_batch(batch, check_known=True)
+            except Exception:
+                self._check_known = _CHECKED_BATCHES
+        self._check_known = max(0, self._check_known - 1)
+        return self._record_batch(batch, check_known=True, extra=extra)
 
     def expire(self, now: datetime) -> tuple[str, ...]:
         """Send what waited past the grace period to review; returns those session ids.
@@ -1477,7 +1512,9 @@ class Ledger:
             return _Prepared(topic, lot, payload, item.received_at, None, rejection)
         return _Prepared(topic, lot, payload, item.received_at, parsed, None)
 
-    def _record_batch(self, batch: list[_Prepared], *, check_known: bool) -> list[RecordOutcome]:
+    def _record_batch(
+        self, batch: list[_Prepared], *, check_known: bool, extra: AbstractSet[str] = frozenset()
+    ) -> list[RecordOutcome]:
         """One transaction: lots and plates locked, reads classified (against the stored
         ones with ``check_known``; otherwise within the batch, every id taken as new), new
         reads applied, all written."""
@@ -1497,7 +1534,7 @@ class Ledger:
         with self.engine.begin() as conn:
             valid = [p.msg for p in batch if p.msg is not None]
             # The reads' lots and plates, in one statement (sorted: lots before plates).
-            plates = {normalize(m.plate) for m in valid}
+            plates = {normalize(m.plate) for m in valid} | set(extra)
             keys = [*(f"lot:{m.lot_id}" for m in valid), *(f"plate:{p}" for p in plates)]
             if self._postgres:
                 _advisory_lock(conn, keys, lookups=len(batch) <= _LOOKUP_BATCH)
@@ -1558,9 +1595,10 @@ class Ledger:
             raise _Collision("a read of the batch is stored already")  # redone, checked
         book = state.book(self.grace, self.window)
         # Money: every plate a stay closed by this batch can have been read as is among
-        # these (after the lots, one statement, sorted): locked, their accounts read.
+        # these (locked with the lots, or after them in order): their accounts read.
         checked = state.plates() | {r.plate for r in reads}
-        bindings = self._bound_accounts(conn, checked, locked)
+        held = set(locked)
+        bindings = self._bound_accounts(conn, checked, held)
         created: list[str] = []  # new passages, in creation order
         grown: set[str] = set()  # loaded passages a read joined
         links: list[dict[str, str]] = []
@@ -1592,7 +1630,7 @@ class Ledger:
                     plates = book.stay_plates(sid)
                     unknown = set(plates) - checked
                     if unknown:  # not foreseen: lock and look up those too
-                        bindings |= self._bound_accounts(conn, unknown)
+                        bindings |= self._bound_accounts(conn, unknown, held)
                         checked |= unknown
                     money = settle_stay(
                         book.session(sid), self.tariffs[e.session.lot_id], plates, bindings
@@ -1667,13 +1705,18 @@ class Ledger:
         writes.update(sessions, "session_id", old)
 
     def _bound_accounts(
-        self, conn: Connection, plates: set[str], locked: AbstractSet[str] = frozenset()
+        self, conn: Connection, plates: set[str], locked: set[str]
     ) -> dict[str, str]:
         """Accounts bound to ``plates``, holding their locks until the end of the transaction
-        (``locked``: plates this transaction has already locked)."""
+        (``locked``: the plates this transaction holds, updated). A plate to lock that sorts
+        before one already held raises ``_Relock``: locks are taken in sorted order only."""
         if not plates:
             return {}
-        self._lock_keys(conn, (f"plate:{p}" for p in plates - locked))
+        new = plates - locked
+        if self._postgres and new and locked and min(new) < max(locked):
+            raise _Relock(new)
+        self._lock_keys(conn, (f"plate:{p}" for p in new))
+        locked |= new
         rows = _rows(conn, _bindings_query(self._postgres), {"ids": sorted(plates)})
         return {plate: account for plate, account in rows}
 

@@ -28,6 +28,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
+import citybrain.parking.ledger as ledger_module
 from citybrain.parking.book import SentToReview, SessionBook, SessionClosed
 from citybrain.parking.ledger import (
     MIGRATIONS,
@@ -531,6 +532,56 @@ def test_read_id_reused_for_other_content_is_dead_lettered(ledger: Ledger) -> No
     }
     (dead,) = ledger.dead_letters()
     assert dead.payload == other and dead.read_id == "r1"
+
+
+def test_read_id_of_a_closed_stay_reused_for_other_content_is_dead_lettered(
+    ledger: Ledger,
+) -> None:
+    # The reused id's passage is not among the state loaded for the new content (another
+    # time), but its stay is: the first attempt, which takes every id as new, must fall
+    # back to checking ids instead of failing (it once raised KeyError on every delivery).
+    record(ledger, "r1", "in", "浙A·12345", 0)
+    record(ledger, "r2", "out", "浙A12345", 140)
+    before = snapshot(ledger)
+    again = read_msg("r1", "in", "浙A12345", at(300))
+    outcome = ledger.record("L01", again, at(300))
+    assert (outcome.kind, outcome.reason) == (OutcomeKind.DEAD_LETTER, DeadReason.READ_ID_CONFLICT)
+    after = snapshot(ledger)
+    assert {k: v for k, v in after.items() if k != "dead_letter"} == {
+        k: v for k, v in before.items() if k != "dead_letter"
+    }
+    # and the next batch of new reads is recorded as usual
+    record(ledger, "r3", "in", "浙B54321", 310)
+    assert [s.status for s in ledger.sessions()] == ["unpaid", "open"]
+
+
+def test_a_plate_the_state_brings_that_sorts_first_is_locked_in_order(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The exit is read 浙A1234S; its entry, found by look-alikes, was read 浙A12345, which
+    # sorts before it: locking it after the exit's plate would break the sorted order that
+    # keeps two transactions from waiting on each other; the batch is redone with both
+    # plates locked up front (PostgreSQL; SQLite has one writer at a time).
+    relocks: list[set[str]] = []
+
+    class Counted(ledger_module._Relock):
+        def __init__(self, plates: set[str]) -> None:
+            relocks.append(set(plates))
+            super().__init__(plates)
+
+    monkeypatch.setattr(ledger_module, "_Relock", Counted)
+    ledger.bind("浙A12345", "acct-1", at=at(-60))
+    record(ledger, "r1", "in", "浙A12345", 0)
+    record(ledger, "r2", "out", "浙A1234S", 140)
+    (s,) = ledger.sessions()
+    assert (s.plate, s.exit_plate, s.status, s.account) == (
+        "浙A12345",
+        "浙A1234S",
+        "settled",
+        "acct-1",
+    )
+    expected = [{"浙A12345"}] if ledger.engine.dialect.name == "postgresql" else []
+    assert relocks == expected
 
 
 BAD_MESSAGES: list[tuple[str, bytes, DeadReason]] = [
