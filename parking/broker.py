@@ -149,7 +149,7 @@ class MosquittoProcess:
         if found is None:
             raise FileNotFoundError("no mosquitto binary (apt-get install mosquitto)")
         self.binary = found
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # mosquitto runs in it: no relative paths
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
         self.config_path = self.workdir / "mosquitto.conf"

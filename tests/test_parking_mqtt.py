@@ -765,3 +765,17 @@ def test_control_ack_on_receipt_loses_reads_in_the_same_crash(
         time.sleep(0.5)  # anything the broker still had for the session arrives now
     recorded = [r for (r,) in db_rows(db, "SELECT read_id FROM reads ORDER BY read_id")]
     assert recorded == ["r00000"]  # r00001 (and r00002, also acked on receipt) are lost
+
+
+def test_a_private_broker_starts_in_a_relative_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `citybrain demo` writes under ./citybrain-demo: mosquitto runs in its folder, so a
+    # relative config path must not reach it (it once did, and the demo's parking part
+    # failed to start its broker)
+    require_mosquitto()
+    monkeypatch.chdir(tmp_path)
+    with MosquittoProcess(Path("demo") / "mosquitto") as broker:
+        address = parse_broker_url(broker.url)
+        assert reachable(address.host, address.port)
+        assert broker.workdir.is_absolute()
