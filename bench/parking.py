@@ -932,7 +932,9 @@ What changed on 2026-11-23 (profiles with py-spy over every thread and process):
    latency row too: p99 at 500 reads/s was 82 ms in a run at 04:59 UTC and 108-139 ms in
    runs at 06:20 (load average about 3 from other jobs), with the same service design.
 
-Later that day (07:00-08:50 UTC), measured back to back against the earlier code:
+Later that day (07:00-08:50 UTC). The before/after figures in 4 and 5 come from ad-hoc
+runs of the old and the new code alternated on this machine (this bench's PostgreSQL rows
+and its ledger-alone code with batches of 9), not from one run of the command above:
 4. Latency. The p99 at 500 reads/s grew with the ledger: over a 10,000-read run the
    later reads took longer (488 ms p99, PostgreSQL 940 µs per read), over 4,000 reads it
    stayed at 76 ms. The tables outgrew their last ANALYZE and the planner, taking them to

@@ -1336,13 +1336,10 @@ class Ledger:
         if self._check_known <= 0:
             try:
                 return self._record_batch(batch, check_known=False, extra=extra)
-            except _Relock:
-                raise
-            except DBAPIError as exc:
-                if not isinstance(exc, IntegrityError):
-                    raise  # a deadlock, a lost connection: _retrying's, or not retryable
-                self._check_known = _CHECKED_BATCHES
-            except Exception:
+            except Exception as exc:
+                database = isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError)
+                if database or isinstance(exc, _Relock):
+                    raise  # a deadlock, a lost connection (_retrying's), plates to relock
                 self._check_known = _CHECKED_BATCHES
         self._check_known = max(0, self._check_known - 1)
         return self._record_batch(batch, check_known=True, extra=extra)
@@ -1513,7 +1510,7 @@ class Ledger:
         return _Prepared(topic, lot, payload, item.received_at, parsed, None)
 
     def _record_batch(
-        self, batch: list[_Prepared], *, check_known: bool, extra: AbstractSet[str] = frozenset()
+        self, batch: list[_Prepared], *, check_known: bool, extra: AbstractSet[str]
     ) -> list[RecordOutcome]:
         """One transaction: lots and plates locked, reads classified (against the stored
         ones with ``check_known``; otherwise within the batch, every id taken as new), new

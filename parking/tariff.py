@@ -70,9 +70,7 @@ class Tariff:
     unit_minutes: int
     daily_cap_cents: int | None
     rates: tuple[RateBand, ...]
-    # Band index for every minute of the local day, filled in by __post_init__.
-    _band_of_minute: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    # The price of a unit starting in each minute of the local day (the same, flattened).
+    # The price of a unit starting in each minute of the local day, by __post_init__.
     _cents_of_minute: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -90,14 +88,8 @@ class Tariff:
                 if not _is_hhmm(value):
                     raise ConfigError(f"{key}.rates[{i}].{name} must be HH:MM, not {value!r}")
             _check_cents(f"{key}.rates[{i}].cents_per_unit", band.cents_per_unit)
-        bands = _cover_day(key, self.rates)
-        object.__setattr__(self, "_band_of_minute", bands)
-        cents = tuple(self.rates[b].cents_per_unit for b in bands)
+        cents = tuple(self.rates[b].cents_per_unit for b in _cover_day(key, self.rates))
         object.__setattr__(self, "_cents_of_minute", cents)
-
-    def band_at(self, local: datetime | time) -> RateBand:
-        """The band in force at a local wall-clock time."""
-        return self.rates[self._band_of_minute[local.hour * 60 + local.minute]]
 
 
 @dataclass(frozen=True)
