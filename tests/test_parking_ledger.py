@@ -26,6 +26,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 import citybrain.parking.ledger as ledger_module
@@ -660,6 +661,47 @@ def test_a_database_connection_lost_between_batches_is_replaced(tmp_path: Any) -
             assert (s.status, s.fee_cents, s.account) == ("settled", 2500, "acct-1")
         finally:
             ledger.close()
+
+
+def test_ledger_connections_never_jit_compile(tmp_path: Any) -> None:
+    # A server that would JIT-compile every statement (jit_above_cost = 0 for this role,
+    # as a stale cost estimate does to the hot path's statements): the ledger's own
+    # connections run with JIT off, also after the pool resets them, and a batch's
+    # statements are executed without compiling anything.
+    require_pg()
+    with fresh_database("postgresql", tmp_path, PG_URL, "cbtest") as url:
+        force = _force_jit("-c jit=on -c jit_above_cost=0")
+        explain = text("EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM session")
+        ledger = open_ledger(url)
+        try:
+            plain = create_engine(make_url(url))
+            sa_event.listen(plain, "do_connect", force)
+            with plain.connect() as conn:  # what a connection without the ledger's setting does
+                assert conn.execute(text("SHOW jit")).scalar() == "on"
+                assert "JIT" in conn.execute(explain).scalar()[0]
+            plain.dispose()
+            sa_event.listen(ledger.engine, "do_connect", force)
+            ledger.engine.dispose()  # the next connections are made with the options
+            ledger.bind("浙A12345", "acct-1", at=at(-60))
+            record(ledger, "r1", "in", "浙A·12345", 0)
+            record(ledger, "r2", "out", "浙A12345", 140)
+            for _ in range(2):  # the first checkout, then one after the pool's reset
+                with ledger.engine.connect() as conn:
+                    assert conn.execute(text("SHOW jit_above_cost")).scalar() == "0"
+                    assert conn.execute(text("SHOW jit")).scalar() == "off"
+                    assert "JIT" not in conn.execute(explain).scalar()[0]
+            (s,) = ledger.sessions()
+            assert (s.status, s.fee_cents) == ("settled", 2500)
+        finally:
+            ledger.close()
+
+
+def _force_jit(options: str) -> Callable[..., None]:
+    def do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        given = cparams.get("options", "")
+        cparams["options"] = f"{given} {options}".strip()
+
+    return do_connect
 
 
 def test_entry_and_exit_settle_with_the_exact_fee(ledger: Ledger) -> None:
