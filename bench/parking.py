@@ -965,7 +965,27 @@ and its ledger-alone code with batches of 9), not from one run of the command ab
    these small statements. In the ledger-alone runs with batches of 9, the ledger's CPU
    per read fell from about 760 to 420 µs and PostgreSQL's from about 1,000 to 500 µs.
 6. Smaller things: the fee loop steps through whole minutes; the UTC check has a fast path;
-   an idle gateway wakes 4 times a second instead of 20.\
+   an idle gateway wakes 4 times a second instead of 20.
+
+2026-12-07. This machine was a faster draw than on 2026-11-23: the code of that day
+(23d5ee2) spent about 400-470 µs of CPU per read along the whole path instead of 750-770,
+and the paho ceiling read 16,900-17,400 msg/s instead of 7,500-10,100. So this table is
+not a before/after of the code: on the 2026-11-23 draw that code measured 2,417-2,554
+reads/s, and the "of ceiling" column (paho's yardstick) moved more than the path did
+(32 % of the ceiling then, about 20-25 % now). What changed in the code:
+7. JIT. One full run of this command, the first of the day, spent 848 µs of PostgreSQL CPU
+   per read in its throughput row (1,694 reads/s) against 117-143 in the runs around it.
+   The server compiles a statement with LLVM on every execution once its estimated cost
+   passes jit_above_cost (100,000 here), and the estimates of the hot path rest on
+   statistics that lag behind growing tables (autovacuum is off on this machine, and a
+   statement priced with a disabled scan costs 1e10). Forcing the threshold to 0 showed
+   the size of it: 5,720 µs of PostgreSQL CPU per read in the ledger-alone run, against
+   about 90-120. The ledger's connections now run with JIT off (a test forces JIT on the
+   server and checks that the ledger's statements compile nothing); in the runs without
+   the trigger nothing changed (alternated runs of old and new code: 3,589-4,157 reads/s
+   both). The cause of that one run is inferred from its size, not caught in the act.
+8. Draws. `--repeat 3` runs the throughput row three times on fresh databases; the verdict
+   takes the median draw and says how many of the three met the target.\
 """
 
 
