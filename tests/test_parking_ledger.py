@@ -38,6 +38,7 @@ from citybrain.parking.ledger import (
     LedgerError,
     OutcomeKind,
     ReadIn,
+    RecordItem,
     Rejection,
     default_tariffs,
     make_engine,
@@ -663,11 +664,13 @@ def test_a_database_connection_lost_between_batches_is_replaced(tmp_path: Any) -
             ledger.close()
 
 
-def test_ledger_connections_never_jit_compile(tmp_path: Any) -> None:
+def test_ledger_connections_never_jit_compile_and_plan_each_statement(tmp_path: Any) -> None:
     # A server that would JIT-compile every statement (jit_above_cost = 0 for this role,
     # as a stale cost estimate does to the hot path's statements): the ledger's own
     # connections run with JIT off, also after the pool resets them, and a batch's
-    # statements are executed without compiling anything.
+    # statements are executed without compiling anything. They also plan every
+    # statement for its parameters (no cached generic plan made while the tables were
+    # small).
     require_pg()
     with fresh_database("postgresql", tmp_path, PG_URL, "cbtest") as url:
         force = _force_jit("-c jit=on -c jit_above_cost=0")
@@ -689,9 +692,51 @@ def test_ledger_connections_never_jit_compile(tmp_path: Any) -> None:
                 with ledger.engine.connect() as conn:
                     assert conn.execute(text("SHOW jit_above_cost")).scalar() == "0"
                     assert conn.execute(text("SHOW jit")).scalar() == "off"
+                    mode = conn.execute(text("SHOW plan_cache_mode")).scalar()
+                    assert mode == "force_custom_plan"
                     assert "JIT" not in conn.execute(explain).scalar()[0]
             (s,) = ledger.sessions()
             assert (s.status, s.fee_cents) == ("settled", 2500)
+        finally:
+            ledger.close()
+
+
+def test_every_batch_looks_its_keys_up_through_the_indexes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large batches too: the planner, left to statistics that lag behind the growing
+    # tables, joins a batch's keys to the whole session and passage tables (hash joins
+    # over table scans), at a cost that grows with the ledger.
+    require_pg()
+    sent: list[str] = []
+    real = ledger_module._driver_rows_many
+
+    def spy(conn: Any, statements: Sequence[tuple[str, Any]]) -> Any:
+        sent.extend(sql for sql, _ in statements)
+        return real(conn, statements)
+
+    monkeypatch.setattr(ledger_module, "_driver_rows_many", spy)
+    with fresh_database("postgresql", tmp_path, PG_URL, "cbtest") as url:
+        ledger = open_ledger(url)
+        try:
+            for size in (1, 40, 150):
+                items = [
+                    RecordItem(
+                        "L01",
+                        read_msg(f"b{size}-{i}", "in", f"浙A{size:03d}{i:03d}", at(i / 10)),
+                        at(20),
+                    )
+                    for i in range(size)
+                ]
+                sent.clear()
+                outcomes = ledger.record_many(items)
+                assert [o.kind for o in outcomes] == [OutcomeKind.RECORDED] * size
+                assert sent[0] == ledger_module._LOOKUPS, size
+                with ledger.engine.connect() as conn:
+                    opened = text("SELECT count(*) FROM session WHERE status = 'open'")
+                    assert conn.execute(opened).scalar() == sum(
+                        n for n in (1, 40, 150) if n <= size
+                    )
         finally:
             ledger.close()
 
