@@ -18,13 +18,7 @@ from hypothesis import strategies as st
 
 from citybrain.control.corridor import Corridor, CorridorSignal, EscortRequest, Polyline
 from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope
-from citybrain.control.escort import (
-    EscortController,
-    EscortSettings,
-    brake_point_m,
-    clearance_time,
-    red_approach,
-)
+from citybrain.control.escort import EscortController, EscortSettings, clearance_time
 from citybrain.control.port import Decision, GpsFix, Layout, PhaseRequest, Readings
 from citybrain.control.recovery import Recovery, RecoverySettings
 from citybrain.sim.detectors import DetectorPlacement, build_layout
@@ -326,91 +320,6 @@ def test_waiting_out_another_escorts_hold_is_not_a_futile_hold() -> None:
     assert "ambulance not moving: paused" not in events, events
     assert a.stops == 1  # the wait b's hold forces, no more
     assert a.passed_at - b.passed_at < 12  # the change interval and a's start
-
-
-def _event_times(w: World, vehicle: str, what: str) -> list[float]:
-    return [t for t, _, e in w.escort.traces[vehicle].events if e.startswith(what)]
-
-
-def test_the_winners_hold_ends_once_it_has_crossed_when_another_escort_waits() -> None:
-    # b reaches the crossing 2 s before a on the conflicting phase; with passed_m = 60 a
-    # hold would last until b is 60 m past the stop line, but a is waiting: b's hold ends
-    # as soon as its filtered estimate is crossed_m past the line (it entered on green,
-    # the change interval protects it), and a's green follows through the change interval
-    a = Ambulance("a", 0, start_s=2.0)
-    b = Ambulance("b", 1)
-    w = world(0, [a, b], passed_m=60.0)
-    w.run(160)
-    s = w.escort.settings
-    (released,) = _event_times(w, "b", "through: released")
-    assert released < (STOP_M + s.passed_m) / SPEED - 1.0
-    assert released <= (STOP_M + s.crossed_m) / SPEED + 2.0
-    x = crossing()
-    assert green_start(w, 0, after=released) <= released + x.yellow_s + 1.0
-    assert b.stops == 0 and a.passed_at is not None and b.passed_at is not None
-    assert b.passed_at < a.passed_at
-    # alone, the same ambulance's hold lasts until it is passed_m past the line
-    alone = Ambulance("b", 1)
-    w1 = world(0, [alone], passed_m=60.0)
-    w1.run(120)
-    (released1,) = _event_times(w1, "b", "through: released")
-    assert released1 >= (STOP_M + s.passed_m) / SPEED - 1.0
-
-
-def test_a_contested_signal_serves_the_losers_queue_before_the_winners_green() -> None:
-    # b (phase 1, green since long: the normal controller wants it) arrives at ~64.7 s,
-    # a (phase 0, 3 vehicles queued on its approach) 2 s later. b's green is only needed
-    # from its arrival - margin_s; before that, the signal serves a's queue (L -> W -> L),
-    # as late as still lets it discharge and change back in time for b.
-    a = Ambulance("a", 0, start_s=2.0)
-    b = Ambulance("b", 1)
-    w = world(1, [a, b], {"in0": 3.0, "in1": 3.0})
-    w.run(160)
-    st_ = w.escort.settings
-    (served,) = _event_times(w, "a", "served before b")
-    flushed = green_start(w, 0, after=served)
-    arrival_b = STOP_M / SPEED
-    green_by = arrival_b - st_.margin_s
-    assert 30.0 < flushed < green_by  # late, not needlessly early
-    back = green_start(w, 1, after=flushed)
-    assert back - flushed >= EnvelopeTiming().min_green_s  # at least a minimum green
-    assert back <= green_by + 1.0  # and b's green in time (1 s control steps)
-    assert b.stops == 0 and b.passed_at is not None and a.passed_at is not None
-    assert b.passed_at < a.passed_at
-    # without a queue on a's approach nothing is interleaved
-    a2, b2 = Ambulance("a", 0, start_s=2.0), Ambulance("b", 1)
-    w2 = world(1, [a2, b2])
-    w2.run(160)
-    assert not _event_times(w2, "a", "served before")
-    assert "GGrr" not in w2.shown[10 : int(arrival_b)]  # (the plan shows it at first)
-
-
-def test_no_interleave_when_the_winners_green_leaves_no_room() -> None:
-    # b's GPS only starts 50 s out, 14.7 s before its arrival: a minimum green for a's
-    # queue and the change intervals there and back no longer fit before b's green
-    a = Ambulance("a", 0, start_s=2.0)
-    b = Ambulance("b", 1, gps_until=0.0, gps_back=50.0)
-    w = world(1, [a, b], {"in0": 3.0, "in1": 3.0})
-    w.run(160)
-    assert not _event_times(w, "a", "served before")
-    assert b.stops == 0 and b.passed_at is not None
-    assert "GGrr" not in w.shown[50 : int(b.passed_at)]
-    assert a.passed_at is not None  # and a gets through after b: no deadlock
-
-
-def test_red_approach_loses_more_the_later_the_green() -> None:
-    s = EscortSettings()
-    lost0, vmin0 = red_approach(13.9, 0.0, 0.0, s)
-    assert lost0 == pytest.approx(0.0, abs=0.05) and vmin0 == pytest.approx(13.9)
-    prev = (lost0, vmin0)
-    for n in range(1, 9):
-        lost, vmin = red_approach(13.9, 0.0, float(n), s)
-        assert lost >= prev[0] - 1e-9 and vmin <= prev[1] + 1e-9
-        prev = (lost, vmin)
-    assert prev[1] < 1.0  # late enough, it (nearly) stops
-    # a queue standing in its lane costs time even with an early green
-    assert red_approach(13.9, 2.0, 0.0, s)[0] > 1.0
-    assert brake_point_m(13.9, s) > 13.9 * s.reaction_s
 
 
 # --------------------------------------------------------------------------- lost GPS
