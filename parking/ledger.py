@@ -613,10 +613,9 @@ def _known_reads(
 def _ids(postgres: bool, name: str = "ids") -> Any:
     """The right side of ``column IN ...`` for a list parameter ``name``. On PostgreSQL
     ``(SELECT unnest(array))``: one parameter whatever the count, so the statement text
-    (and its prepared plan) is the same every time, and a semi-join the planner drives
-    from the array through the index (``= ANY(array)`` in a generic plan made while the
-    table was small is a table scan, growing with the ledger until the statistics catch
-    up). On SQLite an expanding list."""
+    is the same every time (prepared once; planned for each execution, see
+    ``_postgresql_connect``), and a semi-join the planner drives from the array through
+    the index. On SQLite an expanding list."""
     if postgres:
         return sa_select(func.unnest(bindparam(name, type_=postgresql.ARRAY(String))))
     return bindparam(name, expanding=True)
