@@ -863,7 +863,8 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         if len(pg) > 1:
             rates = ", ".join(f"{r.rate:,.0f}" for r in pg)
             above = sum(r.rate >= TARGET_RATE for r in pg)
-            spread = f" (median of {len(pg)} draws: {rates}; {above} of {len(pg)} at or above)"
+            median = "median" if len(pg) % 2 else "lower median"
+            spread = f" ({median} of {len(pg)} draws: {rates}; {above} of {len(pg)} at or above)"
         verdicts.append(
             f"throughput into PostgreSQL {typical.rate:,.0f} reads/s{spread} against >= "
             f"{TARGET_RATE:,}: " + ("met" if met else "NOT met")
