@@ -968,12 +968,14 @@ and its ledger-alone code with batches of 9), not from one run of the command ab
 6. Smaller things: the fee loop steps through whole minutes; the UTC check has a fast path;
    an idle gateway wakes 4 times a second instead of 20.
 
-2026-12-07. This machine was a faster draw than on 2026-11-23: the code of that day
-(23d5ee2) spent about 400-470 µs of CPU per read along the whole path instead of 750-770,
-and the paho ceiling read 16,900-17,400 msg/s instead of 7,500-10,100. So this table is
-not a before/after of the code: on the 2026-11-23 draw that code measured 2,417-2,554
-reads/s, and the "of ceiling" column (paho's yardstick) moved more than the path did
-(32 % of the ceiling then, about 20-25 % now). What changed in the code:
+2026-12-07. This machine's speed moved through the day, and was faster than on
+2026-11-23 throughout: in the morning the code of that day (23d5ee2) spent about 400-470
+µs of CPU per read along the whole path instead of 750-770, and the paho ceiling read
+16,900-17,400 msg/s (12,100 in the run recorded above, in the afternoon) instead of
+7,500-10,100. So this table is not a before/after of the code: on the 2026-11-23 draw
+that code measured 2,417-2,554 reads/s, and the "of ceiling" column (paho's yardstick)
+moved more than the path did (32 % of the ceiling then, 20-25 % today). What changed in
+the code:
 7. JIT. One full run of this command, the first of the day, spent 848 µs of PostgreSQL CPU
    per read in its throughput row (1,694 reads/s) against 117-143 in the runs around it.
    The server compiles a statement with LLVM on every execution once its estimated cost
