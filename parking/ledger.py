@@ -432,21 +432,15 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _postgresql_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Recording a batch looks up a few keys per read in tables that only grow, and the
-    # statistics of a growing table lag behind it (autovacuum may be off or late). So:
-    # - custom plans only: a prepared statement's cached generic plan, made once while
-    #   the tables were small, would otherwise keep scanning them whole as they grow;
-    #   planned each time, a statement sees the real size of its key arrays and the
-    #   transaction's lookup settings (``_LOOKUPS``). Planning costs a few µs per read.
-    # - no JIT: PostgreSQL compiles a statement on every execution once its estimated cost
-    #   passes jit_above_cost, which stale estimates (or a plan priced with a disabled
-    #   scan) reach: tens of ms per statement (with jit_above_cost = 0 the server spent
-    #   5,720 µs of CPU per read instead of ~120).
-    # Committed, so that the pool's reset (a rollback) keeps them.
+    # No JIT: PostgreSQL compiles a statement on every execution once its estimated cost
+    # passes jit_above_cost, which stale estimates (autovacuum may be off or late on
+    # tables that only grow) or a plan priced with a disabled scan reach: tens of ms per
+    # statement (with jit_above_cost = 0 the server spent 5,720 µs of CPU per read
+    # instead of ~120). Committed, so that the pool's reset (a rollback) keeps it.
+    # (The hot path's own statements are planned for each execution: ``_driver_rows``.)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("SET jit = off")
-        cursor.execute("SET plan_cache_mode = force_custom_plan")
     finally:
         cursor.close()
     dbapi_connection.commit()
@@ -612,10 +606,9 @@ def _known_reads(
 
 def _ids(postgres: bool, name: str = "ids") -> Any:
     """The right side of ``column IN ...`` for a list parameter ``name``. On PostgreSQL
-    ``(SELECT unnest(array))``: one parameter whatever the count, so the statement text
-    is the same every time (prepared once; planned for each execution, see
-    ``_postgresql_connect``), and a semi-join the planner drives from the array through
-    the index. On SQLite an expanding list."""
+    ``(SELECT unnest(array))``: one parameter whatever the count (planned for each
+    execution, see ``_driver_rows``), and a semi-join the planner drives from the array
+    through the index. On SQLite an expanding list."""
     if postgres:
         return sa_select(func.unnest(bindparam(name, type_=postgresql.ARRAY(String))))
     return bindparam(name, expanding=True)
@@ -663,10 +656,20 @@ def _compiled(stmt: Any, dialect: Dialect) -> _Compiled:
 
 
 def _driver_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """PostgreSQL: ``sql`` run straight on the driver's connection (psycopg, prepared), in
-    the transaction ``conn`` has open. SQLAlchemy's machinery costs more per statement than
+    """PostgreSQL: ``sql`` run straight on the driver's connection (psycopg), in the
+    transaction ``conn`` has open. SQLAlchemy's machinery costs more per statement than
     PostgreSQL does to run the hot path's small ones. Driver errors are raised as
-    SQLAlchemy's (a lost connection invalidated), like ``conn.execute`` does."""
+    SQLAlchemy's (a lost connection invalidated), like ``conn.execute`` does.
+
+    Never a server-side prepared statement: each execution is planned for its own
+    parameters (an unnamed statement). A prepared statement's cached generic plan, made
+    once while the tables were small and their statistics stale (tables that only grow;
+    autovacuum may be off or late), keeps scanning them whole as they grow; planned each
+    time, a statement sees the real size of its key arrays and the transaction's lookup
+    settings (``_LOOKUPS``). The foreign-key checks PostgreSQL runs for the writes keep
+    their cached plans (a unique-index probe each): forcing custom plans on the whole
+    connection (``plan_cache_mode``), as this did before, re-planned every one of them,
+    about a tenth of the server's CPU per read."""
     return _driver_rows_many(conn, [(sql, params)])[0]
 
 
@@ -680,13 +683,13 @@ def _driver_rows_many(
     sql, params = statements[0]
     try:
         if len(statements) == 1:
-            cursors = [driver.execute(sql, params, prepare=True)]
+            cursors = [driver.execute(sql, params, prepare=False)]
         else:
             with driver.pipeline():
                 cursors = []
                 for sql, params in statements:
                     cursors.append(driver.cursor())
-                    cursors[-1].execute(sql, params, prepare=True)
+                    cursors[-1].execute(sql, params, prepare=False)
         return [c.fetchall() if c.description is not None else [] for c in cursors]
     except Exception as exc:
         dbapi = conn.dialect.loaded_dbapi
