@@ -65,6 +65,7 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE acked_at IS NULL
 ACK_LINGER = 0.003  # seconds the loop waits for the rest of a burst of acks
 CONNECT_S = 3.0  # the loop waits this long at most for each step of a connection
 IDLE_POLL_S = 0.25  # with nothing to do, the loop looks at ``stop`` this often
+_IN_CHUNK = 500  # read ids per lookup (SQLite's limit on parameters is 999 in old builds)
 
 
 def gateway_client_id(lot_id: str) -> str:
@@ -87,12 +88,16 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        # Retirements commit through a second connection that does not sync (see retire).
+        self._retiring = sqlite3.connect(self.path, isolation_level=None)
+        self._retiring.execute("PRAGMA synchronous=NORMAL")
         self._cache_size = cache
         self._cached: dict[str, bytes] = {}  # oldest pending reads, in outbox order
         self._pending = 0
         self._refill()
 
     def close(self) -> None:
+        self._retiring.close()
         self._db.close()
 
     def _refill(self, size: int | None = None) -> None:
@@ -111,17 +116,20 @@ class Outbox:
     def add_many(self, reads: Iterable[tuple[str, bytes]], now: datetime) -> list[bool]:
         """Queue reads in one transaction (one sync to disk); per read, whether it is new."""
         stamp = now.isoformat()
+        given = list(reads)
         added: list[bool] = []
         new: list[tuple[str, bytes]] = []
-        with self._transaction():
-            for read_id, payload in reads:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO outbox (read_id, payload, queued_at) VALUES (?, ?, ?)",
-                    (read_id, payload, stamp),
-                )
-                added.append(cur.rowcount == 1)
-                if cur.rowcount == 1:
+        with _Tx(self._db):
+            seen = self._known({read_id for read_id, _ in given})
+            for read_id, payload in given:
+                added.append(read_id not in seen)
+                if read_id not in seen:
+                    seen.add(read_id)  # the same id twice in one call: the first is queued
                     new.append((read_id, payload))
+            self._db.executemany(
+                "INSERT INTO outbox (read_id, payload, queued_at) VALUES (?, ?, ?)",
+                [(read_id, payload, stamp) for read_id, payload in new],
+            )
         for read_id, payload in new:  # after the commit: the cache never runs ahead
             if self._pending == len(self._cached) and len(self._cached) < self._cache_size:
                 self._cached[read_id] = payload
@@ -142,25 +150,23 @@ class Outbox:
     def retire(self, read_ids: Iterable[str], now: datetime) -> int:
         """Mark reads acknowledged (one transaction); returns how many were pending.
 
-        Not synced to disk by itself (``synchronous=NORMAL`` for this commit; the next
-        queued read's commit syncs it): a retirement lost with the machine's power only
-        makes the gateway resend a read the service already has, which it answers as a
-        duplicate. Queuing a read (``add_many``) is always synced before it is sent."""
+        Not synced to disk by itself (committed through a connection with
+        ``synchronous=NORMAL``; the next queued read's commit syncs it): a retirement lost
+        with the machine's power only makes the gateway resend a read the service already
+        has, which it answers as a duplicate. Queuing a read (``add_many``) is always
+        synced before it is sent."""
         ids = list(read_ids)
         if not ids:
             return 0
         stamp = now.isoformat()
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self._transaction():
-                before = self._db.total_changes
-                self._db.executemany(
-                    "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL",
-                    [(stamp, read_id) for read_id in ids],
-                )
-                count = self._db.total_changes - before
-        finally:
-            self._db.execute("PRAGMA synchronous=FULL")
+        db = self._retiring
+        with _Tx(db):
+            before = db.total_changes
+            db.executemany(
+                "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL",
+                [(stamp, read_id) for read_id in ids],
+            )
+            count = db.total_changes - before
         self._pending -= count
         for read_id in ids:
             self._cached.pop(read_id, None)
@@ -181,8 +187,16 @@ class Outbox:
         )
         return cur.rowcount
 
-    def _transaction(self) -> _Tx:
-        return _Tx(self._db)
+    def _known(self, read_ids: set[str]) -> set[str]:
+        """Those of ``read_ids`` in the outbox (pending or retired)."""
+        ids = sorted(read_ids)
+        known: set[str] = set()
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i : i + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT read_id FROM outbox WHERE read_id IN ({marks})", chunk)
+            known.update(str(r[0]) for r in rows)
+        return known
 
 
 class _Tx:
@@ -212,19 +226,22 @@ class GatewayRefused(RuntimeError):
 
 
 def prepare_line(line: str, lot_id: str) -> tuple[str, bytes, str]:
-    """``(read_id, payload, masked plate)`` for one feed line, or ``PayloadError``.
+    """``(read_id, payload, raw plate)`` for one feed line, or ``PayloadError``.
 
-    A missing ``lot_id`` is filled in with the gateway's lot; another lot's read is
-    rejected. The payload is the object as given (extra fields kept), re-encoded."""
+    A missing ``lot_id`` is filled in with the gateway's lot (the object is then
+    re-encoded, extra fields kept); another lot's read is rejected. Otherwise the payload
+    is the line itself, as the camera wrote it (the evidence the service keeps)."""
     try:
         obj = json.loads(line)
     except (json.JSONDecodeError, RecursionError):
         raise PayloadError("line is not JSON") from None
     if not isinstance(obj, dict):
         raise PayloadError("line is not a JSON object")
+    given = "lot_id" in obj
     obj.setdefault("lot_id", lot_id)
     read = read_from_object(obj, topic_lot=lot_id)
-    return read.read_id, encode_object(obj), mask_plate(read.raw_plate)
+    payload = line.strip().encode() if given else encode_object(obj)
+    return read.read_id, payload, read.raw_plate
 
 
 def _feed_lines(feed: str | Path | IO[str]) -> tuple[IO[str], bool]:
@@ -285,11 +302,18 @@ def run_gateway(
 
     wake_lock = threading.Lock()  # the reader may outlive the loop: never write a closed fd
     wake_open = [True]
+    # Set by the reader when it writes to the pipe, cleared by the loop (after draining
+    # the pipe, before taking events): while set, a byte the loop has not read yet is in
+    # the pipe, so a line needs no write (and no system call) of its own.
+    woken = [False]
 
     def put(event: tuple[str, str | None]) -> None:
         events.put(event)
+        if woken[0]:
+            return
         with wake_lock, contextlib.suppress(BlockingIOError):  # a full pipe wakes it anyway
             if wake_open[0]:
+                woken[0] = True
                 os.write(wake_w, b"x")
 
     def read_feed() -> None:
@@ -364,6 +388,7 @@ def run_gateway(
                 retry_at = time.monotonic() + backoff
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
+            woken[0] = False
             lines: list[str] = []
             while len(lines) < 1000:
                 try:
@@ -438,10 +463,13 @@ def _ingest(outbox: Outbox, lines: list[str], lot: str, now: datetime, stats: Ga
             stats.rejected += 1
             log.warning("gateway %s: rejected a feed line: %s", lot, exc)
     added = outbox.add_many([(read_id, data) for read_id, data, _ in prepared], now)
-    for (read_id, _, masked), new in zip(prepared, added, strict=True):
+    debug = log.isEnabledFor(logging.DEBUG)  # masking every plate costs more than the rest
+    for (read_id, _, plate), new in zip(prepared, added, strict=True):
         if new:
             stats.ingested += 1
-            log.debug("gateway %s: queued read %s plate %s", lot, read_id, masked)
+            if debug:
+                log.debug("gateway %s: queued read %s plate %s", lot, read_id, mask_plate(plate))
         else:
             stats.known += 1
-            log.debug("gateway %s: read %s is already in the outbox", lot, read_id)
+            if debug:
+                log.debug("gateway %s: read %s is already in the outbox", lot, read_id)

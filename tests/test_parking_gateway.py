@@ -138,9 +138,11 @@ def test_prepare_line() -> None:
     obj = read_obj(1)
     del obj["lot_id"]
     obj["lane"] = 2
-    read_id, data, masked = prepare_line(json.dumps(obj, ensure_ascii=False), "lot-1")
-    assert read_id == "r00001" and masked == "浙A·1****"
+    read_id, data, plate = prepare_line(json.dumps(obj, ensure_ascii=False), "lot-1")
+    assert read_id == "r00001" and plate == obj["plate"]
     assert json.loads(data) == {**obj, "lot_id": "lot-1"}  # lot filled in, extras kept
+    line = json.dumps({**obj, "lot_id": "lot-1"}, ensure_ascii=False, separators=(", ", ": "))
+    assert prepare_line(f"{line}  \n", "lot-1")[1] == line.encode()  # the camera's own bytes
     for bad in ("{", "[]", json.dumps(read_obj(1, "lot-2")), json.dumps({"read_id": "x"})):
         with pytest.raises(PayloadError):
             prepare_line(bad, "lot-1")
