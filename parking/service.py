@@ -15,14 +15,17 @@ Why no read is lost and none is charged twice, even under ``kill -9``:
    ONE transaction (``record_many``), and only after its commit publishes the gateway
    acks and acks each message to the broker, in the order they arrived. A sink without
    ``record_many`` is called once per message on the network thread. With
-   ``record_many`` the transaction runs on a ledger thread (one batch at a time, in
-   order; on PostgreSQL split by lot over two ledger processes) while the network thread
-   keeps receiving; the ledger side never touches the connection: the network thread
-   sends a batch's acks once it sees the batch committed (after handing the next batch to
-   the ledger side, so that one is recorded meanwhile), and only on the connection the
-   batch came in on (a batch still being recorded when the connection drops is waited
-   for and its acks are dropped: the broker redelivers those messages, recorded as
-   duplicates). So no ack can leave before its commit or go to a later connection.
+   ``record_many`` the transactions run on ledger threads while the network thread keeps
+   receiving (on PostgreSQL two lanes, ledger processes that record different lots side
+   by side, each taking the next messages once it committed; a lot's messages are
+   recorded in arrival order); the ledger side never touches the connection: the network
+   thread sends acks once it sees them committed (after handing the next messages to an
+   idle lane, so that they are recorded meanwhile), in arrival order (a message's ack
+   waits for the commit of every message that arrived before it), and only on the
+   connection the message came in on (a transaction still running when the connection
+   drops is waited for and its acks are dropped: the broker redelivers those messages,
+   recorded as duplicates). So no ack can leave before its commit or go to a later
+   connection.
 3. A death before the commit leaves no effect and no PUBACK: the broker redelivers and the
    read is recorded then. A death after the commit but before the PUBACK makes the broker
    redeliver a read that is already recorded: the sink answers ``duplicate`` (no second
@@ -113,7 +116,7 @@ RecordMany = Callable[[Sequence[tuple[str, bytes, datetime]]], Sequence[RecordOu
 
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_BATCH_WINDOW = 0.005  # seconds
-LANES = 2  # transactions side by side per batch, for a sink that takes concurrent writers
+LANES = 2  # transactions side by side, for a sink that takes concurrent writers
 LANE_START_S = 60.0  # seconds a ledger process may take to start and open the ledger
 MIN_PART = 50  # messages: a batch is split only into parts at least this large
 
@@ -127,6 +130,7 @@ class Delivery:
     mid: int
     qos: int
     received_at: datetime | None = None  # None: when it is recorded
+    seq: int = 0  # its place in the connection's arrival order (the order of its ack)
 
 
 @dataclass(frozen=True)
@@ -276,10 +280,12 @@ class ReadHandler:
         self.broken = True
         self.stats.sink_failures += 1
 
-    def answer_batch(self, recorded: Recorded) -> int:
+    def answer_batch(self, recorded: Recorded, *, count: bool = True) -> int:
         """The network half of ``handle_batch`` (the connection's thread): after the
-        commit, ack each delivery (gateway, then broker), in order."""
-        self.stats.batches += 1
+        commit, ack each delivery (gateway, then broker), in order. ``count``: it was one
+        transaction (``stats.batches``)."""
+        if count:
+            self.stats.batches += 1
         for d, planned in zip(recorded.deliveries, recorded.plans, strict=True):
             if planned is None:
                 self._foreign(d.topic, d.mid, d.qos)
@@ -347,11 +353,14 @@ def run_service(
     during the previous transaction); at a low rate a message waits at most about
     ``batch_window``. ``batch_size=1`` records one message per transaction.
 
-    ``lanes``: each batch is split by lot into so many transactions recorded side by side
-    (default: ``LANES`` when the sink takes concurrent writers, as the PostgreSQL ledger
-    does, else 1). Such a sink (``ReopenableSink``) is opened again in one process per
-    lane, so that the matching rules of two lanes run on two cores instead of taking turns
-    under one interpreter lock.
+    ``lanes``: transactions recorded side by side, each on a lane of its own (default:
+    ``LANES`` when the sink takes concurrent writers, as the PostgreSQL ledger does, else
+    1). A lane that committed takes the next messages at once, without waiting for the
+    others; a lot's messages go to one lane at a time, in arrival order, and the acks
+    keep the arrival order (see ``_Lanes``, ``_InOrder``). Such a sink
+    (``ReopenableSink``) is opened again in one process per lane, so that the matching
+    rules of two lanes run on two cores instead of taking turns under one interpreter
+    lock.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -378,9 +387,10 @@ def run_service(
         lanes = LANES if reopen is not None else 1
     lane_sink = reopen() if reopen is not None and lanes > 1 else None
     batching = isinstance(sink, BatchReadSink)
-    worker = _BatchWorker(handler, wake, lanes, lane_sink) if batching else None
+    worker = _Lanes(handler, wake, lanes, lane_sink) if batching else None
     pending: list[Delivery] = []  # received, not yet recorded nor acknowledged
     first_at = 0.0  # monotonic arrival of pending[0]
+    order = _InOrder()
 
     def due(arrived: int) -> bool:
         """A batch is ready: full, or its window passed with nothing more arriving."""
@@ -389,13 +399,23 @@ def run_service(
             or (not arrived and time.monotonic() >= first_at + batch_window)
         )
 
-    def take() -> list[Delivery]:
+    def take(eligible: Callable[[Delivery], bool] = lambda _: True) -> list[Delivery]:
+        """The oldest ``batch_size`` eligible pending messages (in arrival order)."""
         nonlocal first_at
-        batch = pending[:batch_size]
-        del pending[:batch_size]
+        batch: list[Delivery] = []
+        rest: list[Delivery] = []
+        for d in pending:
+            (batch if len(batch) < batch_size and eligible(d) else rest).append(d)
+        pending[:] = rest
         if pending:
             first_at = time.monotonic()
         return batch
+
+    def answer(finished: list[tuple[list[Delivery], Recorded | None]]) -> None:
+        for _, recorded in finished:
+            if recorded is not None:  # a failure was noted when it was collected
+                stats.batches += 1
+                handler.answer_batch(order.committed(recorded), count=False)
 
     backoff = 0.2
     handled = 0
@@ -428,15 +448,17 @@ def run_service(
             handler.transport = link
             handler.reset()
             pending.clear()  # a new connection: the broker redelivers what was unacked
+            order = _InOrder()
             lost = False
             try:
                 while not stop.is_set():
-                    if worker is not None and worker.busy:
-                        linger = 0.2  # its commit wakes us
-                    elif pending:
+                    if pending and (
+                        worker is None
+                        or (worker.idle and any(worker.eligible(d) for d in pending))
+                    ):
                         linger = first_at + batch_window - time.monotonic()
                     else:
-                        linger = 0.2
+                        linger = 0.2  # nothing to send a lane before a commit wakes us
                     arrived = link.poll(max(0.0, linger), wake_r)
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
@@ -445,21 +467,23 @@ def run_service(
                         if not pending:
                             first_at = time.monotonic()
                         pending.extend(
-                            Delivery(m.topic, m.payload, m.packet_id, m.qos, now) for m in arrived
+                            Delivery(m.topic, m.payload, m.packet_id, m.qos, now, order.next_seq())
+                            for m in arrived
                         )
                     if worker is None:
                         if due(len(arrived)):
                             handler.handle_batch(take())
                     else:
-                        finished, recorded = worker.poll()
-                        if finished and recorded is None:
+                        finished = worker.finished()
+                        if any(recorded is None for _, recorded in finished):
                             handler.fail()
-                        if not worker.busy and not handler.broken and due(len(arrived)):
-                            # The next batch first: it is recorded while this thread sends
-                            # the acks of the one just committed (and goes on receiving).
-                            worker.submit(take())
-                        if recorded is not None:
-                            handler.answer_batch(recorded)
+                        if worker.idle and not handler.broken and due(len(arrived)):
+                            # The next messages first: they are recorded while this thread
+                            # sends the acks of what just committed (and goes on receiving).
+                            batch = take(worker.eligible)
+                            if batch:
+                                worker.submit(batch)
+                        answer(finished)
                     link.flush()
                     if handler.broken:
                         break
@@ -469,13 +493,16 @@ def run_service(
                 log.warning("connection to %s lost: %s", address.url, exc)
                 lost = True
             if worker is not None and worker.busy:
-                # Leaving this connection with a batch being recorded: wait for its commit.
-                # Its acks go out only on this connection, while it is still up (a
-                # packet id means nothing on the next one; the broker redelivers those
-                # messages and they are recorded as duplicates).
-                finished, recorded = worker.wait()
+                # Leaving this connection with transactions running: wait for their
+                # commits. Their acks go out only on this connection, while it is still up
+                # (a packet id means nothing on the next one; the broker redelivers those
+                # messages and they are recorded as duplicates), and only up to the first
+                # message that was not committed.
+                finished = worker.finished(block=True)
+                if any(recorded is None for _, recorded in finished):
+                    handler.fail()
                 if not lost:
-                    _settle(handler, recorded)
+                    answer(finished)
                     with contextlib.suppress(ConnectionLost):
                         link.flush()
             handler.transport = _Unconnected()
@@ -504,26 +531,20 @@ class _Unconnected:
         raise ConnectionLost("not connected")
 
 
-def _settle(handler: ReadHandler, recorded: Recorded | None) -> None:
-    if recorded is None:
-        handler.fail()
-    else:
-        handler.answer_batch(recorded)
+class _Lanes:
+    """Records batches on ledger threads of its own (lanes), so the connection's thread
+    keeps receiving and acknowledging while transactions run. It never touches the
+    connection: the connection's thread takes what finished (``finished``) and sends the
+    acks (``on_done`` tells it that a transaction ended).
 
-
-class _BatchWorker:
-    """Records batches on ledger threads of its own, one batch at a time, in the order
-    submitted, so the connection's thread keeps receiving (and acknowledging the previous
-    batch) while a transaction runs. It never touches the connection: the connection's
-    thread sends a batch's acks after it sees the batch committed (``on_done`` tells it
-    that a part finished).
-
-    With ``lanes`` > 1 a batch is split by lot into that many parts, each recorded in a
-    transaction of its own on its own thread (and database connection): one part's round
-    trips to the database overlap another's work. The ledger locks by lot, so the parts
-    never wait on each other; the batch counts as committed when every part is, and its
-    acks keep the order of arrival. A failed part fails the batch (the parts that did
-    commit are redelivered, unacknowledged, and recorded as duplicates)."""
+    Each lane records one transaction at a time, on its own thread (and database
+    connection; with ``lane_sink``, in a process of its own, so that the matching rules
+    of two lanes run on two cores instead of taking turns under one interpreter lock).
+    The lanes do not wait for each other: a lane that committed takes the next messages
+    at once, while another is still recording (or waiting for its commit to reach the
+    disk). A lot's messages are recorded in the order they arrived: while a lane holds
+    some of a lot's messages, the lot's next ones wait for that lane (``eligible``). The
+    ledger locks by lot, so lanes never wait on each other's locks."""
 
     def __init__(
         self,
@@ -537,47 +558,73 @@ class _BatchWorker:
         self._handler = handler
         self._on_done = on_done
         self._remotes = [_RemoteSink(lane_sink) for _ in range(lanes)] if lane_sink else []
-        self._jobs: list[queue.Queue[tuple[int, list[int], list[Delivery]] | None]] = [
+        self._jobs: list[queue.Queue[list[Delivery] | None]] = [
             queue.Queue() for _ in range(lanes)
         ]
-        self._done: queue.Queue[tuple[int, list[int], Recorded | None]] = queue.Queue()
-        self.busy = False
-        self._batch: list[Delivery] = []
-        self._parts: list[tuple[list[int], Recorded | None]] = []
-        self._expected = 0
-        self._serial = 0
+        self._done: queue.Queue[tuple[int, list[Delivery], Recorded | None]] = queue.Queue()
+        self._held: list[set[str | None]] = [set() for _ in range(lanes)]  # lots per lane
+        self._holding: set[str | None] = set()  # all of them
+        self._lots: dict[str, str | None] = {}  # topic -> lot
+        self._busy = [False] * lanes
         self._threads = [
             threading.Thread(
                 target=self._run,
-                args=(jobs, self._remotes[i].record_many if self._remotes else None),
+                args=(i, self._remotes[i].record_many if self._remotes else None),
                 name=f"parking-ledger-{i}",
                 daemon=True,
             )
-            for i, jobs in enumerate(self._jobs)
+            for i in range(lanes)
         ]
         for thread in self._threads:
             thread.start()
 
+    @property
+    def busy(self) -> bool:
+        return any(self._busy)
+
+    @property
+    def idle(self) -> int:
+        return self._busy.count(False)
+
+    def lot_of(self, delivery: Delivery) -> str | None:
+        topic = delivery.topic
+        if topic not in self._lots:
+            self._lots[topic] = lot_of_topic(topic, "reads", self._handler.root)
+        return self._lots[topic]
+
+    def eligible(self, delivery: Delivery) -> bool:
+        """Not held back behind a lane that records some of its lot's messages."""
+        return self.lot_of(delivery) not in self._holding
+
     def submit(self, batch: list[Delivery]) -> None:
-        assert not self.busy, "one batch at a time"
-        self.busy = True
-        self._serial += 1
-        self._batch = batch
-        self._parts = []
-        parts = _split_by_lot(batch, len(self._jobs), self._handler.root)
-        self._expected = len(parts)
-        for jobs, indices in zip(self._jobs, parts, strict=False):
-            jobs.put((self._serial, indices, [batch[i] for i in indices]))
+        """Record ``batch`` (eligible messages, in arrival order) on the idle lanes: split
+        by lot among them when it is large enough, all of a lot's messages in one part."""
+        idle = [i for i, busy in enumerate(self._busy) if not busy]
+        assert idle, "no idle lane"
+        parts = _split_by_lot(batch, len(idle), self._handler.root)  # at most len(idle)
+        for lane, indices in zip(idle, parts, strict=False):
+            part = [batch[i] for i in indices]
+            self._busy[lane] = True
+            self._held[lane] = {self.lot_of(d) for d in part}
+            self._holding |= self._held[lane]
+            self._jobs[lane].put(part)
 
-    def poll(self) -> tuple[bool, Recorded | None]:
-        """(True, what was committed or None on failure) once the batch is done."""
-        return self._collect(block=False)
-
-    def wait(self) -> tuple[bool, Recorded | None]:
-        return self._collect(block=True)
+    def finished(self, block: bool = False) -> list[tuple[list[Delivery], Recorded | None]]:
+        """The transactions that ended since the last call (None: it failed, nothing of it
+        was committed); with ``block``, waits until no lane is busy."""
+        out: list[tuple[list[Delivery], Recorded | None]] = []
+        while True:
+            try:
+                lane, part, recorded = self._done.get(block=block and self.busy)
+            except queue.Empty:
+                return out
+            self._busy[lane] = False
+            self._holding -= self._held[lane]
+            self._held[lane] = set()
+            out.append((part, recorded))
 
     def close(self) -> None:
-        self.wait()
+        self.finished(block=True)
         for jobs in self._jobs:
             jobs.put(None)
         for thread in self._threads:
@@ -585,44 +632,45 @@ class _BatchWorker:
         for remote in self._remotes:
             remote.close()
 
-    def _collect(self, block: bool) -> tuple[bool, Recorded | None]:
-        if not self.busy:
-            return False, None
-        while len(self._parts) < self._expected:
-            try:
-                serial, indices, recorded = self._done.get(block=block)
-            except queue.Empty:
-                return False, None
-            if serial == self._serial:
-                self._parts.append((indices, recorded))
-        self.busy = False
-        if any(recorded is None for _, recorded in self._parts):
-            return True, None
-        if len(self._parts) == 1:
-            return True, self._parts[0][1]
-        plans: list[tuple[str, RecordOutcome, AckPlan] | None] = [None] * len(self._batch)
-        for indices, recorded in self._parts:
-            assert recorded is not None
-            for i, plan in zip(indices, recorded.plans, strict=True):
-                plans[i] = plan
-        return True, Recorded(tuple(self._batch), tuple(plans))
-
-    def _run(
-        self,
-        jobs: queue.Queue[tuple[int, list[int], list[Delivery]] | None],
-        record_many: RecordMany | None,
-    ) -> None:
+    def _run(self, lane: int, record_many: RecordMany | None) -> None:
+        jobs = self._jobs[lane]
         while True:
-            job = jobs.get()
-            if job is None:
+            part = jobs.get()
+            if part is None:
                 return
-            serial, indices, deliveries = job
             recorded: Recorded | None = None
             try:
-                recorded = self._handler.record_batch(deliveries, record_many)
+                recorded = self._handler.record_batch(part, record_many)
             finally:
-                self._done.put((serial, indices, recorded))
+                self._done.put((lane, part, recorded))
                 self._on_done()
+
+
+class _InOrder:
+    """Acknowledgements in the order the messages arrived on the connection (MQTT 3.1.1
+    section 4.6: PUBACKs in the order of the PUBLISH packets), whatever order the lanes
+    commit in: a message is answered once it and every message before it committed."""
+
+    def __init__(self) -> None:
+        self._next = 0  # the ``seq`` of the next message to answer
+        self._count = 0
+        self._committed: dict[int, tuple[Delivery, tuple[str, RecordOutcome, AckPlan] | None]]
+        self._committed = {}
+
+    def next_seq(self) -> int:
+        """The ``seq`` of the next message to arrive (0, 1, 2, ... on a connection)."""
+        self._count += 1
+        return self._count - 1
+
+    def committed(self, recorded: Recorded) -> Recorded:
+        """Note a committed transaction; what may be answered now, in arrival order."""
+        for d, plan in zip(recorded.deliveries, recorded.plans, strict=True):
+            self._committed[d.seq] = (d, plan)
+        answered: list[tuple[Delivery, tuple[str, RecordOutcome, AckPlan] | None]] = []
+        while self._next in self._committed:
+            answered.append(self._committed.pop(self._next))
+            self._next += 1
+        return Recorded(tuple(d for d, _ in answered), tuple(p for _, p in answered))
 
 
 def _split_by_lot(batch: Sequence[Delivery], lanes: int, root: str) -> list[list[int]]:

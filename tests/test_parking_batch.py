@@ -40,7 +40,14 @@ from citybrain.parking.ledger import (
 )
 from citybrain.parking.mqtt import acks_topic, reads_topic
 from citybrain.parking.mqttlink import Link
-from citybrain.parking.service import Delivery, Outcome, ReadHandler, run_service
+from citybrain.parking.service import (
+    Delivery,
+    Outcome,
+    ReadHandler,
+    Recorded,
+    _InOrder,
+    run_service,
+)
 
 from . import test_parking_ledger as _led
 from . import test_parking_mqtt as _mq
@@ -526,6 +533,102 @@ def test_service_receives_while_a_batch_is_recorded_and_acks_only_after_its_comm
     assert recorded == ["a0", "a1", "a2", "b0", "b1", "b2"]  # each once, in later batches
     stats = result[0]
     assert (stats.recorded, stats.duplicate, stats.sink_failures) == (6, 0, 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_acks_are_released_in_arrival_order_whatever_order_the_lanes_commit_in(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    order = _InOrder()
+    deliveries = [Delivery("t", b"", mid, 1, None, order.next_seq()) for mid in range(40)]
+    parts: list[list[Delivery]] = []
+    rest = list(deliveries)
+    while rest:  # transactions of a few messages each, not all contiguous
+        part = sorted(rng.sample(rest, min(len(rest), rng.randint(1, 6))), key=lambda d: d.seq)
+        parts.append(part)
+        rest = [d for d in rest if d not in part]
+    rng.shuffle(parts)  # the order the lanes commit in
+    answered: list[int] = []
+    committed: set[int] = set()
+    for part in parts:
+        released = order.committed(Recorded(tuple(part), (None,) * len(part)))
+        committed |= {d.seq for d in part}
+        answered += [d.mid for d in released.deliveries]
+        # Exactly the committed prefix of the arrival order has been answered.
+        prefix = next((k for k in range(len(deliveries)) if k not in committed), 40)
+        assert answered == list(range(prefix))
+
+
+class _LotGatedSink:
+    """A ledger whose transactions that hold lot ``gated`` wait for ``release`` before
+    they start (two lanes call it from two threads); notes each committed batch."""
+
+    def __init__(self, ledger: Ledger, gated: str) -> None:
+        self.ledger, self.gated = ledger, gated
+        self.started, self.release = threading.Event(), threading.Event()
+        self.batches: list[list[str]] = []  # read ids of each committed batch, in order
+        self.lock = threading.Lock()
+
+    def record(self, topic_lot: str, payload: bytes, received_at: datetime) -> Any:
+        return self.ledger.record(topic_lot, payload, received_at)
+
+    def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> Any:
+        if any(lot == self.gated for lot, _, _ in items) and not self.release.is_set():
+            self.started.set()
+            assert self.release.wait(20)
+        with self.lock:  # one transaction at a time on the shared ledger object
+            out = self.ledger.record_many(items)
+            self.batches.append([json.loads(p)["read_id"] for _, p, _ in items])
+        return out
+
+
+def test_lanes_do_not_wait_for_each_other_and_acks_keep_the_arrival_order(
+    mqtt_url: str, sessions: Sessions, root: str, fresh_url: Callable[[], str]
+) -> None:
+    # Lot L01's transaction is held up: lot L02's messages, which arrive after, are
+    # recorded and committed by the other lane meanwhile, but acknowledged only after
+    # L01's (PUBACKs in the order of arrival). L01's later messages wait for its lane.
+    ledger = open_ledger(fresh_url())
+    listener = AckListener(mqtt_url, f"{root}/+/acks")
+    sink = _LotGatedSink(ledger, "L01")
+    pub = Publisher(mqtt_url)
+
+    def send(lot: str, tag: str, base: int) -> list[str]:
+        ids = [f"{tag}{i}" for i in range(4)]
+        for i, rid in enumerate(ids):
+            body = read_msg(rid, "in", f"浙A{base + i:05d}", at(base + i), lot=lot)
+            pub.client.publish(reads_topic(lot, root), body, qos=1).wait_for_publish(10)
+        return ids
+
+    thread, stop, ready, result = _serve_in_thread(
+        mqtt_url, sink, sessions.new("svc"), root, batch_size=4, batch_window=0.01, lanes=2
+    )
+    try:
+        assert ready.wait(10)
+        first = send("L01", "a", 100)
+        assert sink.started.wait(10)  # a lane holds L01's first messages
+        other = send("L02", "b", 200)
+        later = send("L01", "c", 300)
+        wait_until(lambda: set(other) <= {r for b in sink.batches for r in b}, 20, "L02")
+        time.sleep(0.3)  # a wrong service would ack L02 or record L01's later ones now
+        assert listener.acks == []  # L02 committed, but acked only after L01
+        assert {r for b in sink.batches for r in b} == set(other)  # L01 waits for its lane
+        sink.release.set()
+        wait_until(lambda: len(listener.acks) == 12, 20, "every ack")
+    finally:
+        sink.release.set()
+        stop.set()
+        thread.join(10)
+        pub.close()
+        listener.close()
+        ledger.close()
+    assert listener.acks[:4] == first and set(listener.acks[4:8]) == set(other)
+    assert set(listener.acks[8:]) == set(later)
+    committed = [r for b in sink.batches for r in b]
+    assert committed.index("a0") < committed.index("c0")  # L01 in arrival order
+    stats = result[0]
+    assert (stats.recorded, stats.duplicate, stats.sink_failures) == (12, 0, 0)
 
 
 # ------------------------------------------------------------------------ kill -9
