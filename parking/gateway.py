@@ -2,9 +2,10 @@
 
 Each valid read is committed to an on-disk outbox (SQLite, WAL, ``synchronous=FULL``)
 before it is published, so a killed gateway resends on restart whatever had no ack
-(retirements are not synced on their own: losing one only resends a duplicate). A read
-is retired when the service's ack for its ``read_id`` arrives on the lot's acks topic (a
-persistent session, so acks sent while the gateway was away still arrive). Unacknowledged
+(retirements are written in bulk and not synced on their own: losing one only resends a
+duplicate, which the service acks again). A read is retired when the service's ack for
+its ``read_id`` arrives on the lot's acks topic (a persistent session, so acks sent while
+the gateway was away still arrive). Unacknowledged
 reads are resent after ``resend_after`` seconds and on every reconnection; at most
 ``window`` reads are in flight. Re-reading the same feed is harmless: read ids already in
 the outbox (pending or retired) are ignored.
@@ -65,6 +66,7 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE acked_at IS NULL
 ACK_LINGER = 0.003  # seconds the loop waits for the rest of a burst of acks
 CONNECT_S = 3.0  # the loop waits this long at most for each step of a connection
 IDLE_POLL_S = 0.25  # with nothing to do, the loop looks at ``stop`` this often
+RETIRE_SYNC_S = 0.2  # retirements held in memory are written to the outbox file this often
 _IN_CHUNK = 500  # read ids per lookup (SQLite's limit on parameters is 999 in old builds)
 
 
@@ -94,13 +96,17 @@ class Outbox:
         self._cache_size = cache
         self._cached: dict[str, bytes] = {}  # oldest pending reads, in outbox order
         self._pending = 0
+        self._acked: dict[str, str] = {}  # retired, not yet written: read id -> acked_at
+        self._synced_at = time.monotonic()
         self._refill()
 
     def close(self) -> None:
+        self.sync_retired()
         self._retiring.close()
         self._db.close()
 
     def _refill(self, size: int | None = None) -> None:
+        self.sync_retired()
         row = self._db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()
         self._pending = int(row[0])
         rows = self._db.execute(
@@ -148,39 +154,60 @@ class Outbox:
         return out
 
     def retire(self, read_ids: Iterable[str], now: datetime) -> int:
-        """Mark reads acknowledged (one transaction); returns how many were pending.
+        """Mark reads acknowledged; returns how many were pending.
 
-        Not synced to disk by itself (committed through a connection with
-        ``synchronous=NORMAL``; the next queued read's commit syncs it): a retirement lost
-        with the machine's power only makes the gateway resend a read the service already
-        has, which it answers as a duplicate. Queuing a read (``add_many``) is always
-        synced before it is sent."""
-        ids = list(read_ids)
-        if not ids:
-            return 0
+        The reads the gateway sent (those it holds in memory) are retired at once in
+        memory and written to the file in bulk, at least every ``RETIRE_SYNC_S`` seconds
+        (and before the file is read, and on ``close``); others are written at once. The
+        writes are not synced to disk by themselves (a connection with
+        ``synchronous=NORMAL``; the next queued read's commit syncs them). A retirement
+        lost with the process or the machine only makes the gateway resend a read the
+        service already has, which it answers as a duplicate (and acks again). Queuing a
+        read (``add_many``) is always synced before it is sent."""
         stamp = now.isoformat()
+        count = 0
+        others: list[str] = []
+        for read_id in read_ids:
+            if self._cached.pop(read_id, None) is not None:
+                self._acked[read_id] = stamp
+                count += 1
+            elif read_id not in self._acked:
+                others.append(read_id)
+        if others:
+            count += self._write_retired([(stamp, read_id) for read_id in others])
+        self._pending -= count
+        if time.monotonic() - self._synced_at >= RETIRE_SYNC_S:
+            self.sync_retired()
+        return count
+
+    def sync_retired(self) -> None:
+        """Write the retirements held in memory to the file."""
+        self._synced_at = time.monotonic()
+        if self._acked:
+            self._write_retired([(stamp, read_id) for read_id, stamp in self._acked.items()])
+            self._acked.clear()
+
+    def _write_retired(self, rows: list[tuple[str, str]]) -> int:
+        """``(acked_at, read_id)`` rows; returns how many of them were pending in the file."""
         db = self._retiring
         with _Tx(db):
             before = db.total_changes
             db.executemany(
-                "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL",
-                [(stamp, read_id) for read_id in ids],
+                "UPDATE outbox SET acked_at = ? WHERE read_id = ? AND acked_at IS NULL", rows
             )
-            count = db.total_changes - before
-        self._pending -= count
-        for read_id in ids:
-            self._cached.pop(read_id, None)
-        return count
+            return db.total_changes - before
 
     def pending_count(self) -> int:
         return self._pending
 
     def retired_count(self) -> int:
+        self.sync_retired()
         row = self._db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NOT NULL").fetchone()
         return int(row[0])
 
     def prune(self, before: datetime) -> int:
         """Forget reads retired before ``before`` (re-feeding one would resend it once)."""
+        self.sync_retired()
         cur = self._db.execute(
             "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?",
             (before.isoformat(),),

@@ -187,6 +187,27 @@ def test_outbox_memory_follows_the_file_past_its_cache(tmp_path: Path) -> None:
     again.close()
 
 
+def test_outbox_writes_retirements_in_bulk_and_a_lost_one_only_resends(tmp_path: Path) -> None:
+    """Retired reads leave the queue at once; the file learns of them in bulk (at the
+    latest ``RETIRE_SYNC_S`` later, before the file is read, on close). Retirements lost
+    with the process leave those reads pending in the file: they are sent again."""
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    assert box.add_many([(f"r{i}", b"x") for i in range(5)], now) == [True] * 5
+    assert box.retire(["r0", "r1"], now) == 2
+    assert box.retire(["r1"], now) == 0  # a repeated ack
+    assert box.pending_count() == 3 and [r for r, _ in box.head(10)] == ["r2", "r3", "r4"]
+    assert outbox_counts(path) == (5, 0)  # not written yet
+    assert box.retired_count() == 2 and outbox_counts(path) == (3, 2)  # read: written first
+    assert box.retire(["r2"], now) == 1
+    lost = Outbox(path)  # what a restart after kill -9 would find
+    assert [r for r, _ in lost.head(10)] == ["r2", "r3", "r4"]  # r2 is sent again
+    lost.close()
+    box.close()  # writes r2
+    assert outbox_counts(path) == (2, 3)
+
+
 # ------------------------------------------------------------------------ shared broker
 
 
@@ -339,7 +360,10 @@ def test_kill9_gateway_midstream_then_restart_resends_what_was_not_acked(
     with service_thread(mqtt_url, SqliteSink(db, delay=0.005), sessions.new("svc"), root):
         proc = gateway_subprocess(mqtt_url, root, gw_id, str(feed), outbox)
         try:
-            wait_until(lambda: outbox_counts(outbox)[1] >= 40, 15, "40 acks")
+            # Killed once the service has 40 of the reads (the gateway writes retirements
+            # to its file in bulk, so the file lags behind the acks it received).
+            recorded = "SELECT count(*) FROM reads"
+            wait_until(lambda: db_rows(db, recorded)[0][0] >= 40, 15, "40 reads recorded")
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         finally:
