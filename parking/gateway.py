@@ -329,9 +329,11 @@ def run_gateway(
 
     wake_lock = threading.Lock()  # the reader may outlive the loop: never write a closed fd
     wake_open = [True]
-    # Set by the reader when it writes to the pipe, cleared by the loop (after draining
+    # Set by the reader after it wrote to the pipe, cleared by the loop (after draining
     # the pipe, before taking events): while set, a byte the loop has not read yet is in
-    # the pipe, so a line needs no write (and no system call) of its own.
+    # the pipe, so a line needs no write (and no system call) of its own; while clear,
+    # the loop need not read the pipe (at worst a byte written just before the flag is
+    # set wakes the loop once more).
     woken = [False]
 
     def put(event: tuple[str, str | None]) -> None:
@@ -340,8 +342,8 @@ def run_gateway(
             return
         with wake_lock, contextlib.suppress(BlockingIOError):  # a full pipe wakes it anyway
             if wake_open[0]:
-                woken[0] = True
                 os.write(wake_w, b"x")
+                woken[0] = True
 
     def read_feed() -> None:
         try:
@@ -413,9 +415,10 @@ def run_gateway(
                 log.info("gateway %s disconnected: %s", lot, exc)
                 link = None
                 retry_at = time.monotonic() + backoff
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_r, 4096)
-            woken[0] = False
+            if woken[0]:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                woken[0] = False
             lines: list[str] = []
             while len(lines) < 1000:
                 try:

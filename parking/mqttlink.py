@@ -38,6 +38,7 @@ from citybrain.parking.mqttwire import (
 
 READ_SIZE = 256 * 1024
 CLOSE_GRACE_S = 0.1  # how long ``close`` reads what the broker still sends
+_NOT_NOW = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)  # try again later
 
 
 class ConnectionLost(ConnectionError):
@@ -85,11 +86,25 @@ def open_subscribed(
 class Link:
     """A connected MQTT session; see the module text. Use ``Link.open``."""
 
-    def __init__(self, sock: socket.socket, keepalive: int, session_present: bool) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        keepalive: int,
+        session_present: bool,
+        write_timeout: float = 10.0,
+    ) -> None:
+        # Non-blocking: reads wait in select (``_receive``), a write waits for room at most
+        # ``write_timeout`` (``_send``). (A socket with a timeout polls before every
+        # read and write: a system call more each.)
+        sock.setblocking(False)
         self._sock = sock
+        self._write_timeout = write_timeout
         self.keepalive = keepalive
         self.session_present = session_present
         self._decoder = Decoder()
+        # Received bytes land in this buffer: a fresh 256 KiB bytes object per read
+        # (``recv``) is an mmap and an munmap each time, and the pages to zero.
+        self._in = bytearray(READ_SIZE)
         self._out = bytearray()
         self._early: list[Publish] = []  # deliveries that came before the SUBACK
         self._next_id = 0
@@ -148,8 +163,7 @@ class Link:
                 raise ConnectionLost(f"expected CONNACK, got {type(first).__name__}")
             if first.code:
                 raise Refused(first.code, f"connection refused: {first.text}")
-            sock.settimeout(timeout)  # bounds a blocked write; reads wait in select
-            link = cls(sock, keepalive, first.session_present)
+            link = cls(sock, keepalive, first.session_present, timeout)
             link._decoder = decoder
             # A resumed session's redeliveries may come right behind the CONNACK.
             link._early = [p for p in link._take(packets[1:]) if isinstance(p, Publish)]
@@ -194,7 +208,7 @@ class Link:
             raise ConnectionLost("the connection is closed")
         if self._out:
             try:
-                self._sock.sendall(self._out)
+                self._send(self._out)
             except OSError as exc:
                 self.abort()
                 raise ConnectionLost(f"sending failed: {exc}") from None
@@ -237,6 +251,20 @@ class Link:
 
     # ---- internals ---------------------------------------------------------------------
 
+    def _send(self, data: bytes | bytearray) -> None:
+        """All of ``data``, waiting for room in the socket at most the write timeout."""
+        view = memoryview(data)
+        deadline = time.monotonic() + self._write_timeout
+        while view:
+            with contextlib.suppress(*_NOT_NOW):
+                view = view[self._sock.send(view) :]
+            if view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the broker did not take our data in time")
+                fileno = self._sock.fileno()
+                select.select([fileno], [fileno], [], left)
+
     def _packet_id(self) -> int:
         self._next_id = self._next_id % 0xFFFF + 1
         return self._next_id
@@ -272,13 +300,14 @@ class Link:
                 self._check_silence(time.monotonic())
                 return []
         chunks: list[bytes] = []
+        view = memoryview(self._in)
         try:
             while True:
-                data = self._sock.recv(READ_SIZE)
-                if not data:
+                size = self._sock.recv_into(self._in)
+                if not size:
                     self.abort()
                     raise ConnectionLost("the broker closed the connection")
-                chunks.append(data)
+                chunks.append(bytes(view[:size]))
                 if not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
                     break
         except (ssl.SSLWantReadError, BlockingIOError):
@@ -289,7 +318,7 @@ class Link:
         self._heard_at = time.monotonic()
         self._ping_out = False
         try:
-            packets = self._decoder.feed(b"".join(chunks))
+            packets = self._decoder.feed(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         except ValueError as exc:
             self.abort()
             raise ConnectionLost(f"the broker sent garbage: {exc}") from None
