@@ -473,28 +473,48 @@ def test_a_killed_ledger_process_is_replaced_and_nothing_is_lost_or_charged_twic
 
 
 class _GatedSink:
-    """A ledger whose first ``record_many`` waits for ``release`` (a slow transaction) and
-    notes, right after its commit, which acks had reached the gateways by then."""
+    """A ledger whose first ``record_many`` (with ``lot``: every one that holds reads of
+    that lot, until released) waits for ``release`` before it starts (a slow
+    transaction); notes each committed batch and, with a ``listener``, which acks had
+    reached the gateways right after the first commit. Lanes may call it from several
+    threads: one transaction at a time on the shared ledger object."""
 
-    def __init__(self, ledger: Ledger, listener: AckListener) -> None:
-        self.ledger, self.listener = ledger, listener
+    def __init__(
+        self, ledger: Ledger, listener: AckListener | None = None, lot: str | None = None
+    ) -> None:
+        self.ledger, self.listener, self.lot = ledger, listener, lot
         self.started, self.release = threading.Event(), threading.Event()
-        self.batches: list[list[str]] = []  # read ids of each committed batch
+        self.batches: list[list[str]] = []  # read ids of each committed batch, in order
         self.acks_at_first_commit: list[str] | None = None
+        self.lock = threading.Lock()
 
     def record(self, topic_lot: str, payload: bytes, received_at: datetime) -> Any:
         return self.ledger.record(topic_lot, payload, received_at)
 
     def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> Any:
         first = not self.batches
-        if first:
+        if self.lot is None:
+            gated = first
+        else:
+            gated = not self.release.is_set() and any(lot == self.lot for lot, _, _ in items)
+        if gated:
             self.started.set()
             assert self.release.wait(20)
-        out = self.ledger.record_many(items)
-        if first:
-            self.acks_at_first_commit = list(self.listener.acks)
-        self.batches.append([json.loads(p)["read_id"] for _, p, _ in items])
+        with self.lock:
+            out = self.ledger.record_many(items)
+            if first and self.listener is not None:
+                self.acks_at_first_commit = list(self.listener.acks)
+            self.batches.append([json.loads(p)["read_id"] for _, p, _ in items])
         return out
+
+
+def _finish(sink: _GatedSink, stop: threading.Event, thread: threading.Thread, *used: Any) -> None:
+    """Release the sink, stop the service thread, close what the test opened."""
+    sink.release.set()
+    stop.set()
+    thread.join(10)
+    for thing in used:
+        thing.close()
 
 
 def test_service_receives_while_a_batch_is_recorded_and_acks_only_after_its_commit(
@@ -521,12 +541,7 @@ def test_service_receives_while_a_batch_is_recorded_and_acks_only_after_its_comm
         wanted = {f"a{i}" for i in range(3)} | {f"b{i}" for i in range(3)}
         wait_until(lambda: wanted <= set(listener.acks), 20, "every ack")
     finally:
-        sink.release.set()
-        stop.set()
-        thread.join(10)
-        pub.close()
-        listener.close()
-        ledger.close()
+        _finish(sink, stop, thread, pub, listener, ledger)
     assert sink.acks_at_first_commit == []  # nothing acked before the commit
     assert sink.batches[0] and set(sink.batches[0]) <= {"a0", "a1", "a2"}
     recorded = sorted(rid for batch in sink.batches for rid in batch)
@@ -560,29 +575,6 @@ def test_acks_are_released_in_arrival_order_whatever_order_the_lanes_commit_in(
         assert answered == list(range(prefix))
 
 
-class _LotGatedSink:
-    """A ledger whose transactions that hold lot ``gated`` wait for ``release`` before
-    they start (two lanes call it from two threads); notes each committed batch."""
-
-    def __init__(self, ledger: Ledger, gated: str) -> None:
-        self.ledger, self.gated = ledger, gated
-        self.started, self.release = threading.Event(), threading.Event()
-        self.batches: list[list[str]] = []  # read ids of each committed batch, in order
-        self.lock = threading.Lock()
-
-    def record(self, topic_lot: str, payload: bytes, received_at: datetime) -> Any:
-        return self.ledger.record(topic_lot, payload, received_at)
-
-    def record_many(self, items: Sequence[tuple[str, bytes, datetime]]) -> Any:
-        if any(lot == self.gated for lot, _, _ in items) and not self.release.is_set():
-            self.started.set()
-            assert self.release.wait(20)
-        with self.lock:  # one transaction at a time on the shared ledger object
-            out = self.ledger.record_many(items)
-            self.batches.append([json.loads(p)["read_id"] for _, p, _ in items])
-        return out
-
-
 def test_lanes_do_not_wait_for_each_other_and_acks_keep_the_arrival_order(
     mqtt_url: str, sessions: Sessions, root: str, fresh_url: Callable[[], str]
 ) -> None:
@@ -591,7 +583,7 @@ def test_lanes_do_not_wait_for_each_other_and_acks_keep_the_arrival_order(
     # L01's (PUBACKs in the order of arrival). L01's later messages wait for its lane.
     ledger = open_ledger(fresh_url())
     listener = AckListener(mqtt_url, f"{root}/+/acks")
-    sink = _LotGatedSink(ledger, "L01")
+    sink = _GatedSink(ledger, lot="L01")
     pub = Publisher(mqtt_url)
 
     def send(lot: str, tag: str, base: int) -> list[str]:
@@ -617,12 +609,7 @@ def test_lanes_do_not_wait_for_each_other_and_acks_keep_the_arrival_order(
         sink.release.set()
         wait_until(lambda: len(listener.acks) == 12, 20, "every ack")
     finally:
-        sink.release.set()
-        stop.set()
-        thread.join(10)
-        pub.close()
-        listener.close()
-        ledger.close()
+        _finish(sink, stop, thread, pub, listener, ledger)
     assert listener.acks[:4] == first and set(listener.acks[4:8]) == set(other)
     assert set(listener.acks[8:]) == set(later)
     committed = [r for b in sink.batches for r in b]
