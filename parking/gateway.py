@@ -176,9 +176,14 @@ class Outbox:
         if others:
             count += self._write_retired([(stamp, read_id) for read_id in others])
         self._pending -= count
+        self.sync_if_due()
+        return count
+
+    def sync_if_due(self) -> None:
+        """``sync_retired`` when the last one is ``RETIRE_SYNC_S`` old (the gateway's loop
+        calls it every turn, so an idle gateway writes its last retirements too)."""
         if time.monotonic() - self._synced_at >= RETIRE_SYNC_S:
             self.sync_retired()
-        return count
 
     def sync_retired(self) -> None:
         """Write the retirements held in memory to the file."""
@@ -368,6 +373,7 @@ def run_gateway(
     retry_at = 0.0
     backoff = 1.0
     feed_done = False
+    backlog = False  # feed lines left on the queue after a turn
     reader = threading.Thread(target=read_feed, name=f"feed-{lot}", daemon=True)
     reader.start()
     log.info("gateway %s: %d reads pending in %s", lot, outbox.pending_count(), outbox.path)
@@ -389,14 +395,16 @@ def run_gateway(
             try:
                 if link is not None:
                     wait = min(IDLE_POLL_S, send_window.next_due(time.monotonic()))
+                    if backlog:
+                        wait = 0.0  # feed lines are waiting: no byte in the pipe says so
                     arrived = link.poll(wait, wake_r)
                     if (
                         arrived
                         and arrived[0].topic == in_topic
                         and send_window.in_flight > len(arrived)
                     ):
-                        # The service acks a whole batch at once: let the rest of the burst
-                        # arrive, so that one retirement (one transaction) serves it.
+                        # The service acks many reads at once: let the rest of the burst
+                        # arrive, so that one turn of this loop serves it.
                         time.sleep(ACK_LINGER)
                         arrived += link.poll(0.0)
                     for message in arrived:
@@ -409,7 +417,10 @@ def run_gateway(
                             log.warning("ignoring a malformed ack: %s", exc)
                 else:
                     select.select(
-                        [wake_r], [], [], min(IDLE_POLL_S, max(0.0, retry_at - time.monotonic()))
+                        [wake_r],
+                        [],
+                        [],
+                        0.0 if backlog else min(IDLE_POLL_S, max(0.0, retry_at - time.monotonic())),
                     )
             except ConnectionLost as exc:
                 log.info("gateway %s disconnected: %s", lot, exc)
@@ -429,11 +440,13 @@ def run_gateway(
                     lines.append(value)
                 elif kind == _FEED_END:
                     feed_done = True
+            backlog = not events.empty()  # more than a turn takes: no wait next turn
             if lines:
                 _ingest(outbox, lines, lot, clock(), stats)
             if acks:
                 stats.acked += outbox.retire(acks, clock())
                 send_window.acked(acks)
+            outbox.sync_if_due()
             if link is not None:
                 head = outbox.head(send_window.size)
                 payloads = dict(head)

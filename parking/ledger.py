@@ -411,7 +411,9 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if backend == "postgresql":
-        engine = create_engine(parsed)
+        # psycopg never prepares a statement on the server (its default prepares one that
+        # ran 5 times): each execution is planned for its own parameters; see _driver_rows.
+        engine = create_engine(parsed, connect_args={"prepare_threshold": None})
         event.listen(engine, "connect", _postgresql_connect)
         return engine
     raise LedgerError(f"unsupported database {backend!r}: use sqlite:///FILE or postgresql://...")
@@ -661,7 +663,8 @@ def _driver_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[
     PostgreSQL does to run the hot path's small ones. Driver errors are raised as
     SQLAlchemy's (a lost connection invalidated), like ``conn.execute`` does.
 
-    Never a server-side prepared statement: each execution is planned for its own
+    Never a server-side prepared statement (here, and through SQLAlchemy: ``make_engine``
+    turns psycopg's automatic preparing off): each execution is planned for its own
     parameters (an unnamed statement). A prepared statement's cached generic plan, made
     once while the tables were small and their statistics stale (tables that only grow;
     autovacuum may be off or late), keeps scanning them whole as they grow; planned each

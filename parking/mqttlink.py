@@ -38,7 +38,6 @@ from citybrain.parking.mqttwire import (
 
 READ_SIZE = 256 * 1024
 CLOSE_GRACE_S = 0.1  # how long ``close`` reads what the broker still sends
-_NOT_NOW = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)  # try again later
 
 
 class ConnectionLost(ConnectionError):
@@ -256,14 +255,22 @@ class Link:
         view = memoryview(data)
         deadline = time.monotonic() + self._write_timeout
         while view:
-            with contextlib.suppress(*_NOT_NOW):
+            readable = False  # what to wait for: room to write, or (TLS) input first
+            try:
                 view = view[self._sock.send(view) :]
+            except ssl.SSLWantReadError:
+                readable = True
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                pass
             if view:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("the broker did not take our data in time")
                 fileno = self._sock.fileno()
-                select.select([fileno], [fileno], [], left)
+                if readable:
+                    select.select([fileno], [], [], left)
+                else:
+                    select.select([], [fileno], [], left)
 
     def _packet_id(self) -> int:
         self._next_id = self._next_id % 0xFFFF + 1
@@ -310,8 +317,8 @@ class Link:
                 chunks.append(bytes(view[:size]))
                 if not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
                     break
-        except (ssl.SSLWantReadError, BlockingIOError):
-            pass
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass  # nothing more yet (TLS: the next read or write carries on)
         except OSError as exc:
             self.abort()
             raise ConnectionLost(f"receiving failed: {exc}") from None

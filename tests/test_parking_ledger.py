@@ -748,10 +748,11 @@ def test_every_batch_looks_its_keys_up_through_the_indexes(
 def test_the_hot_path_plans_each_statement_for_its_own_parameters(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No server-side prepared statement on the hot path, even after more executions of
-    # the same statements than psycopg's threshold for preparing them by itself (5): a
-    # cached generic plan, made while the tables were small, keeps scanning them whole
-    # as they grow. The check runs on the very connection, in the very transaction.
+    # No server-side prepared statement, on the hot path or through SQLAlchemy (reports,
+    # expiry), even after more executions of the same statements than psycopg's
+    # threshold for preparing them by itself (5): a cached generic plan, made while the
+    # tables were small, keeps scanning them whole as they grow. The check runs on the
+    # very connection, in the very transaction of each batch.
     require_pg()
     prepared: list[int] = []
     real = ledger_module._driver_rows_many
@@ -772,6 +773,8 @@ def test_the_hot_path_plans_each_statement_for_its_own_parameters(
             for k in range(8):  # eight days' stays: every hot statement, 8x
                 record(ledger, f"in{k}", "in", "浙A12345", 1440 * k)
                 record(ledger, f"out{k}", "out", "浙A12345", 1440 * k + 140)
+                ledger.sessions()
+                ledger.expire(at(1440 * k + 150))
             assert len(prepared) > 8 * 2 * 5
             assert set(prepared) == {0}
             settled = [s for s in ledger.sessions() if s.status == "settled"]
