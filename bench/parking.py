@@ -937,7 +937,8 @@ What changed on 2026-11-23 (profiles with py-spy over every thread and process):
    and its ledger thread held the lock 80 % of the time) while the second core idled. On
    PostgreSQL a large batch is now split by lot into two transactions, each recorded in a
    ledger process of the service's own (the ledger locks by lot, so they never wait on
-   each other; a small batch stays one transaction). A ledger process that dies is
+   each other; a small batch stays one transaction; since item 11 the two lanes do not
+   wait for each other's commits either). A ledger process that dies is
    replaced; the batch it was recording is redelivered (tests kill one mid-stream).
 3. The same command on this machine before these changes, the same morning: 1,450-1,790
    reads/s into PostgreSQL (service about 400-450 µs per read). After: 2,300-3,080 reads/s
@@ -972,11 +973,12 @@ and its ledger-alone code with batches of 9), not from one run of the command ab
 2026-12-07. This machine's speed moved through the day, and was faster than on
 2026-11-23 throughout: in the morning the code of that day (23d5ee2) spent about 400-470
 µs of CPU per read along the whole path instead of 750-770, and the paho ceiling read
-16,900-17,400 msg/s (12,100 in the run recorded above, in the afternoon) instead of
-7,500-10,100. So this table is not a before/after of the code: on the 2026-11-23 draw
-that code measured 2,417-2,554 reads/s, and the "of ceiling" column (paho's yardstick)
-moved more than the path did (32 % of the ceiling then, 20-25 % today). What changed in
-the code:
+16,900-17,400 msg/s (12,100 in this command's recorded run at 14:25 UTC, in which that
+session's final code gave a median of 3,035 reads/s) instead of 7,500-10,100. So these
+tables are not a before/after of the code: on the 2026-11-23 draw that code measured
+2,417-2,554 reads/s, and the "of ceiling" column (paho's yardstick) moved more than the
+path did (32 % of the ceiling then, 20-25 % in the runs of that session). What changed
+in the code:
 7. JIT. One full run of this command, the first of the day, spent 848 µs of PostgreSQL CPU
    per read in its throughput row (1,694 reads/s) against 117-143 in the runs around it.
    The server compiles a statement with LLVM on every execution once its estimated cost
