@@ -1024,6 +1024,55 @@ def _by_lot_and_key(table_name: str, direction: bool = False) -> Any:
     return query
 
 
+def _keyed_sessions(postgres: bool) -> Any:
+    """The sessions of the batch's (lot, look-alike key) pairs (PostgreSQL: ``:keys``;
+    SQLite: ``:lots`` x ``:keys``, filtered to the pairs afterwards)."""
+    if postgres:
+        return _matching("session", ("lot_id", "plate_key"))
+    return _by_lot_and_key("session")
+
+
+@cache
+def _recent_sessions(postgres: bool) -> Any:
+    """Of those: the open ones, those that entered or left at or after ``:since``, and of
+    those that entered before ``:since``, per lot and plate the latest to enter (by entry
+    time, then id), once by the plate it was entered under and once by the plate its exit
+    was read as. One statement (the server ranks the key's sessions; only these come
+    back)."""
+    table = _table("session")
+    c = table.c
+    since = bindparam("since", type_=UTCDateTime)
+    before = c.entry_at < since
+    latest = (c.entry_at.desc(), c.session_id.desc())
+    by_plate = func.row_number().over(partition_by=(c.lot_id, c.plate, before), order_by=latest)
+    by_exit = func.row_number().over(partition_by=(c.lot_id, c.exit_plate, before), order_by=latest)
+    inner = (
+        _keyed_sessions(postgres)
+        .add_columns(
+            before.label("before"), by_plate.label("rank_plate"), by_exit.label("rank_exit")
+        )
+        .subquery("keyed")
+    )
+    k = inner.c
+    first: Any = literal_column("1")  # literals, not parameters: the statement text is sent as is
+    latest_before = and_(
+        k.before, or_(k.rank_plate == first, and_(k.rank_exit == first, k.exit_plate.is_not(None)))
+    )
+    is_open = k.status == literal_column(f"'{SessionStatus.OPEN.value}'")
+    recent = or_(is_open, k.entry_at >= since, k.exit_at >= since, latest_before)
+    return sa_select(*(k[col.name] for col in table.columns)).where(recent)
+
+
+@cache
+def _holders_query(postgres: bool) -> Any:
+    """The sessions that hold any of the passages ``:ids`` (as entry or exit)."""
+    c = _table("session").c
+    held = or_(
+        c.entry_passage_id.in_(_ids(postgres, "ids")), c.exit_passage_id.in_(_ids(postgres, "xids"))
+    )
+    return sa_select(_table("session")).where(held)
+
+
 @cache
 def _evidence_query(postgres: bool) -> Any:
     link, read = _table("passage_read"), _table("read")
@@ -1045,11 +1094,23 @@ def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres
     """The sessions and pending exits of the reads' (lot, look-alike key) pairs, and the
     passages the reads may join (same lot, direction and look-alike key, times within the
     window) or that the pending exits and the stays need. A few indexed queries for the
-    whole batch (extra state of other keys would not change a decision anyway)."""
+    whole batch (extra state of other keys would not change a decision anyway).
+
+    Not the whole history of a key: a plate that parks at a lot every day would make each
+    of its reads load (and convert) every stay it ever had. Every decision the batch can
+    take looks at times at or after ``since`` (its earliest read, or pending exit, minus
+    two windows): which stay of a plate entered last at or before a time
+    (``_latest_entry``), which passage of a plate comes next after a time
+    (``entry_conflict``), which stays are open (the look-alike candidates). So the loaded
+    sessions are: the open ones, those that entered or left at or after ``since``, and per
+    plate the latest to enter before ``since`` (the one any "latest before" reaches back
+    to); plus the ones holding a loaded passage. Any set of the key's sessions that holds
+    these gives the same decisions as the whole history."""
     pairs = {(r.lot_id, _key_of(r.plate)) for r in reads}
     gates = {(r.lot_id, r.direction.value, _key_of(r.plate)) for r in reads}
     low = min(r.ts for r in reads) - window
     high = max(r.ts for r in reads) + window
+    since = low - window
     sessions: dict[str, Any] = {}
     pending: dict[str, Any] = {}
     passages: dict[str, Any] = {}
@@ -1059,10 +1120,14 @@ def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres
         by_key = _tuples(names, sorted(pairs))
         gate_names = ("lot_id", "direction", "plate_key")
         params: dict[str, Any] = {**_tuples(gate_names, sorted(gates)), **span}
+
+        def keyed(since: datetime) -> list[tuple[Any, Mapping[str, Any]]]:
+            return [(_recent_sessions(True), {**by_key, "since": since})]
+
         found = _rows_many(
             conn,
             [
-                (_matching("session", names), by_key),
+                *keyed(since),
                 (_matching("pending_exit", names), by_key),
                 (_matching("passage", gate_names, near=True), params),
             ],
@@ -1070,22 +1135,42 @@ def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres
         sessions = {row.session_id: row for row in found[0]}
         pending = {row.passage_id: row for row in found[1]}
         passages = {row.passage_id: row for row in found[2]}
+        oldest = min((row.at for row in pending.values()), default=since)
+        if oldest < since:  # a pending exit waits from before: its decisions look back
+            since = oldest - 2 * window
+            for rows in _rows_many(conn, keyed(since)):
+                sessions.update((row.session_id, row) for row in rows)
     else:
         lots = sorted({lot for lot, _ in pairs})
         keys = sorted({key for _, key in pairs})
         directions = sorted({d for _, d, _ in gates})
+
+        def keyed_rows(query: Any, params: Mapping[str, Any]) -> Iterator[Any]:
+            for row in conn.execute(query, params):
+                if (row.lot_id, row.plate_key) in pairs:
+                    yield row
+
         for chunk in _chunks(keys):
             params = {"lots": lots, "keys": chunk}
-            for row in conn.execute(_by_lot_and_key("session"), params):
-                if (row.lot_id, row.plate_key) in pairs:
-                    sessions[row.session_id] = row
-            for row in conn.execute(_by_lot_and_key("pending_exit"), params):
-                if (row.lot_id, row.plate_key) in pairs:
-                    pending[row.passage_id] = row
-            params = {**params, "dirs": directions, **span}
-            for row in conn.execute(_by_lot_and_key("passage", direction=True), params):
+            pending.update(
+                (r.passage_id, r) for r in keyed_rows(_by_lot_and_key("pending_exit"), params)
+            )
+            near = {**params, "dirs": directions, **span}
+            for row in conn.execute(_by_lot_and_key("passage", direction=True), near):
                 if (row.lot_id, row.direction, row.plate_key) in gates:
                     passages[row.passage_id] = row
+        since = min([since, *(row.at - 2 * window for row in pending.values())])
+        for chunk in _chunks(keys):
+            timed = {"lots": lots, "keys": chunk, "since": since}
+            recent = keyed_rows(_recent_sessions(False), timed)
+            sessions.update((r.session_id, r) for r in recent)
+    # The sessions holding a loaded passage (a passage can outlast ``since`` when its reads
+    # keep coming, and so can the stay it belongs to).
+    held = {pid for r in sessions.values() for pid in (r.entry_passage_id, r.exit_passage_id)}
+    loose = sorted(pid for pid in passages if pid not in held)
+    for chunk in _chunks(loose):
+        for row in _rows(conn, _holders_query(postgres), {"ids": chunk, "xids": chunk}):
+            sessions[row.session_id] = row
     # Pending exits need their passage; an open session's entry is part of its stay
     # (its readings choose the account, its plate the displayed one); so is the other
     # passage of a stay one of whose passages a read may join (the displayed plate is

@@ -123,6 +123,56 @@ def test_batches_of_random_sizes_store_what_one_by_one_stores(
     assert [c.session_id for c in many.charges()] == [c.session_id for c in one.charges()]
 
 
+@pytest.mark.parametrize("seed", [5, 6, 7, 8])
+def test_loading_a_keys_recent_history_decides_what_its_whole_history_decides(
+    ledger_factory: Callable[..., Ledger], seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch loads the open stays of its keys, those that entered or left since its
+    # earliest read (or pending exit) minus two windows, the latest earlier one per
+    # plate, and the holders of its passages; not the whole history. Same outcomes, same
+    # stored rows, same charges as loading every stay of the key, with returning cars,
+    # look-alike misreads, missed entries and exits, and late deliveries. And it does
+    # load less (else this would test nothing).
+    import citybrain.parking.ledger as ledger_module
+
+    msgs = make_stream(600, seed=seed)
+    items = _items(msgs, seed)
+    loaded: list[int] = []
+    real_load = ledger_module._load_state
+
+    def counting(*args: Any) -> Any:
+        state = real_load(*args)
+        loaded.append(len(state.sessions))
+        return state
+
+    monkeypatch.setattr(ledger_module, "_load_state", counting)
+
+    def run() -> tuple[Ledger, list[RecordOutcome]]:
+        ledger = ledger_factory()
+        _bind_some(ledger, msgs)
+        rng = random.Random(seed)
+        outcomes: list[RecordOutcome] = []
+        start = 0
+        while start < len(items):
+            size = rng.choice((1, 2, 5, 20, 64))
+            outcomes.extend(ledger.record_many(items[start : start + size]))
+            start += size
+            if rng.random() < 0.1:
+                ledger.expire(items[min(start, len(items)) - 1].received_at)
+        return ledger, outcomes
+
+    recent, recent_outcomes = run()
+    recent_loaded = sum(loaded)
+    loaded.clear()
+    whole = ledger_module._keyed_sessions  # every stay of the key, whatever ``since`` says
+    monkeypatch.setattr(ledger_module, "_recent_sessions", whole)
+    full, full_outcomes = run()
+    assert _plain(recent_outcomes) == _plain(full_outcomes)
+    assert snapshot(recent) == snapshot(full)
+    assert [c.session_id for c in recent.charges()] == [c.session_id for c in full.charges()]
+    assert recent_loaded < sum(loaded)
+
+
 def test_one_batch_with_duplicates_conflicts_and_dead_letters(ledger: Ledger) -> None:
     ledger.bind("浙A12345", "acct-1", at=at(-60))
     entry = read_msg("r1", "in", "浙A·12345", at(0))
