@@ -98,6 +98,26 @@ def _bind_some(ledger: Ledger, msgs: Sequence[Msg]) -> None:
         ledger.bind(plate, f"acct-{plate}", at=at(-1))
 
 
+def _in_random_batches(
+    ledger: Ledger,
+    items: Sequence[RecordItem],
+    rng: random.Random,
+    sizes: Sequence[int],
+    expire: float = 0.0,
+) -> list[RecordOutcome]:
+    """``record_many`` over ``items`` in batches of sizes drawn from ``sizes``; after a
+    batch, with probability ``expire``, an expiry at its last arrival."""
+    outcomes: list[RecordOutcome] = []
+    start = 0
+    while start < len(items):
+        batch = items[start : start + rng.choice(sizes)]
+        outcomes.extend(ledger.record_many(batch))
+        start += len(batch)
+        if rng.random() < expire:
+            ledger.expire(batch[-1].received_at)
+    return outcomes
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_batches_of_random_sizes_store_what_one_by_one_stores(
     ledger_factory: Callable[..., Ledger], seed: int
@@ -109,13 +129,7 @@ def test_batches_of_random_sizes_store_what_one_by_one_stores(
     singles = [one.record(i.topic_lot, i.payload, i.received_at) for i in items]
     many = ledger_factory()
     _bind_some(many, msgs)
-    rng = random.Random(seed)
-    batched: list[RecordOutcome] = []
-    start = 0
-    while start < len(items):
-        size = rng.choice((1, 2, 3, 7, 20, 64, 200))
-        batched.extend(many.record_many(items[start : start + size]))
-        start += size
+    batched = _in_random_batches(many, items, random.Random(seed), (1, 2, 3, 7, 20, 64, 200))
     assert _plain(batched) == _plain(singles)
     kinds = {o.kind for o in singles}
     assert kinds == {OutcomeKind.RECORDED, OutcomeKind.DUPLICATE, OutcomeKind.DEAD_LETTER}
@@ -151,15 +165,7 @@ def test_loading_a_keys_recent_history_decides_what_its_whole_history_decides(
         ledger = ledger_factory()
         _bind_some(ledger, msgs)
         rng = random.Random(seed)
-        outcomes: list[RecordOutcome] = []
-        start = 0
-        while start < len(items):
-            size = rng.choice((1, 2, 5, 20, 64))
-            outcomes.extend(ledger.record_many(items[start : start + size]))
-            start += size
-            if rng.random() < 0.1:
-                ledger.expire(items[min(start, len(items)) - 1].received_at)
-        return ledger, outcomes
+        return ledger, _in_random_batches(ledger, items, rng, (1, 2, 5, 20, 64), expire=0.1)
 
     recent, recent_outcomes = run()
     recent_loaded = sum(loaded)
