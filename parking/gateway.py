@@ -157,8 +157,9 @@ class Outbox:
         """Mark reads acknowledged; returns how many were pending.
 
         The reads the gateway sent (those it holds in memory) are retired at once in
-        memory and written to the file in bulk, at least every ``RETIRE_SYNC_S`` seconds
-        (and before the file is read, and on ``close``); others are written at once. The
+        memory and written to the file in bulk (``sync_if_due``, which the gateway's loop
+        calls every turn; before the file is read; on ``close``); others are written at
+        once. The
         writes are not synced to disk by themselves (a connection with
         ``synchronous=NORMAL``; the next queued read's commit syncs them). A retirement
         lost with the process or the machine only makes the gateway resend a read the
@@ -176,7 +177,6 @@ class Outbox:
         if others:
             count += self._write_retired([(stamp, read_id) for read_id in others])
         self._pending -= count
-        self.sync_if_due()
         return count
 
     def sync_if_due(self) -> None:
@@ -514,5 +514,4 @@ def _ingest(outbox: Outbox, lines: list[str], lot: str, now: datetime, stats: Ga
                 log.debug("gateway %s: queued read %s plate %s", lot, read_id, mask_plate(plate))
         else:
             stats.known += 1
-            if debug:
-                log.debug("gateway %s: read %s is already in the outbox", lot, read_id)
+            log.debug("gateway %s: read %s is already in the outbox", lot, read_id)

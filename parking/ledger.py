@@ -1121,13 +1121,13 @@ def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres
         gate_names = ("lot_id", "direction", "plate_key")
         params: dict[str, Any] = {**_tuples(gate_names, sorted(gates)), **span}
 
-        def keyed(since: datetime) -> list[tuple[Any, Mapping[str, Any]]]:
-            return [(_recent_sessions(True), {**by_key, "since": since})]
+        def keyed(since: datetime) -> tuple[Any, Mapping[str, Any]]:
+            return _recent_sessions(True), {**by_key, "since": since}
 
         found = _rows_many(
             conn,
             [
-                *keyed(since),
+                keyed(since),
                 (_matching("pending_exit", names), by_key),
                 (_matching("passage", gate_names, near=True), params),
             ],
@@ -1138,8 +1138,7 @@ def _load_state(conn: Connection, reads: list[Read], window: timedelta, postgres
         oldest = min((row.at for row in pending.values()), default=since)
         if oldest < since:  # a pending exit waits from before: its decisions look back
             since = oldest - 2 * window
-            for rows in _rows_many(conn, keyed(since)):
-                sessions.update((row.session_id, row) for row in rows)
+            sessions.update((row.session_id, row) for row in _rows(conn, *keyed(since)))
     else:
         lots = sorted({lot for lot, _ in pairs})
         keys = sorted({key for _, key in pairs})

@@ -233,6 +233,7 @@ class ReadHandler:
         if recorded is None:
             self.fail()
             return 0
+        self.stats.batches += 1
         return self.answer_batch(recorded)
 
     def record_batch(
@@ -280,12 +281,9 @@ class ReadHandler:
         self.broken = True
         self.stats.sink_failures += 1
 
-    def answer_batch(self, recorded: Recorded, *, count: bool = True) -> int:
+    def answer_batch(self, recorded: Recorded) -> int:
         """The network half of ``handle_batch`` (the connection's thread): after the
-        commit, ack each delivery (gateway, then broker), in order. ``count``: it was one
-        transaction (``stats.batches``)."""
-        if count:
-            self.stats.batches += 1
+        commit, ack each delivery (gateway, then broker), in order."""
         for d, planned in zip(recorded.deliveries, recorded.plans, strict=True):
             if planned is None:
                 self._foreign(d.topic, d.mid, d.qos)
@@ -411,11 +409,11 @@ def run_service(
             first_at = time.monotonic()
         return batch
 
-    def answer(finished: list[tuple[list[Delivery], Recorded | None]]) -> None:
-        for _, recorded in finished:
+    def answer(finished: list[Recorded | None]) -> None:
+        for recorded in finished:
             if recorded is not None:  # a failure was noted when it was collected
                 stats.batches += 1
-                handler.answer_batch(order.committed(recorded), count=False)
+                handler.answer_batch(order.committed(recorded))
 
     backoff = 0.2
     handled = 0
@@ -475,7 +473,7 @@ def run_service(
                             handler.handle_batch(take())
                     else:
                         finished = worker.finished()
-                        if any(recorded is None for _, recorded in finished):
+                        if None in finished:
                             handler.fail()
                         if worker.idle and not handler.broken and due(len(arrived)):
                             # The next messages first: they are recorded while this thread
@@ -499,7 +497,7 @@ def run_service(
                 # messages and they are recorded as duplicates), and only up to the first
                 # message that was not committed.
                 finished = worker.finished(block=True)
-                if any(recorded is None for _, recorded in finished):
+                if None in finished:
                     handler.fail()
                 if not lost:
                     answer(finished)
@@ -561,7 +559,7 @@ class _Lanes:
         self._jobs: list[queue.Queue[list[Delivery] | None]] = [
             queue.Queue() for _ in range(lanes)
         ]
-        self._done: queue.Queue[tuple[int, list[Delivery], Recorded | None]] = queue.Queue()
+        self._done: queue.Queue[tuple[int, Recorded | None]] = queue.Queue()
         self._held: list[set[str | None]] = [set() for _ in range(lanes)]  # lots per lane
         self._holding: set[str | None] = set()  # all of them
         self._lots: dict[str, str | None] = {}  # topic -> lot
@@ -601,7 +599,7 @@ class _Lanes:
         by lot among them when it is large enough, all of a lot's messages in one part."""
         idle = [i for i, busy in enumerate(self._busy) if not busy]
         assert idle, "no idle lane"
-        parts = _split_by_lot(batch, len(idle), self._handler.root)  # at most len(idle)
+        parts = _split_by_lot(batch, len(idle), self.lot_of)  # at most len(idle)
         for lane, indices in zip(idle, parts, strict=False):
             part = [batch[i] for i in indices]
             self._busy[lane] = True
@@ -609,19 +607,19 @@ class _Lanes:
             self._holding |= self._held[lane]
             self._jobs[lane].put(part)
 
-    def finished(self, block: bool = False) -> list[tuple[list[Delivery], Recorded | None]]:
+    def finished(self, block: bool = False) -> list[Recorded | None]:
         """The transactions that ended since the last call (None: it failed, nothing of it
         was committed); with ``block``, waits until no lane is busy."""
-        out: list[tuple[list[Delivery], Recorded | None]] = []
+        out: list[Recorded | None] = []
         while True:
             try:
-                lane, part, recorded = self._done.get(block=block and self.busy)
+                lane, recorded = self._done.get(block=block and self.busy)
             except queue.Empty:
                 return out
             self._busy[lane] = False
             self._holding -= self._held[lane]
             self._held[lane] = set()
-            out.append((part, recorded))
+            out.append(recorded)
 
     def close(self) -> None:
         self.finished(block=True)
@@ -642,7 +640,7 @@ class _Lanes:
             try:
                 recorded = self._handler.record_batch(part, record_many)
             finally:
-                self._done.put((lane, part, recorded))
+                self._done.put((lane, recorded))
                 self._on_done()
 
 
@@ -673,7 +671,9 @@ class _InOrder:
         return Recorded(tuple(d for d, _ in answered), tuple(p for _, p in answered))
 
 
-def _split_by_lot(batch: Sequence[Delivery], lanes: int, root: str) -> list[list[int]]:
+def _split_by_lot(
+    batch: Sequence[Delivery], lanes: int, lot_of: Callable[[Delivery], str | None]
+) -> list[list[int]]:
     """Indices of ``batch`` in at most ``lanes`` non-empty parts, all of a lot's messages
     in one part (in arrival order), the parts about equally large. A small batch stays
     whole: each transaction has a fixed cost (a dozen statements), which only a large
@@ -683,7 +683,7 @@ def _split_by_lot(batch: Sequence[Delivery], lanes: int, root: str) -> list[list
         return [list(range(len(batch)))]
     by_lot: dict[str | None, list[int]] = {}
     for i, d in enumerate(batch):
-        by_lot.setdefault(lot_of_topic(d.topic, "reads", root), []).append(i)
+        by_lot.setdefault(lot_of(d), []).append(i)
     parts: list[list[int]] = [[] for _ in range(lanes)]
     for indices in sorted(by_lot.values(), key=len, reverse=True):
         min(parts, key=len).extend(indices)
