@@ -1008,7 +1008,11 @@ in the code:
    ledger and the same at any size. The throughput rows now run 100,000 reads each.
 
 Later on 2026-12-07 (a second session). Each change was measured against the code before
-it in runs alternated or run side by side on this machine, not only in the table above:
+it in runs alternated or run side by side on this machine, not only in the table above.
+Items 10, 12 and 14 come from scratch scripts that are not in `bench/` (the ledger alone
+with `Ledger.record_many` in batches of 100, two processes at once, each reading its own
+PostgreSQL backend's CPU from /proc; `strace -c` on one gateway during this bench; one
+plate's reads after N daily stays); item 13 is this command with the flags given:
 10. Foreign-key checks re-planned. Forcing custom plans on the whole connection
    (`plan_cache_mode`, item 9) also re-planned each foreign-key check PostgreSQL runs for
    the writes (about three per read). The hot path's statements now run unprepared (each
