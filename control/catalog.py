@@ -9,7 +9,7 @@ from citybrain.control.actuated import ActuatedController, ActuatedTiming
 from citybrain.control.adaptive import AdaptiveController
 from citybrain.control.fixed import FixedTimeController
 from citybrain.control.greedy import GreedyController
-from citybrain.control.local import SignalProgramController
+from citybrain.control.local import ACTUATED_PROGRAM, OWN_PROGRAM, SignalProgramController
 from citybrain.control.maxpressure import MaxPressureController
 from citybrain.control.port import Controller, Layout
 from citybrain.control.webster import WebsterController
@@ -24,13 +24,16 @@ class ControllerOptions(Protocol):
 
 
 CONTROLLERS: dict[str, Callable[[Layout, ControllerOptions], Controller]] = {
-    "fixed": lambda layout, _: FixedTimeController(layout),
+    "fixed": lambda layout, _: SignalProgramController(layout, "fixed", OWN_PROGRAM),
     "actuated": lambda layout, options: ActuatedController(layout, options.actuated),
-    "sumo-actuated": lambda layout, _: SignalProgramController(layout),
+    "sumo-actuated": lambda layout, _: SignalProgramController(
+        layout, "sumo-actuated", ACTUATED_PROGRAM
+    ),
     "webster": lambda layout, _: WebsterController(layout),
     "maxpressure": lambda layout, _: MaxPressureController(layout),
     "greedy": lambda layout, _: GreedyController(layout),
     "adaptive": lambda layout, _: AdaptiveController(layout),
+    "plan": lambda layout, _: FixedTimeController(layout),
 }
 
 

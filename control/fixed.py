@@ -1,4 +1,9 @@
-"""``fixed``: the signal's own stored plan, untouched."""
+"""``plan``: the signal's stored plan, replayed through the safety envelope.
+
+Where the signal can simply run its own program, that is ``fixed`` (``control/local.py``).
+This controller serves what needs the plan's timing as requests: an escort on top of the
+city's fixed-time plan, or a field service that drives a cabinet on its plan.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ class FixedTimeController:
     exactly the stored plan, aligned to absolute time as SUMO runs it.
     """
 
-    name = "fixed"
+    name = "plan"
     uses_detectors = False
     signal_program: str | None = None
 

@@ -132,6 +132,7 @@ class Controller(Protocol):
     uses_detectors: bool
     signal_program: str | None
     """None, or the name of a program the signal runs by itself (the controller then only
-    watches); ``"actuated"`` is SUMO's built-in actuated logic."""
+    watches): ``"own"`` is whatever program the signal itself loaded (the city's plan),
+    ``"actuated"`` SUMO's built-in actuated logic on the signal's phases."""
 
     def decide(self, readings: Readings) -> Decision: ...

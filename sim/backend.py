@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Protocol
 
+from citybrain.control.model import PlanStep
 from citybrain.errors import ScenarioError
+from citybrain.sim.loaded import (
+    LoadedDetector,
+    LoadedDetectorKind,
+    LoadedProgram,
+    LoadedScenario,
+    LoadedSignal,
+)
 
 # TraCI variable ids (traci.constants), kept here so the adapter needs no traci import at load.
 LAST_STEP_VEHICLE_NUMBER = 0x10
@@ -20,6 +28,7 @@ LAST_STEP_VEHICLE_ID_LIST = 0x12
 TL_RED_YELLOW_GREEN_STATE = 0x20
 TL_CURRENT_PHASE = 0x28
 TL_NEXT_SWITCH = 0x2D
+TL_CURRENT_PROGRAM = 0x29
 VAR_POSITION = 0x42
 VAR_SPEED = 0x40
 
@@ -52,6 +61,12 @@ class Backend(Protocol):
         ...
     def next_signal(self, vehicle: str) -> tuple[str, int, float, str] | None:
         """The next signal on one vehicle's way: id, link index, distance, lamp."""
+        ...
+    def loaded(self) -> LoadedScenario:
+        """Every signal's programs and the detectors, as loaded (call before the first step)."""
+        ...
+    def expected_vehicles(self) -> int:
+        """Vehicles in the network or still to come (0: SUMO would end a run without end)."""
         ...
     def close(self) -> None: ...
 
@@ -87,7 +102,8 @@ class ModuleBackend:
             )
         for s in signals:
             self._m.trafficlight.subscribe(
-                s, (TL_RED_YELLOW_GREEN_STATE, TL_CURRENT_PHASE, TL_NEXT_SWITCH)
+                s,
+                (TL_RED_YELLOW_GREEN_STATE, TL_CURRENT_PHASE, TL_NEXT_SWITCH, TL_CURRENT_PROGRAM),
             )
 
     def loop_values(self) -> dict[str, dict[int, Any]]:
@@ -134,10 +150,65 @@ class ModuleBackend:
         tls, index, dist, state = found[0]
         return str(tls), int(index), float(dist), str(state)
 
+    def loaded(self) -> LoadedScenario:
+        tl = self._m.trafficlight
+        now = self.time()
+        signals = {}
+        for sid in tl.getIDList():
+            programs = {
+                str(logic.programID): LoadedProgram(
+                    str(logic.programID),
+                    _program_kind(logic.type),
+                    tuple(PlanStep(str(p.state), float(p.duration)) for p in logic.phases),
+                )
+                for logic in tl.getAllProgramLogics(sid)
+            }
+            signals[str(sid)] = LoadedSignal(
+                str(sid),
+                str(tl.getProgram(sid)),
+                programs,
+                int(tl.getPhase(sid)),
+                float(tl.getNextSwitch(sid)) - now,
+            )
+        found = [
+            LoadedDetector(
+                str(d),
+                LoadedDetectorKind.LOOP,
+                str(self._m.inductionloop.getLaneID(d)),
+                float(self._m.inductionloop.getPosition(d)),
+            )
+            for d in self._m.inductionloop.getIDList()
+        ]
+        for d in self._m.lanearea.getIDList():
+            found.append(
+                LoadedDetector(
+                    str(d),
+                    LoadedDetectorKind.AREA,
+                    str(self._m.lanearea.getLaneID(d)),
+                    float(self._m.lanearea.getPosition(d)),
+                    float(self._m.lanearea.getLength(d)),
+                )
+            )
+        return LoadedScenario(signals, tuple(found))
+
+    def expected_vehicles(self) -> int:
+        return int(self._m.simulation.getMinExpectedNumber())
+
     def close(self) -> None:
         if self._running:
             self._running = False
             self._m.close()
+
+
+_PROGRAM_KINDS = {0: "static", 1: "rail_signal", 2: "rail_crossing", 3: "actuated",
+                  4: "NEMA", 5: "delay_based", 6: "off"}
+
+
+def _program_kind(value: Any) -> str:
+    """SUMO's program type name (TraCI gives the type's number)."""
+    if isinstance(value, int):
+        return _PROGRAM_KINDS.get(value, str(value))
+    return str(value)
 
 
 def open_backend(name: str) -> Backend:

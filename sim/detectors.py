@@ -2,19 +2,41 @@
 
 The layout is pure data (``control.port.DetectorSpec``); this module places it on a SUMO net
 and writes it as an additional file of E1 (induction loop) and E2 (lane area) detectors.
+Where the scenario has detectors of its own on an approach (the city's loops and cameras),
+the layout uses them, under their own ids, as a field deployment would; ``source`` chooses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 from xml.sax.saxutils import quoteattr
 
 from citybrain.control.model import Intersection
 from citybrain.control.port import DetectorKind, DetectorSpec, Layout
+from citybrain.sim.loaded import LoadedDetector, LoadedDetectorKind
 
 PREFIX = "cb"
+STOP_LOOP_MAX_M = 10.0
+"""A city loop this close to the stop line (or closer) serves as the approach's stop-line loop."""
+UPSTREAM_LOOP_MAX_M = 250.0
+"""A city loop farther up than the stop-line range and up to this far serves as upstream loop."""
+CAMERA_END_MAX_M = 10.0
+"""A city area detector whose zone ends this close to the stop line serves as the camera."""
+
+
+class DetectorSource(StrEnum):
+    """Which detectors a run reads."""
+
+    BOTH = "both"
+    """The scenario's own where an approach has them, citybrain's added where it does not."""
+    CITY = "city"
+    """Only the scenario's own (an approach without them goes undetected)."""
+    ADDED = "added"
+    """Only citybrain's own placement (the scenario's detectors are ignored)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +47,8 @@ class DetectorPlacement:
     """Upstream loop: distance from the stop line (clamped to the lane)."""
     camera_m: float = 100.0
     """Camera zone length, ending at the stop line (clamped to the lane)."""
+    source: DetectorSource = DetectorSource.BOTH
+    """Use the scenario's own detectors, citybrain's added ones, or both (see the enum)."""
 
 
 class LaneGeometry(Protocol):
@@ -55,38 +79,96 @@ def build_layout(
     intersections: tuple[Intersection, ...],
     geometry: LaneGeometry,
     placement: DetectorPlacement | None = None,
+    city: Sequence[LoadedDetector] = (),
 ) -> Layout:
     """Place detectors on every incoming lane of every intersection.
 
     A camera looks ``camera_m`` up the approach and the upstream loop sits ``upstream_loop_m``
     up it, over the lanes leading into a short approach lane where the road does not branch
-    (a junction split into a short stub does not blind the detectors).
+    (a junction split into a short stub does not blind the detectors). ``city`` are the
+    scenario's own detectors; with ``placement.source`` both or city, an approach that has
+    one of a kind uses it instead of an added one (see ``city_detectors``).
     """
     placement = placement or DetectorPlacement()
+    own = city if placement.source is not DetectorSource.ADDED else ()
+    add = placement.source is not DetectorSource.CITY
     loops: list[DetectorSpec] = []
     cameras: list[DetectorSpec] = []
     lengths: dict[str, float] = {}
     reach = max(placement.camera_m, placement.upstream_loop_m)
     for x in intersections:
         for lane in x.in_lanes:
-            if not lane or lane in lengths:
+            if not lane or lane in lengths or not _is_road(lane):
                 continue
             path = upstream_path(geometry, lane, reach)
             covered = sum(length for _, length in path)
             lengths[lane] = covered
+            found = city_detectors(x.id, path, own, placement.upstream_loop_m)
             stop = min(placement.stop_loop_m, path[0][1] / 2)
             upstream = max(stop, min(placement.upstream_loop_m, covered - 0.5))
             camera = min(placement.camera_m, covered)
-            loops.append(
-                DetectorSpec(f"{PREFIX}_s_{lane}", DetectorKind.STOP_LOOP, x.id, lane, stop)
+            wanted = (
+                (DetectorKind.STOP_LOOP, f"{PREFIX}_s_{lane}", stop, loops),
+                (DetectorKind.UPSTREAM_LOOP, f"{PREFIX}_u_{lane}", upstream, loops),
+                (DetectorKind.CAMERA, f"{PREFIX}_c_{lane}", camera, cameras),
             )
-            loops.append(
-                DetectorSpec(f"{PREFIX}_u_{lane}", DetectorKind.UPSTREAM_LOOP, x.id, lane, upstream)
-            )
-            cameras.append(
-                DetectorSpec(f"{PREFIX}_c_{lane}", DetectorKind.CAMERA, x.id, lane, camera)
-            )
+            for kind, name, distance, into in wanted:
+                spec = found.get(kind)
+                if spec is not None:
+                    into.append(spec)
+                elif add:
+                    into.append(DetectorSpec(name, kind, x.id, lane, distance))
     return Layout(intersections, tuple(loops), tuple(cameras), lengths)
+
+
+def _is_road(lane: str) -> bool:
+    """Incoming lanes of crossings and walking areas are internal lanes (``:...``): no loops."""
+    return not lane.startswith(":")
+
+
+def city_detectors(
+    signal: str,
+    path: list[tuple[str, float]],
+    found: Sequence[LoadedDetector],
+    upstream_loop_m: float,
+) -> dict[DetectorKind, DetectorSpec]:
+    """The scenario's own detectors that serve one approach, by the role each can play.
+
+    ``path`` is the approach from its stop line upstream (``upstream_path``). Loops count on
+    the approach lane itself: the one nearest the stop line within ``STOP_LOOP_MAX_M`` is the
+    stop-line loop, the one nearest ``upstream_loop_m`` farther up (to ``UPSTREAM_LOOP_MAX_M``)
+    the upstream loop. An area detector that starts on the path and ends within
+    ``CAMERA_END_MAX_M`` of the stop line is the camera, the longest one if several.
+    """
+    lane, lane_length = path[0]
+    start_of: dict[str, float] = {}
+    covered = 0.0
+    for name, length in path:
+        start_of[name] = covered + length  # distance from the stop line to the lane's start
+        covered += length
+    roles: dict[DetectorKind, tuple[float, DetectorSpec]] = {}
+    for d in found:
+        if d.kind is LoadedDetectorKind.LOOP:
+            if d.lane != lane:
+                continue
+            distance = lane_length - d.pos_m
+            if distance <= STOP_LOOP_MAX_M:
+                kind, rank = DetectorKind.STOP_LOOP, distance
+            elif distance <= UPSTREAM_LOOP_MAX_M:
+                kind, rank = DetectorKind.UPSTREAM_LOOP, abs(distance - upstream_loop_m)
+            else:
+                continue
+        else:
+            if d.lane not in start_of:
+                continue
+            distance = start_of[d.lane] - d.pos_m
+            if distance - d.length_m > CAMERA_END_MAX_M or distance <= 0:
+                continue
+            kind, rank = DetectorKind.CAMERA, -distance
+        best = roles.get(kind)
+        if best is None or rank < best[0]:
+            roles[kind] = (rank, DetectorSpec(d.id, kind, signal, lane, max(distance, 0.0)))
+    return {kind: spec for kind, (_, spec) in roles.items()}
 
 
 def _locate(path: list[tuple[str, float]], distance_m: float) -> tuple[int, float]:
@@ -98,11 +180,18 @@ def _locate(path: list[tuple[str, float]], distance_m: float) -> tuple[int, floa
     return len(path) - 1, 0.0
 
 
-def write_additional(layout: Layout, geometry: LaneGeometry, path: Path) -> Path:
-    """Write the layout as a SUMO additional file (outputs discarded: readings come via TraCI)."""
+def write_additional(
+    layout: Layout, geometry: LaneGeometry, path: Path, skip: frozenset[str] = frozenset()
+) -> Path:
+    """Write the layout as a SUMO additional file (outputs discarded: readings come via TraCI).
+
+    ``skip``: ids of detectors the scenario itself defines (they are loaded from its files).
+    """
     lines = ["<additional>"]
     reach = max([d.distance_m for d in (*layout.loops, *layout.cameras)], default=0.0)
     for d in layout.loops:
+        if d.id in skip:
+            continue
         lanes = upstream_path(geometry, d.lane, reach)
         k, pos = _locate(lanes, d.distance_m)
         lines.append(
@@ -110,6 +199,8 @@ def write_additional(layout: Layout, geometry: LaneGeometry, path: Path) -> Path
             f' pos="{pos:.2f}" period="86400" file="NUL" friendlyPos="true"/>'
         )
     for d in layout.cameras:
+        if d.id in skip:
+            continue
         lanes = upstream_path(geometry, d.lane, reach)
         k, pos = _locate(lanes, d.distance_m)
         span = " ".join(lane for lane, _ in reversed(lanes[: k + 1]))

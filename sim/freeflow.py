@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from citybrain.sim.scenario import Scenario
+from citybrain.sim.sumoxml import iter_elements, parse_xml
 
 _VEHICLES = ("vehicle", "trip")
 
@@ -23,7 +24,7 @@ def free_flow_times(scenario: Scenario, kinds: set[str], out_dir: Path) -> dict[
     shared: list[ET.Element] = []
     alone: list[ET.Element] = []
     for path in scenario.route_files:
-        for elem in ET.parse(path).getroot():
+        for elem in parse_xml(path).getroot():
             if elem.tag in ("vType", "route", "vTypeDistribution", "routeDistribution"):
                 shared.append(elem)
             elif elem.tag in _VEHICLES and elem.get("type") in kinds:
@@ -53,21 +54,17 @@ def free_flow_times(scenario: Scenario, kinds: set[str], out_dir: Path) -> dict[
 def _write_all_green(scenario: Scenario, path: Path) -> None:
     """A program per signal that shows every link green, switched on at once."""
     root = ET.Element("additional")
-    for _, elem in ET.iterparse(scenario.net_file, events=("end",)):
-        if elem.tag == "tlLogic":
-            phase = elem.find("phase")
-            if phase is not None and elem.get("id"):
-                logic = ET.SubElement(
-                    root,
-                    "tlLogic",
-                    {"id": elem.get("id", ""), "type": "static", "programID": "freeflow",
-                     "offset": "0"},
-                )
-                n = len(phase.get("state", ""))
-                ET.SubElement(logic, "phase", {"duration": "86400", "state": "G" * n})
-            elem.clear()
-        elif elem.tag in ("edge", "connection", "junction"):
-            elem.clear()
+    for elem in iter_elements(scenario.net_file, frozenset({"tlLogic"})):
+        phase = elem.find("phase")
+        if phase is not None and elem.get("id"):
+            logic = ET.SubElement(
+                root,
+                "tlLogic",
+                {"id": elem.get("id", ""), "type": "static", "programID": "freeflow",
+                 "offset": "0"},
+            )
+            n = len(phase.get("state", ""))
+            ET.SubElement(logic, "phase", {"duration": "86400", "state": "G" * n})
     ET.ElementTree(root).write(path, encoding="unicode")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from citybrain.errors import ScenarioError
+from citybrain.sim.sumoxml import iter_elements
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +168,7 @@ def summarize(
 def _elements(path: Path, tag: str) -> Iterable[ET.Element]:
     if not path.is_file():
         raise ScenarioError(f"SUMO wrote no {path.name}: the run did not finish")
-    for _, elem in ET.iterparse(path, events=("end",)):
-        if elem.tag == tag:
-            yield elem
-            elem.clear()
+    yield from iter_elements(path, frozenset({tag}))
 
 
 def _statistics(path: Path) -> tuple[int, float]:
@@ -187,9 +185,7 @@ def emergency_types(files: Iterable[Path]) -> set[str]:
     """Ids of vehicle types of class ``emergency`` defined in route or additional files."""
     found: set[str] = set()
     for path in files:
-        for _, elem in ET.iterparse(path, events=("end",)):
-            if elem.tag == "vType" and elem.get("vClass") == "emergency":
+        for elem in iter_elements(path, frozenset({"vType"})):
+            if elem.get("vClass") == "emergency":
                 found.add(elem.get("id", ""))
-            if elem.tag in ("vehicle", "flow", "trip", "person"):
-                elem.clear()
     return found

@@ -5,6 +5,10 @@ declared a hold), never the envelope's internals, and checks the envelope's inva
 them: no unapproved conflicting greens, no green straight to red, no yellow shorter than the
 shortest one a change interval gives that link, no green shorter than its minimum, no phase
 green beyond its maximum without a hold. Work is done only when a signal's state changes.
+
+A run under citybrain's control fails on any violation (``raise_if_any``). A run under the
+city's own program (``fixed``, SUMO's actuated logic) is not citybrain's doing: what the city's
+program shows against these rules is reported as findings (``findings``), and the run goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from citybrain.control.envelope import EnvelopeTiming, SignalRules, signal_rules
 from citybrain.control.model import GREEN, YELLOW, Intersection
@@ -77,8 +82,30 @@ class SignalMonitor:
     """Collects every ``Violation`` of the lamps shown at the given intersections."""
 
     def __init__(self, intersections: Iterable[Intersection], timing: EnvelopeTiming) -> None:
+        self._timing = timing
         self._signals = {x.id: _Signal(x, signal_rules(x, timing)) for x in intersections}
         self.violations: list[Violation] = []
+
+    def switch(self, x: Intersection) -> None:
+        """From now on judge ``x.id`` by ``x`` (its signal switched to another program).
+
+        What the signal showed so far is forgotten, as on its first state.
+        """
+        self._signals[x.id] = _Signal(x, signal_rules(x, self._timing))
+
+    def findings(self, examples: int = 5) -> dict[str, Any]:
+        """The violations as a report: how many of each rule, by signal, and the first few."""
+        counts = Counter(v.rule for v in self.violations)
+        by_signal = Counter(v.signal for v in self.violations)
+        return {
+            "total": len(self.violations),
+            "by_rule": {rule: counts[rule] for rule in RULES if counts[rule]},
+            "by_signal": dict(by_signal.most_common()),
+            "first": [
+                {"time_s": v.time_s, "signal": v.signal, "rule": v.rule, "detail": v.detail}
+                for v in self.violations[:examples]
+            ],
+        }
 
     def observe(self, time_s: float, signal_id: str, state: str, hold: bool = False) -> None:
         """Record that ``signal_id`` showed ``state`` from ``time_s`` (until its next call).

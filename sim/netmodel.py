@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ class ClearanceDefaults:
     all_red_s: float = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class SignalPlan:
+    """The program a signal runs, when it is not the net's own (SUMO loaded another)."""
+
+    steps: tuple[PlanStep, ...]
+    offset_s: float
+
+
 def read_net(path: Path) -> Any:
     """Read a SUMO net with its signal programs and right-of-way logic."""
     if not path.is_file():
@@ -35,24 +44,41 @@ def read_net(path: Path) -> Any:
 
 
 def intersections_from_net(
-    net: Any, defaults: ClearanceDefaults | None = None
+    net: Any,
+    defaults: ClearanceDefaults | None = None,
+    plans: Mapping[str, SignalPlan] | None = None,
 ) -> tuple[Intersection, ...]:
-    """One model per traffic light of the net, in the net's order."""
+    """One model per traffic light of the net, in the net's order.
+
+    ``plans`` gives, by signal id, the program SUMO runs where it is not the net's own (see
+    ``sim/loaded.py``); the others use the net's program (the first by program id).
+    """
     defaults = defaults or ClearanceDefaults()
+    plans = plans or {}
     models = []
     for tls in net.getTrafficLights():
-        model = _intersection(tls, defaults)
+        model = intersection_of(tls, defaults, plans.get(tls.getID()))
         if model is not None:
             models.append(model)
     return tuple(models)
 
 
-def _intersection(tls: Any, defaults: ClearanceDefaults) -> Intersection | None:
-    programs = tls.getPrograms()
-    if not programs:
+def intersection_of(
+    tls: Any, defaults: ClearanceDefaults | None = None, plan_of: SignalPlan | None = None
+) -> Intersection | None:
+    """The model of one sumolib traffic light running ``plan_of`` (or the net's program)."""
+    defaults = defaults or ClearanceDefaults()
+    if plan_of is None:
+        programs = tls.getPrograms()
+        if not programs:
+            return None
+        program = programs[sorted(programs)[0]]
+        plan = tuple(PlanStep(p.state, float(p.duration)) for p in program.getPhases())
+        offset = float(program.getOffset() or 0.0)
+    else:
+        plan, offset = plan_of.steps, plan_of.offset_s
+    if not plan:
         return None
-    program = programs[sorted(programs)[0]]
-    plan = tuple(PlanStep(p.state, float(p.duration)) for p in program.getPhases())
     n = len(plan[0].state)
     movements: dict[int, list[tuple[str, str]]] = {}
     junction_index: list[tuple[int, Any, int]] = []
@@ -85,7 +111,7 @@ def _intersection(tls: Any, defaults: ClearanceDefaults) -> Intersection | None:
         conflicts=conflicts,
         yields_to=yields_to,
         plan=plan,
-        plan_offset_s=float(program.getOffset() or 0.0),
+        plan_offset_s=offset,
         phases=phases,
         yellow_s=max(yellow) if yellow else defaults.yellow_s,
         all_red_s=max(all_red) if all_red else defaults.all_red_s,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,15 +17,22 @@ import numpy as np
 from citybrain.control.catalog import make_controller
 from citybrain.control.drive import SignalDriver
 from citybrain.control.escort import EscortController, EscortMode
+from citybrain.control.local import ACTUATED_PROGRAM
 from citybrain.control.model import Intersection
 from citybrain.control.port import Controller, Layout
 from citybrain.errors import ConfigError, ScenarioError
 from citybrain.settings import Settings
 from citybrain.sim import backend as sb
 from citybrain.sim.corridor import NetCorridors
-from citybrain.sim.detectors import DetectorPlacement, build_layout, write_additional
+from citybrain.sim.detectors import (
+    DetectorPlacement,
+    DetectorSource,
+    build_layout,
+    write_additional,
+)
 from citybrain.sim.freeflow import free_flow_times
 from citybrain.sim.gps import EmergencyWatch
+from citybrain.sim.loaded import LoadedScenario
 from citybrain.sim.metrics import (
     EmergencyTrip,
     Metrics,
@@ -33,14 +42,32 @@ from citybrain.sim.metrics import (
     summarize,
 )
 from citybrain.sim.monitor import SignalMonitor
-from citybrain.sim.netmodel import NetGeometry, intersections_from_net, read_net
+from citybrain.sim.netmodel import (
+    NetGeometry,
+    SignalPlan,
+    intersection_of,
+    intersections_from_net,
+    read_net,
+)
 from citybrain.sim.programs import write_actuated_programs
 from citybrain.sim.scenario import Scenario, load_scenario
 from citybrain.sim.sensors import SensorModel
+from citybrain.sim.sumoargs import RESCO_FLAGS, scenario_additionals, sumo_args
 from citybrain.sim.timespace import write_escort_records
 
-RESCO_FLAGS = ("--time-to-teleport", "-1", "--tripinfo-output.write-unfinished")
+__all__ = [
+    "RESCO_FLAGS",
+    "Prepared",
+    "RunOptions",
+    "RunResult",
+    "load",
+    "prepare",
+    "run",
+    "sumo_args",
+]
 
+MODELLED_KINDS = frozenset({"static", "actuated", "delay_based", "NEMA"})
+"""Program types whose phases citybrain models (rail signals and switched-off ones it leaves)."""
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -68,20 +95,76 @@ class RunResult:
     """How often the run had to override what SUMO's own program would have shown."""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A scenario as SUMO loads it, and the models the controllers get of it."""
+
+    scenario: Scenario
+    net: Any
+    layout: Layout
+    loaded: LoadedScenario
+    """What SUMO loaded: every signal's programs and the one it runs, the city's detectors."""
+
+    @property
+    def city_detectors(self) -> frozenset[str]:
+        """Ids of the scenario's own detectors (its files define them)."""
+        return frozenset(d.id for d in self.loaded.detectors)
+
+    def model_of(self, signal: str, program: str) -> Intersection | None:
+        """The model of ``signal`` running another of its loaded programs (a WAUT switch)."""
+        loaded = self.loaded.signals.get(signal)
+        if loaded is None or program not in loaded.programs:
+            return None
+        steps = loaded.programs[program].steps
+        return intersection_of(self.net.getTLS(signal), None, SignalPlan(steps, 0.0))
+
+
 Progress = Callable[[float], None]
+
+
+def probe(scenario: Scenario, backend: str = "libsumo") -> LoadedScenario:
+    """Load ``scenario`` in SUMO as a run will, and read what SUMO made of it (no step run)."""
+    with tempfile.TemporaryDirectory(prefix="citybrain-probe-") as tmp:
+        out = Path(tmp)
+        args = sumo_args(scenario, 1, out, scenario_additionals(scenario, out, False), None)
+        sumo = sb.open_backend(backend)
+        sumo.start(args)
+        try:
+            return sumo.loaded()
+        finally:
+            sumo.close()
+
+
+def load(
+    scenario_path: Path, placement: DetectorPlacement | None = None, backend: str = "libsumo"
+) -> Prepared:
+    """Load a scenario as SUMO does, and build its intersection models and detector layout.
+
+    Each signal is modelled on the program SUMO runs at the window's start (from the net,
+    an additional file or a WAUT); the layout uses the scenario's own detectors as
+    ``placement.source`` says.
+    """
+    scenario = load_scenario(scenario_path)
+    loaded = probe(scenario, backend)
+    net = read_net(scenario.net_file)
+    plans = {
+        sid: SignalPlan(sig.programs[sig.active].steps, sig.offset_s(scenario.begin_s))
+        for sid, sig in loaded.signals.items()
+        if sig.active in sig.programs and sig.programs[sig.active].kind in MODELLED_KINDS
+    }
+    intersections = tuple(x for x in intersections_from_net(net, plans=plans) if x.id in plans)
+    if not intersections:
+        raise ScenarioError(f"{scenario.config.name}: the network has no traffic lights to control")
+    layout = build_layout(intersections, NetGeometry(net), placement, loaded.detectors)
+    return Prepared(scenario, net, layout, loaded)
 
 
 def prepare(
     scenario_path: Path, placement: DetectorPlacement | None = None
 ) -> tuple[Scenario, Any, Layout]:
-    """Load a scenario and build its intersection models and detector layout."""
-    scenario = load_scenario(scenario_path)
-    net = read_net(scenario.net_file)
-    intersections = intersections_from_net(net)
-    if not intersections:
-        raise ScenarioError(f"{scenario.config.name}: the network has no traffic lights to control")
-    layout = build_layout(intersections, NetGeometry(net), placement)
-    return scenario, net, layout
+    """Load a scenario and build its intersection models and detector layout (see ``load``)."""
+    ready = load(scenario_path, placement)
+    return ready.scenario, ready.net, ready.layout
 
 
 def sumo_version() -> str:
@@ -106,7 +189,8 @@ def run(
     scenario_path: Path, out_dir: Path, options: RunOptions, progress: Progress | None = None
 ) -> RunResult:
     mode = _escort_mode(options.escort)
-    scenario, net, layout = prepare(scenario_path, options.settings.detectors)
+    ready = load(scenario_path, options.settings.detectors, options.backend)
+    scenario, net, layout = ready.scenario, ready.net, ready.layout
     if options.begin_s is not None and options.begin_s > scenario.begin_s:
         scenario = dataclasses.replace(scenario, begin_s=options.begin_s)
     controller = make_controller(options.controller, layout, options.settings)
@@ -131,12 +215,18 @@ def run(
     end = min(options.end_s or scenario.end_s, scenario.end_s)
     if end <= scenario.begin_s:
         raise ScenarioError(f"the run would end ({end:g}) before it begins ({scenario.begin_s:g})")
-    adds = list(scenario.additional_files)
-    if controller.signal_program == "actuated":
+    open_end = not scenario.end_given and options.end_s is None
+    watch_only = controller.signal_program is not None
+    adds = scenario_additionals(scenario, out_dir, drop_wauts=not watch_only)
+    if controller.signal_program == ACTUATED_PROGRAM:
         adds.append(write_actuated_programs(layout.intersections, out_dir / "programs.add.xml"))
     if controller.uses_detectors:
-        adds.append(write_additional(layout, NetGeometry(net), out_dir / "detectors.add.xml"))
-    args = sumo_args(scenario, options.seed, out_dir, adds, end)
+        adds.append(
+            write_additional(
+                layout, NetGeometry(net), out_dir / "detectors.add.xml", ready.city_detectors
+            )
+        )
+    args = sumo_args(scenario, options.seed, out_dir, adds, None if open_end else end)
     backend = sb.open_backend(options.backend)
     watch = (
         EmergencyWatch(
@@ -149,10 +239,11 @@ def run(
     wall = time.perf_counter()
     backend.start(args)
     try:
-        loop = _loop(backend, scenario, layout, controller, options, end, progress, watch)
+        loop = _loop(backend, ready, scenario, controller, options, end, open_end, progress, watch)
     finally:
         backend.close()
     wall = time.perf_counter() - wall
+    end = loop.end_s
     free_flow = free_flow_times(scenario, kinds, out_dir) if kinds else {}
     summary = summarize(
         out_dir / "tripinfo.xml",
@@ -165,6 +256,20 @@ def run(
     if watch is not None and mode is not EscortMode.NONE and options.escort_baseline:
         plain = dataclasses.replace(options, escort="none", escort_baseline=False)
         baseline = run(scenario_path, out_dir / "baseline", plain).metrics
+    extra: dict[str, Any] = {
+        "backend": options.backend,
+        "window_s": [scenario.begin_s, end],
+        "window": scenario.window_note if options.end_s is None else "cut short by --end",
+        "signal_writes": loop.writes,
+        "decision_ms_per_intersection": loop.decision_stats(len(layout.intersections)),
+        "sensors": asdict(options.settings.sensors),
+        "escort": str(mode),
+        "civilian_delay_s": summary.civilian_delay_s,
+        "programs": _programs_used(ready),
+        "detectors": _detectors_used(ready, options.settings.detectors.source),
+    }
+    if watch_only:
+        extra["monitor_findings"] = loop.findings
     metrics = Metrics(
         scenario=scenario.name,
         controller=controller.name,
@@ -177,15 +282,7 @@ def run(
         vehicles=VehicleCounts(summary.completed, summary.unfinished, summary.never_departed),
         emergency=_emergency(summary, watch, mode, baseline),
         wall_time_s=wall,
-        extra={
-            "backend": options.backend,
-            "window_s": [scenario.begin_s, end],
-            "signal_writes": loop.writes,
-            "decision_ms_per_intersection": loop.decision_stats(len(layout.intersections)),
-            "sensors": asdict(options.settings.sensors),
-            "escort": str(mode),
-            "civilian_delay_s": summary.civilian_delay_s,
-        },
+        extra=extra,
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
     if options.timeline:
@@ -194,6 +291,33 @@ def run(
         title = f"{scenario.name} / {controller.name} / escort {mode}"
         write_escort_records(watch, escort, out_dir, title)
     return RunResult(metrics, out_dir, loop.writes)
+
+
+def _programs_used(ready: Prepared) -> dict[str, Any]:
+    """Which program each signal ran at the start, where it is not the net's only one."""
+    chosen = {
+        sid: {"program": sig.active, "type": sig.programs[sig.active].kind}
+        for sid, sig in ready.loaded.signals.items()
+        if sig.active in sig.programs and (len(sig.programs) > 1 or sig.active != "0")
+    }
+    kinds = Counter(
+        sig.programs[sig.active].kind
+        for sig in ready.loaded.signals.values()
+        if sig.active in sig.programs
+    )
+    return {"types": dict(kinds), "not_the_net_default": chosen}
+
+
+def _detectors_used(ready: Prepared, source: DetectorSource) -> dict[str, Any]:
+    """How many of the detectors read are the scenario's own, and which were added."""
+    layout, city = ready.layout, ready.city_detectors
+    used = [d.id for d in (*layout.loops, *layout.cameras)]
+    return {
+        "source": str(source),
+        "city": sorted(d for d in used if d in city),
+        "added": sorted(d for d in used if d not in city),
+        "city_unused": sorted(city - set(used)),
+    }
 
 
 def _escort_mode(name: str) -> EscortMode:
@@ -233,41 +357,13 @@ def _emergency(
     return trips
 
 
-def sumo_args(
-    scenario: Scenario, seed: int, out_dir: Path, adds: list[Path], end_s: float
-) -> list[str]:
-    import sumolib
-
-    args = [
-        sumolib.checkBinary("sumo"),
-        "-c",
-        str(scenario.config),
-        "--seed",
-        str(seed),
-        *RESCO_FLAGS,
-        "--tripinfo-output",
-        str(out_dir / "tripinfo.xml"),
-        "--statistic-output",
-        str(out_dir / "statistics.xml"),
-        "--begin",
-        f"{scenario.begin_s:g}",
-        "--end",
-        f"{end_s:g}",
-        "--no-step-log",
-        "true",
-        "--no-warnings",
-        "true",
-    ]
-    if adds:
-        args += ["--additional-files", ",".join(str(a) for a in adds)]
-    return args
-
-
 @dataclass
 class _LoopStats:
     writes: int = 0
+    end_s: float = 0.0
     decisions_ns: list[int] = field(default_factory=list)
     timeline: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    findings: dict[str, Any] = field(default_factory=dict)
 
     def decision_stats(self, intersections: int) -> dict[str, float]:
         """CPU cost of one controller decision per intersection, in milliseconds."""
@@ -303,14 +399,17 @@ class _Signals:
 
 def _loop(
     backend: sb.Backend,
+    ready: Prepared,
     scenario: Scenario,
-    layout: Layout,
     controller: Controller,
     options: RunOptions,
     end: float,
+    open_end: bool,
     progress: Progress | None,
     watch: EmergencyWatch | None = None,
 ) -> _LoopStats:
+    """Step SUMO until ``end`` (or, with ``open_end``, until no vehicle is left)."""
+    layout = ready.layout
     xs = layout.intersections
     own_program = controller.signal_program is not None
     stats = _LoopStats()
@@ -321,6 +420,9 @@ def _loop(
     driver = SignalDriver(controller, xs, options.settings.envelope, scenario.begin_s)
     signals = _Signals(backend, xs)
     monitor = SignalMonitor(xs, options.settings.envelope)
+    program = {
+        x.id: ready.loaded.signals[x.id].active for x in xs if x.id in ready.loaded.signals
+    }
     last_ids: list[tuple[str, ...]] = [() for _ in loop_ids]
     loop_count = np.zeros(len(loop_ids), dtype=np.int64)
     loop_occ = np.zeros(len(loop_ids), dtype=np.float64)
@@ -328,6 +430,8 @@ def _loop(
     cam_queue = np.zeros(len(cam_ids), dtype=np.int64)
     t = backend.time()
     while t < end - 1e-9:
+        if open_end and t > scenario.begin_s and backend.expected_vehicles() == 0:
+            break
         if loop_ids:
             values = backend.loop_values()
             for i, d in enumerate(loop_ids):
@@ -361,7 +465,13 @@ def _loop(
         if watch is not None:
             watch.after(shown)
         for x in xs:
-            state = shown[x.id][sb.TL_RED_YELLOW_GREEN_STATE]
+            values_x = shown[x.id]
+            if own_program and values_x.get(sb.TL_CURRENT_PROGRAM, "") != program.get(x.id, ""):
+                program[x.id] = str(values_x[sb.TL_CURRENT_PROGRAM])  # a WAUT switched it
+                switched = ready.model_of(x.id, program[x.id])
+                if switched is not None:
+                    monitor.switch(switched)
+            state = values_x[sb.TL_RED_YELLOW_GREEN_STATE]
             monitor.observe(t, x.id, state, holds.get(x.id, False))
             if options.timeline:
                 changes = stats.timeline.setdefault(x.id, [])
@@ -371,5 +481,9 @@ def _loop(
         if progress is not None:
             progress(t)
     stats.writes = signals.writes
-    monitor.raise_if_any()
+    stats.end_s = t
+    if own_program:
+        stats.findings = monitor.findings()  # the city's program: reported, not citybrain's
+    else:
+        monitor.raise_if_any()
     return stats

@@ -77,7 +77,7 @@ def test_short_window_begins_late(arterial_cfg: Path, tmp_path: Path) -> None:
     result = run(
         arterial_cfg,
         tmp_path,
-        RunOptions("fixed", seed=1, begin_s=1795, end_s=1960, escort="local",
+        RunOptions("plan", seed=1, begin_s=1795, end_s=1960, escort="local",
                    escort_baseline=False),
     )
     (amb,) = result.metrics.emergency

@@ -239,7 +239,7 @@ def test_core_assembles_one_reading_per_second(single_cfg: Path) -> None:
 
 
 def test_core_escort_requests(single_cfg: Path) -> None:
-    core = load_core(single_cfg, "fixed", root="r")
+    core = load_core(single_cfg, "plan", root="r")
     t = 5000.0
     (status,) = core.handle(requests_topic("r"), encode_call(EscortCall("amb", SOUTH)), t)
     got = decode_status(status.payload)
@@ -258,14 +258,14 @@ def test_core_refuses_a_controller_inside_the_signal(single_cfg: Path) -> None:
     with pytest.raises(ConfigError, match="runs inside the signal"):
         load_core(single_cfg, "sumo-actuated")
     with pytest.raises(ConfigError, match="escort mode"):
-        load_core(single_cfg, "fixed", escort="sideways")
+        load_core(single_cfg, "plan", escort="sideways")
 
 
 # ------------------------------------------------------------------------ one step, two worlds
 
 
 def test_apply_decision_matches_the_envelopes(single_cfg: Path) -> None:
-    core = load_core(single_cfg, "fixed")
+    core = load_core(single_cfg, "plan")
     xs = core.layout.intersections
     timing = EnvelopeTiming()
     by_hand = {x.id: SafetyEnvelope(x, timing, 0.0) for x in xs}
