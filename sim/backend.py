@@ -51,23 +51,29 @@ class Backend(Protocol):
     def departed(self) -> tuple[str, ...]:
         """Vehicles that entered the network during the last step."""
         ...
+
     def arrived(self) -> tuple[str, ...]:
         """Vehicles that left the network during the last step."""
         ...
+
     def vehicle_class(self, vehicle: str) -> str: ...
     def vehicle_route(self, vehicle: str) -> tuple[str, ...]: ...
     def vehicle_state(self, vehicle: str) -> tuple[float, float, float] | None:
         """One vehicle's position (x, y) and speed; None if it is not in the network."""
         ...
+
     def next_signal(self, vehicle: str) -> tuple[str, int, float, str] | None:
         """The next signal on one vehicle's way: id, link index, distance, lamp."""
         ...
+
     def loaded(self) -> LoadedScenario:
         """Every signal's programs and the detectors, as loaded (call before the first step)."""
         ...
+
     def expected_vehicles(self) -> int:
         """Vehicles in the network or still to come (0: SUMO would end a run without end)."""
         ...
+
     def close(self) -> None: ...
 
 
@@ -200,8 +206,15 @@ class ModuleBackend:
             self._m.close()
 
 
-_PROGRAM_KINDS = {0: "static", 1: "rail_signal", 2: "rail_crossing", 3: "actuated",
-                  4: "NEMA", 5: "delay_based", 6: "off"}
+_PROGRAM_KINDS = {
+    0: "static",
+    1: "rail_signal",
+    2: "rail_crossing",
+    3: "actuated",
+    4: "NEMA",
+    5: "delay_based",
+    6: "off",
+}
 
 
 def _program_kind(value: Any) -> str:

@@ -60,8 +60,12 @@ def _write_all_green(scenario: Scenario, path: Path) -> None:
             logic = ET.SubElement(
                 root,
                 "tlLogic",
-                {"id": elem.get("id", ""), "type": "static", "programID": "freeflow",
-                 "offset": "0"},
+                {
+                    "id": elem.get("id", ""),
+                    "type": "static",
+                    "programID": "freeflow",
+                    "offset": "0",
+                },
             )
             n = len(phase.get("state", ""))
             ET.SubElement(logic, "phase", {"duration": "86400", "state": "G" * n})

@@ -69,6 +69,7 @@ __all__ = [
 MODELLED_KINDS = frozenset({"static", "actuated", "delay_based", "NEMA"})
 """Program types whose phases citybrain models (rail signals and switched-off ones it leaves)."""
 
+
 @dataclass(frozen=True)
 class RunOptions:
     controller: str = "fixed"
@@ -230,7 +231,10 @@ def run(
     backend = sb.open_backend(options.backend)
     watch = (
         EmergencyWatch(
-            backend, NetCorridors(net, layout.intersections), escort, options.settings.gps,
+            backend,
+            NetCorridors(net, layout.intersections),
+            escort,
+            options.settings.gps,
             options.seed,
         )
         if kinds
@@ -420,9 +424,7 @@ def _loop(
     driver = SignalDriver(controller, xs, options.settings.envelope, scenario.begin_s)
     signals = _Signals(backend, xs)
     monitor = SignalMonitor(xs, options.settings.envelope)
-    program = {
-        x.id: ready.loaded.signals[x.id].active for x in xs if x.id in ready.loaded.signals
-    }
+    program = {x.id: ready.loaded.signals[x.id].active for x in xs if x.id in ready.loaded.signals}
     last_ids: list[tuple[str, ...]] = [() for _ in loop_ids]
     loop_count = np.zeros(len(loop_ids), dtype=np.int64)
     loop_occ = np.zeros(len(loop_ids), dtype=np.float64)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the RESCO maps from ../shared (skipped on a user's clone, required in CI)."""
+"""Shared fixtures: the RESCO maps and real-city scenarios from ../shared (skipped on a user's
+clone, required in CI), and the generated library scenarios."""
 
 from __future__ import annotations
 
@@ -32,6 +33,19 @@ def resco_config(name: str) -> Path:
         if in_ci():
             pytest.fail(f"CI=true but the RESCO map is missing: {path}")
         pytest.skip("../shared/scenarios/resco is not here (a user's clone)")
+    return path
+
+
+REAL = ROOT.parent / "shared" / "scenarios" / "real"
+
+
+def real_config(folder: str, config: str = "run_simulation.sumocfg") -> Path:
+    """A real-city scenario's configuration; skips when ../shared is absent, except in CI."""
+    path = REAL / folder / config
+    if not path.is_file():
+        if in_ci():
+            pytest.fail(f"CI=true but the real scenario is missing: {path}")
+        pytest.skip("../shared/scenarios/real is not here (a user's clone)")
     return path
 
 

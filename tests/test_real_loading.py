@@ -1,0 +1,249 @@
+"""Scenarios loaded as SUMO loads them: each case of a published scenario, on small ones built."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import sumolib
+
+from citybrain.control.port import DetectorKind
+from citybrain.errors import ScenarioError
+from citybrain.settings import Settings
+from citybrain.sim.detectors import DetectorPlacement, DetectorSource
+from citybrain.sim.metrics import summarize
+from citybrain.sim.plain import run_plain
+from citybrain.sim.runner import RunOptions, load, run
+from citybrain.sim.scenario import load_scenario
+
+from . import realscen
+from .conftest import real_config
+
+pytestmark = pytest.mark.sumo
+
+
+def raw_sumo_delay(cfg: Path, seed: int, work: Path) -> float:
+    """RESCO delay of the ``sumo`` binary run by hand on a writable copy of the scenario."""
+    copy = work / "copy"
+    shutil.copytree(cfg.parent, copy)
+    args = [
+        sumolib.checkBinary("sumo"),
+        "-c",
+        str(copy / cfg.name),
+        "--seed",
+        str(seed),
+        "--time-to-teleport",
+        "-1",
+        "--tripinfo-output.write-unfinished",
+        "--tripinfo-output",
+        str(work / "t.xml"),
+        "--statistic-output",
+        str(work / "s.xml"),
+    ]
+    subprocess.run(args, check=True, capture_output=True)
+    return summarize(work / "t.xml", work / "s.xml", window_s=1).mean_delay_s
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("real")
+    return {name: build(base / name) for name, build in realscen.BUILDERS.items()}
+
+
+@pytest.mark.parametrize("name", list(realscen.BUILDERS))
+def test_fixed_is_the_scenarios_own_plan(built: dict[str, Path], name: str, tmp_path: Path) -> None:
+    cfg = built[name]
+    before = snapshot(cfg.parent)
+    result = run(cfg, tmp_path / "fixed", RunOptions("fixed", seed=3))
+    assert result.signal_writes == 0
+    assert result.metrics.vehicles.completed > 0
+    assert snapshot(cfg.parent) == before  # the scenario folder is never written to
+    by_hand = raw_sumo_delay(cfg, 3, tmp_path / "by-hand")
+    assert result.metrics.mean_delay_s == pytest.approx(by_hand, rel=0.01)
+    plain = run_plain(cfg, tmp_path / "plain", 3)
+    assert plain.mean_delay_s == pytest.approx(by_hand, rel=0.01)
+
+
+@pytest.mark.parametrize("name", list(realscen.BUILDERS))
+def test_adaptive_runs_within_the_envelope(
+    built: dict[str, Path], name: str, tmp_path: Path
+) -> None:
+    cfg = built[name]
+    before = snapshot(cfg.parent)
+    result = run(cfg, tmp_path / "adaptive", RunOptions("adaptive", seed=1))  # fails on violation
+    assert result.signal_writes > 0
+    assert result.metrics.vehicles.completed > 0
+    assert "monitor_findings" not in result.metrics.extra
+    assert result.metrics.extra["decision_ms_per_intersection"]["p99"] < 50  # recorded, sane
+    assert snapshot(cfg.parent) == before
+
+
+def test_the_program_from_an_additional_file_is_modelled(built: dict[str, Path]) -> None:
+    cfg = built["additional_program"]
+    ready = load(cfg)
+    (x,) = ready.layout.intersections
+    signal = ready.loaded.signals[realscen.TLS_ID]
+    assert signal.active == "city" and set(signal.programs) == {"0", "city"}
+    assert x.plan == signal.programs["city"].steps
+    assert x.cycle_s == 90
+    assert x.all_red_s == realscen.ALL_RED and x.yellow_s == realscen.YELLOW
+
+
+def test_a_waut_is_followed_and_left_out_under_a_controller(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = built["waut"]
+    ready = load(cfg)
+    (x,) = ready.layout.intersections
+    assert ready.loaded.signals[realscen.TLS_ID].active == "day"
+    assert x.plan == ready.loaded.signals[realscen.TLS_ID].programs["day"].steps
+    night = ready.model_of(realscen.TLS_ID, "night")
+    assert night is not None and night.cycle_s == 60
+    fixed = run(cfg, tmp_path / "fixed", RunOptions("fixed", seed=1, timeline=True))
+    timeline = json.loads((tmp_path / "fixed" / "timeline.json").read_text())[realscen.TLS_ID]
+    night_states = {s.state for s in night.plan}
+    day_states = {s.state for s in x.plan}
+    after = {state for t, state in timeline if t >= realscen.WAUT_SWITCH + 60}
+    assert after <= night_states and not after <= day_states
+    assert fixed.metrics.extra["monitor_findings"]["total"] == 0
+    run(cfg, tmp_path / "adaptive", RunOptions("adaptive", seed=1))
+    (copy,) = (tmp_path / "adaptive" / "scenario-inputs").iterdir()
+    tags = {e.tag for e in ET.parse(copy).getroot().iter()}
+    assert "WAUT" not in tags and "tlLogic" in tags
+
+
+def test_gzipped_files_and_their_emergency_vehicle(built: dict[str, Path], tmp_path: Path) -> None:
+    cfg = built["gz"]
+    assert cfg.parent.joinpath("gz.rou.xml.gz").is_file()
+    result = run(
+        cfg, tmp_path, RunOptions("adaptive", seed=1, escort="corridor", escort_baseline=False)
+    )
+    (amb,) = result.metrics.emergency
+    assert amb.id == "ambulance_1" and amb.completed and amb.free_flow_time_s
+    assert amb.ran_red == 0
+
+
+def test_outputs_go_to_the_run_folder(built: dict[str, Path], tmp_path: Path) -> None:
+    cfg = built["outputs"]
+    scenario = load_scenario(cfg)
+    assert (scenario.begin_s, scenario.end_s) == (0, 900)  # written as 0:00:00 and 0:15:00
+    run(cfg, tmp_path, RunOptions("adaptive", seed=1))
+    written = {p.name for p in (tmp_path / "scenario-outputs").iterdir()}
+    assert {"sim.log.txt", "summary.xml", "det_e1.xml", "det_e2.xml", "edgedata.xml"} <= written
+    assert not any((cfg.parent / n).exists() for n in written)
+
+
+def test_the_citys_detectors_serve_their_approaches(built: dict[str, Path], tmp_path: Path) -> None:
+    cfg = built["outputs"]
+    ready = load(cfg)
+    city = ready.city_detectors
+    assert len(city) == 16
+    loops = {d.id: d for d in ready.layout.loops}
+    cams = {d.id: d for d in ready.layout.cameras}
+    for lane in ready.layout.intersections[0].in_lanes:
+        stop = loops[f"city_e1_{lane}"]
+        assert stop.kind is DetectorKind.STOP_LOOP and stop.lane == lane
+        assert stop.distance_m == pytest.approx(5.0)
+        assert cams[f"city_e2_{lane}"].distance_m == pytest.approx(40.0)
+        assert loops[f"cb_u_{lane}"].kind is DetectorKind.UPSTREAM_LOOP  # the missing one
+    assert f"cb_s_{lane}" not in loops and f"cb_c_{lane}" not in cams
+    result = run(cfg, tmp_path / "both", RunOptions("adaptive", seed=1))
+    used = result.metrics.extra["detectors"]
+    assert len(used["city"]) == 16 and all(d.startswith("cb_u_") for d in used["added"])
+    added = (tmp_path / "both" / "detectors.add.xml").read_text()
+    assert "city_e1" not in added and "cb_u_" in added
+
+    def only(source: DetectorSource) -> Settings:
+        return Settings(detectors=DetectorPlacement(source=source))
+
+    city_only = load(cfg, only(DetectorSource.CITY).detectors).layout
+    assert {d.id for d in (*city_only.loops, *city_only.cameras)} == set(city)
+    added_only = load(cfg, only(DetectorSource.ADDED).detectors).layout
+    assert not {d.id for d in (*added_only.loops, *added_only.cameras)} & city
+    result = run(
+        cfg, tmp_path / "city", RunOptions("adaptive", seed=1, settings=only(DetectorSource.CITY))
+    )
+    assert result.metrics.extra["detectors"]["added"] == []
+    fixed = run(cfg, tmp_path / "fixed", RunOptions("fixed", seed=1)).metrics.mean_delay_s
+    assert result.metrics.mean_delay_s < fixed  # it read something real from the city's loops
+
+
+def test_a_scenario_without_end_runs_until_every_vehicle_left(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = built["no_end"]
+    scenario = load_scenario(cfg)
+    assert not scenario.end_given and "until every vehicle has left" in scenario.window_note
+    result = run(cfg, tmp_path, RunOptions("fixed", seed=1))
+    _, end = result.metrics.extra["window_s"]
+    assert realscen.NO_END_DEMAND_END < end < 2 * realscen.NO_END_DEMAND_END
+    assert result.metrics.vehicles.unfinished == 0 and result.metrics.vehicles.completed > 0
+
+
+def test_a_cluster_is_one_intersection(built: dict[str, Path]) -> None:
+    ready = load(built["cluster"])
+    (x,) = ready.layout.intersections
+    assert x.id == realscen.CLUSTER_TLS_ID
+    junctions = {ready.net.getLane(lane).getEdge().getToNode().getID() for lane in x.in_lanes}
+    assert len(junctions) == 2
+
+
+def test_a_crossing_gets_no_detectors_and_its_findings_are_reported(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    ready = load(built["crossing"])
+    (x,) = ready.layout.intersections
+    crossings = [link for link in x.links if not link.in_lane]  # pedestrians' links
+    assert len(crossings) == 4 and len(x.links) == 30
+    assert all(
+        d.lane and not d.lane.startswith(":") for d in (*ready.layout.loops, *ready.layout.cameras)
+    )
+    result = run(built["crossing"], tmp_path, RunOptions("fixed", seed=1))
+    findings = result.metrics.extra["monitor_findings"]
+    assert set(findings["by_rule"]) <= {
+        "green_to_red",
+        "short_green",
+        "short_yellow",
+        "long_green",
+        "conflict",
+    }
+    assert findings["total"] == sum(findings["by_rule"].values())
+
+
+def test_unsupported_options_fail_in_one_line(tmp_path: Path, built: dict[str, Path]) -> None:
+    src = built["additional_program"]
+    for option, value, words in (
+        ("step-length", "0.5", "step-length 0.5 s is not supported"),
+        ("mesosim", "true", "mesosim is set"),
+        ("remote-port", "8813", "remote-port is set"),
+    ):
+        folder = tmp_path / option
+        shutil.copytree(src.parent, folder)
+        cfg = folder / src.name
+        root = ET.parse(cfg).getroot()
+        ET.SubElement(root, option, {"value": value})
+        ET.ElementTree(root).write(cfg)
+        with pytest.raises(ScenarioError, match=words) as err:
+            load_scenario(cfg)
+        assert "\n" not in str(err.value)
+
+
+def test_hamburg_fixed_is_plain_sumo(tmp_path: Path) -> None:
+    cfg = real_config("hamburg-tavf")
+    result = run(cfg, tmp_path / "fixed", RunOptions("fixed", seed=1))
+    plain = run_plain(cfg, tmp_path / "plain", 1)
+    assert result.signal_writes == 0
+    assert result.metrics.mean_delay_s == pytest.approx(plain.mean_delay_s, rel=0.01)
+    assert (tmp_path / "fixed" / "scenario-outputs" / "simulation.log.txt").is_file()
+    assert result.metrics.extra["programs"]["types"]["actuated"] >= 30
