@@ -250,14 +250,18 @@ def snapshot(dest: Path) -> str:
     return code_fingerprint(dest)
 
 
-def run_one(cfg: Path, controller: str, seed: int, out: Path, code: Path | None = None) -> Result:
-    """One ``citybrain sim run``; with ``code``, importing the package from that snapshot."""
+def run_one(
+    cfg: Path, controller: str, seed: int, out: Path, code: Path | None = None,
+    extra: list[str] | None = None,
+) -> Result:
+    """One ``citybrain sim run`` (``extra``: more of its options); with ``code``, importing the
+    package from that snapshot."""
     env = dict(os.environ)
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(code), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "citybrain.cli", "sim", "run", str(cfg),
-           "--controller", controller, "--seed", str(seed), "--out", str(out)]
+           "--controller", controller, "--seed", str(seed), "--out", str(out), *(extra or [])]
     fingerprint = code_fingerprint(code if code is not None else ROOT)
     name = cfg.name.removesuffix(".sumocfg")
     start = time.perf_counter()
