@@ -36,11 +36,21 @@ class SignalPlan:
     offset_s: float
 
 
-def read_net(path: Path) -> Any:
-    """Read a SUMO net with its signal programs and right-of-way logic."""
+def read_net(path: Path, internal: bool = False) -> Any:
+    """Read a SUMO net with its signal programs and right-of-way logic.
+
+    ``internal`` also reads the junctions' internal lanes: then the signal links of
+    pedestrian crossings (from a walking area onto a crossing) have their connections, and so
+    their conflicts with the vehicles' links.
+    """
     if not path.is_file():
         raise ScenarioError(f"network file not found: {path}")
-    return sumolib.net.readNet(str(path), withPrograms=True, withFoes=True)
+    return sumolib.net.readNet(str(path), withPrograms=True, withFoes=True, withInternal=internal)
+
+
+def has_unmapped_links(intersections: tuple[Intersection, ...]) -> bool:
+    """True if a signal controls links the plain net has no lanes for (pedestrian crossings)."""
+    return any(not link.in_lane for x in intersections for link in x.links)
 
 
 def intersections_from_net(
@@ -85,10 +95,12 @@ def intersection_of(
     for in_lane, out_lane, index in tls.getConnections():
         if index >= n or (in_lane.getID(), out_lane.getID()) in movements.get(index, []):
             continue
-        movements.setdefault(index, []).append((in_lane.getID(), out_lane.getID()))
         conn = _connection(in_lane, out_lane)
         if conn is not None:
             junction_index.append((index, conn.getJunction(), conn.getJunctionIndex()))
+        if in_lane.getID().startswith(":"):  # a crossing's link: conflicts, but no road lane
+            continue
+        movements.setdefault(index, []).append((in_lane.getID(), out_lane.getID()))
     links = tuple(
         SignalLink(i, *movements[i][0], also=tuple(movements[i][1:]))
         if i in movements

@@ -45,6 +45,7 @@ from citybrain.sim.monitor import SignalMonitor
 from citybrain.sim.netmodel import (
     NetGeometry,
     SignalPlan,
+    has_unmapped_links,
     intersection_of,
     intersections_from_net,
     read_net,
@@ -105,6 +106,8 @@ class Prepared:
     layout: Layout
     loaded: LoadedScenario
     """What SUMO loaded: every signal's programs and the one it runs, the city's detectors."""
+    model_net: Any = None
+    """The net the models were built from, when not ``net`` (read with internal lanes)."""
 
     @property
     def city_detectors(self) -> frozenset[str]:
@@ -117,7 +120,8 @@ class Prepared:
         if loaded is None or program not in loaded.programs:
             return None
         steps = loaded.programs[program].steps
-        return intersection_of(self.net.getTLS(signal), None, SignalPlan(steps, 0.0))
+        net = self.model_net if self.model_net is not None else self.net
+        return intersection_of(net.getTLS(signal), None, SignalPlan(steps, 0.0))
 
 
 Progress = Callable[[float], None]
@@ -154,10 +158,16 @@ def load(
         if sig.active in sig.programs and sig.programs[sig.active].kind in MODELLED_KINDS
     }
     intersections = tuple(x for x in intersections_from_net(net, plans=plans) if x.id in plans)
+    full = None
+    if has_unmapped_links(intersections):  # crossings: their conflicts need internal lanes
+        full = read_net(scenario.net_file, internal=True)
+        intersections = tuple(
+            x for x in intersections_from_net(full, plans=plans) if x.id in plans
+        )
     if not intersections:
         raise ScenarioError(f"{scenario.config.name}: the network has no traffic lights to control")
     layout = build_layout(intersections, NetGeometry(net), placement, loaded.detectors)
-    return Prepared(scenario, net, layout, loaded)
+    return Prepared(scenario, net, layout, loaded, full)
 
 
 def prepare(

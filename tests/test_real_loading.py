@@ -206,6 +206,8 @@ def test_a_crossing_gets_no_detectors_and_its_findings_are_reported(
     (x,) = ready.layout.intersections
     crossings = [link for link in x.links if not link.in_lane]  # pedestrians' links
     assert len(crossings) == 4 and len(x.links) == 30
+    for link in crossings:  # read with the junction's internal lanes: they have their foes
+        assert x.conflicts[link.index]
     assert all(
         d.lane and not d.lane.startswith(":") for d in (*ready.layout.loops, *ready.layout.cameras)
     )
