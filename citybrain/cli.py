@@ -273,12 +273,12 @@ def _control_list(args: argparse.Namespace) -> int:
 
 def _control_inspect(args: argparse.Namespace) -> int:
     from citybrain.sim.netmodel import intersections_from_net, read_net
-    from citybrain.sim.scenario import load_scenario
+    from citybrain.sim.runner import load
 
-    net_file = args.path
-    if args.path.suffix == ".sumocfg":
-        net_file = load_scenario(args.path).net_file
-    models = intersections_from_net(read_net(net_file))
+    if args.path.suffix == ".sumocfg":  # the programs SUMO runs for this scenario
+        models = load(args.path).layout.intersections
+    else:
+        models = intersections_from_net(read_net(args.path))
     if not models:
         raise CitybrainError(f"{args.path}: the network has no traffic lights")
     if args.json:
