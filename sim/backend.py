@@ -73,6 +73,9 @@ class Backend(Protocol):
     def expected_vehicles(self) -> int:
         """Vehicles in the network or still to come (0: SUMO would end a run without end)."""
         ...
+    def standing_vehicles(self, min_s: float) -> int:
+        """Vehicles in the network that have not moved for at least ``min_s`` (a gridlock)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -199,6 +202,10 @@ class ModuleBackend:
 
     def expected_vehicles(self) -> int:
         return int(self._m.simulation.getMinExpectedNumber())
+
+    def standing_vehicles(self, min_s: float) -> int:
+        vehicle = self._m.vehicle
+        return sum(1 for v in vehicle.getIDList() if vehicle.getWaitingTime(v) >= min_s)
 
     def close(self) -> None:
         if self._running:

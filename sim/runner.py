@@ -67,6 +67,9 @@ __all__ = [
     "sumo_args",
 ]
 
+STANDING_S = 300.0
+"""A vehicle that has not moved for this long at the end of a run is counted as gridlocked."""
+
 MODELLED_KINDS = frozenset({"static", "actuated", "delay_based", "NEMA"})
 """Program types whose phases citybrain models (rail signals and switched-off ones it leaves)."""
 
@@ -279,6 +282,7 @@ def run(
         "sensors": asdict(options.settings.sensors),
         "escort": str(mode),
         "civilian_delay_s": summary.civilian_delay_s,
+        "standing_at_end": loop.standing,
         "programs": _programs_used(ready),
         "detectors": _detectors_used(ready, options.settings.detectors.source),
     }
@@ -378,6 +382,7 @@ class _LoopStats:
     decisions_ns: list[int] = field(default_factory=list)
     timeline: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     findings: dict[str, Any] = field(default_factory=dict)
+    standing: int = 0
 
     def decision_stats(self, intersections: int) -> dict[str, float]:
         """CPU cost of one controller decision per intersection, in milliseconds."""
@@ -494,6 +499,7 @@ def _loop(
             progress(t)
     stats.writes = signals.writes
     stats.end_s = t
+    stats.standing = backend.standing_vehicles(STANDING_S)
     if own_program:
         stats.findings = monitor.findings()  # the city's program: reported, not citybrain's
     else:

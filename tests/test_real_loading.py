@@ -85,6 +85,7 @@ def test_adaptive_runs_within_the_envelope(
     assert result.signal_writes > 0
     assert result.metrics.vehicles.completed > 0
     assert "monitor_findings" not in result.metrics.extra
+    assert result.metrics.extra["standing_at_end"] == 0  # nothing gridlocked
     assert result.metrics.extra["decision_ms_per_intersection"]["p99"] < 50  # recorded, sane
     assert snapshot(cfg.parent) == before
 
