@@ -156,7 +156,8 @@ def expected_outcome(work: Workload, tariffs: dict[str, Any]) -> Expected:
     Decisions only involve one lot and look-alike key, so each (lot, key) gets a
     ``SessionBook`` of its own (one book for everything would be quadratic)."""
     from citybrain.parking.book import SessionBook, SessionClosed
-    from citybrain.parking.ledger import ReadIn, parse_read
+    from citybrain.parking.ledger import parse_read
+    from citybrain.parking.passages import Read
     from citybrain.parking.plates import lookalike_key
     from citybrain.parking.settlement import settle_stay
 
@@ -166,9 +167,8 @@ def expected_outcome(work: Workload, tariffs: dict[str, Any]) -> Expected:
     charges = cents = 0
     now = dt.datetime.now(dt.UTC)
     for _, line in work.lines:
-        parsed = parse_read(line.encode())
-        assert isinstance(parsed, ReadIn)
-        read = parsed.to_read()
+        read = parse_read(line.encode())
+        assert isinstance(read, Read)
         book = books.setdefault((read.lot_id, lookalike_key(read.plate)), SessionBook())
         for event in book.add_read(read, now):
             if isinstance(event, SessionClosed):

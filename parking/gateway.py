@@ -18,7 +18,6 @@ what to send.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -37,17 +36,23 @@ from citybrain.parking.broker import BrokerSettings
 from citybrain.parking.mqtt import (
     QOS,
     TOPIC_ROOT,
-    PayloadError,
     SendWindow,
     acks_topic,
     check_lot_id,
     encode_object,
     mask_plate,
     parse_ack,
-    read_from_object,
     reads_topic,
 )
 from citybrain.parking.mqttlink import ConnectionLost, Link, Refused, open_subscribed
+from citybrain.parking.readcontract import (
+    DeadReason,
+    PayloadError,
+    Rejection,
+    check_object,
+    check_read,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,22 +262,33 @@ class GatewayRefused(RuntimeError):
     """The broker refused the gateway's credentials or its acks subscription."""
 
 
+_JSON_SPACE = " \t\r\n"
+
+
 def prepare_line(line: str, lot_id: str) -> tuple[str, bytes, str]:
     """``(read_id, payload, raw plate)`` for one feed line, or ``PayloadError``.
 
-    A missing ``lot_id`` is filled in with the gateway's lot (the object is then
-    re-encoded, extra fields kept); another lot's read is rejected. Otherwise the payload
-    is the line itself, as the camera wrote it (the evidence the service keeps)."""
-    try:
-        obj = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
-        raise PayloadError("line is not JSON") from None
-    if not isinstance(obj, dict):
-        raise PayloadError("line is not a JSON object")
-    given = "lot_id" in obj
-    obj.setdefault("lot_id", lot_id)
-    read = read_from_object(obj, topic_lot=lot_id)
-    payload = line.strip().encode() if given else encode_object(obj)
+    The payload is the line itself without its surrounding whitespace, as the camera wrote
+    it (the evidence the service keeps), except that a missing ``lot_id`` is filled in
+    with the gateway's lot (the object is then re-encoded, extra fields kept). The payload
+    is accepted only if the read contract accepts it on this lot's topic
+    (``readcontract``): the service decides the same on what the gateway sends."""
+    try:  # surrogateescape: a line read that way gets its undecodable bytes back
+        payload = line.strip(_JSON_SPACE).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        why = Rejection(DeadReason.NOT_UTF8, "not UTF-8: the line has a lone surrogate")
+        raise PayloadError.of(why) from None
+    obj = decode(payload)
+    if isinstance(obj, Rejection):
+        raise PayloadError.of(obj)
+    if "lot_id" in obj:
+        read = check_object(obj, lot_id)
+    else:
+        obj["lot_id"] = lot_id
+        payload = encode_object(obj)
+        read = check_read(payload, lot_id)  # what the service will decide on these bytes
+    if isinstance(read, Rejection):
+        raise PayloadError.of(read)
     return read.read_id, payload, read.raw_plate
 
 

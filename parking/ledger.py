@@ -5,13 +5,14 @@ or PostgreSQL (``postgresql://user@host/db``, driven by psycopg) and upgrades th
 the packaged Alembic head. Then:
 
 * ``record(topic_lot, payload, received_at)`` takes one MQTT message. In one transaction
-  it validates the payload against the read contract (``ReadIn``), checks the lot against
-  the topic's, stores the read as evidence (``read_id`` UNIQUE: a replay is a
-  ``duplicate`` that changes nothing), applies the matching rules of
-  ``citybrain.parking.book`` to the persisted state of the lot and look-alike key, and
-  settles the sessions that closed (fee by tariff; charged to the bound account, or an
-  unpaid debt on the plate). A bad message becomes a ``dead_letter`` row with its reason
-  and the bytes verbatim; nothing is ever dropped silently.
+  it validates the payload against the read contract (``readcontract.check_read``: the
+  decision the gateways take too, the lot against the topic's included), stores the read
+  as evidence (``read_id`` UNIQUE: a replay is a ``duplicate`` that changes nothing),
+  applies the matching rules of ``citybrain.parking.book`` to the persisted state of the
+  lot and look-alike key, and settles the sessions that closed (fee by tariff; charged to
+  the bound account, or an unpaid debt on the plate). A bad message becomes a
+  ``dead_letter`` row with its reason and the bytes verbatim; nothing is ever dropped
+  silently.
 * ``record_many(items)``: several messages in ONE transaction, with exactly the outcomes
   and stored rows of ``record`` called on each in turn (``record`` is a batch of one). The
   state of the batch's (lot, look-alike key) pairs is loaded in a few queries, the rules
@@ -37,10 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import tomllib
-import unicodedata
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -51,12 +50,10 @@ from enum import StrEnum
 from functools import cache, lru_cache, partial
 from importlib import resources
 from types import TracebackType
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails, PydanticCustomError
 from sqlalchemy import (
     Connection,
     Engine,
@@ -102,6 +99,12 @@ from citybrain.parking.matching import (
 )
 from citybrain.parking.passages import PASSAGE_WINDOW, Direction, Passage, Read, passage_of
 from citybrain.parking.plates import lookalike_key, normalize
+from citybrain.parking.readcontract import (
+    DeadReason,
+    Rejection,
+    check_read,
+    text_fault,
+)
 from citybrain.parking.reports import ChargeReport, DebtReport, SessionReport
 from citybrain.parking.settlement import (
     Settlement,
@@ -114,7 +117,6 @@ from citybrain.parking.tables import (
     Binding,
     Charge,
     DeadLetter,
-    DeadReason,
     PassageRow,
     PendingExitRow,
     SessionRow,
@@ -133,7 +135,6 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "OutcomeKind",
-    "ReadIn",
     "RecordItem",
     "RecordOutcome",
     "Rejection",
@@ -144,7 +145,6 @@ __all__ = [
     "upgrade",
 ]
 
-MAX_PAYLOAD_BYTES = 64 * 1024
 SQLITE_BUSY_MS = 30_000
 MIGRATIONS = "citybrain.parking:migrations"  # Alembic script location (package resource)
 _RETRIES = 5
@@ -157,172 +157,13 @@ class LedgerError(CitybrainError):
     """A ledger that cannot be opened or used as asked (bad URL, bad plate, ...)."""
 
 
-# ---- the wire contract ----------------------------------------------------------------------
-
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
-    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
-)
+# ---- the wire contract (``citybrain.parking.readcontract``) ---------------------------------
 
 
-def _printable(value: str) -> str:
-    if value.isprintable():  # the common case: then no Cc or Cs character
-        return value
-    for ch in value:
-        if unicodedata.category(ch) in ("Cc", "Cs"):
-            raise PydanticCustomError(
-                "bad_text", "must not contain control characters or lone surrogates"
-            )
-    return value
-
-
-def _has_plate(value: str) -> str:
-    if not normalize(value):
-        raise PydanticCustomError("empty_plate", "has no plate characters")
-    return value
-
-
-_Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_printable)]
-_Plate = Annotated[
-    str, Field(min_length=1, max_length=64), AfterValidator(_printable), AfterValidator(_has_plate)
-]
-
-
-class ReadIn(BaseModel):
-    """One camera read as published on ``parking/<lot_id>/reads`` (JSON object).
-
-    Strict: no coercion (``"0.9"`` is not a confidence, ``1`` is not a read id); ``ts`` is an
-    RFC 3339 date-time WITH an offset (``Z`` or ``+08:00``), stored in UTC. Unknown keys are
-    ignored (the payload is kept verbatim anyway).
-    """
-
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-    read_id: _Id
-    lot_id: _Id
-    camera_id: _Id
-    direction: Literal["in", "out"]
-    plate: _Plate
-    confidence: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-    ts: datetime
-
-    @field_validator("ts", mode="before")
-    @classmethod
-    def _rfc3339(cls, value: object) -> datetime:
-        if not isinstance(value, str):
-            raise PydanticCustomError("bad_ts", "must be an RFC 3339 date-time string")
-        match = _RFC3339.fullmatch(value)
-        if match is None:
-            raise PydanticCustomError("bad_ts", "is not an RFC 3339 date-time")
-        if match.group("offset") is None:
-            raise PydanticCustomError(
-                "naive_ts", "has no UTC offset (add Z or +hh:mm, e.g. +08:00)"
-            )
-        try:
-            parsed = datetime.fromisoformat(value.upper())
-        except ValueError as exc:
-            why = {"why": str(exc)}
-            raise PydanticCustomError("bad_ts", "is not a valid date-time: {why}", why) from None
-        return parsed.astimezone(UTC)
-
-    def to_read(self) -> Read:
-        return Read(
-            read_id=self.read_id,
-            lot_id=self.lot_id,
-            camera_id=self.camera_id,
-            direction=Direction(self.direction),
-            raw_plate=self.plate,
-            confidence=self.confidence,
-            ts=self.ts,
-        )
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why a message cannot be recorded as a read."""
-
-    reason: DeadReason
-    detail: str
-    read_id: str | None = None  # when the payload had a usable one
-
-
-_REASON_ORDER = (
-    DeadReason.MISSING_FIELD,
-    DeadReason.BAD_FIELD,
-    DeadReason.BAD_DIRECTION,
-    DeadReason.CONFIDENCE_OUT_OF_RANGE,
-    DeadReason.BAD_TS,
-    DeadReason.NAIVE_TS,
-    DeadReason.EMPTY_PLATE,
-)
-_RANGE_ERRORS = frozenset({"greater_than_equal", "less_than_equal", "finite_number"})
-
-
-def _reason_of(error: ErrorDetails) -> DeadReason:
-    kind = error["type"]
-    field = str(error["loc"][0]) if error["loc"] else ""
-    if kind == "missing":
-        return DeadReason.MISSING_FIELD
-    if field == "ts":
-        return DeadReason.NAIVE_TS if kind == "naive_ts" else DeadReason.BAD_TS
-    if field == "direction":
-        return DeadReason.BAD_DIRECTION
-    if field == "confidence" and kind in _RANGE_ERRORS:
-        return DeadReason.CONFIDENCE_OUT_OF_RANGE
-    if kind == "empty_plate":
-        return DeadReason.EMPTY_PLATE
-    return DeadReason.BAD_FIELD
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"duplicate key {key!r}")
-        seen[key] = value
-    return seen
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-
-
-def parse_read(payload: bytes) -> ReadIn | Rejection:
-    """Validate one message against the read contract (no database involved)."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        return Rejection(
-            DeadReason.TOO_LARGE, f"{len(payload)} bytes (at most {MAX_PAYLOAD_BYTES})"
-        )
-    try:
-        body = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejection(DeadReason.NOT_UTF8, f"not UTF-8: {exc.reason} at byte {exc.start}")
-    try:
-        data = _DECODER.decode(body)
-    except (ValueError, RecursionError) as exc:
-        return Rejection(DeadReason.MALFORMED_JSON, f"not JSON: {exc}")
-    if not isinstance(data, dict):
-        return Rejection(
-            DeadReason.NOT_AN_OBJECT, f"a JSON object is expected, not {type(data).__name__}"
-        )
-    rid = data.get("read_id")
-    read_id = rid if isinstance(rid, str) and rid and _printable_ok(rid) else None
-    try:
-        return ReadIn.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        reason = min((_reason_of(e) for e in errors), key=_REASON_ORDER.index)
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return Rejection(reason, detail, read_id)
-
-
-def _printable_ok(value: str) -> bool:
-    if value.isprintable():  # the common case: then no Cc or Cs character
-        return len(value) <= 128
-    return len(value) <= 128 and all(unicodedata.category(ch) not in ("Cc", "Cs") for ch in value)
+def parse_read(payload: bytes) -> Read | Rejection:
+    """The read contract's decision on one message, ``ts`` in UTC as the ledger stores it
+    (no database involved; the topic's lot is not checked)."""
+    return check_read(payload, utc=True)
 
 
 # ---- outcomes and reports -----------------------------------------------------------------
@@ -363,7 +204,7 @@ class _Prepared:
     lot: str  # the topic's lot
     payload: bytes
     received_at: datetime
-    msg: ReadIn | None
+    msg: Read | None
     rejection: Rejection | None
 
 
@@ -586,8 +427,8 @@ def _chunks(items: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
 _Content = tuple[str, str, str, str, float, datetime]
 
 
-def _content_of(msg: ReadIn) -> _Content:
-    return (msg.lot_id, msg.camera_id, msg.direction, msg.plate, msg.confidence, msg.ts)
+def _content_of(read: Read) -> _Content:
+    return (read.lot_id, read.camera_id, read.direction, read.raw_plate, read.confidence, read.ts)
 
 
 def _known_reads(
@@ -1482,10 +1323,10 @@ class Ledger:
         with the account that paid them.
         """
         key = normalize(plate)
-        if not key or not _printable_ok(key):
+        if text_fault(key) is not None:
             raise LedgerError(f"not a plate: {plate!r}")
         name = account.strip()
-        if not name or not _printable_ok(name):
+        if text_fault(name) is not None:
             raise LedgerError(f"not an account: {account!r}")
         when = datetime.now(UTC) if at is None else at
         require_aware("at", when)
@@ -1606,13 +1447,9 @@ class Ledger:
         payload = bytes(item.payload)
         lot = item.topic_lot
         topic = lot if item.topic is None else item.topic
-        parsed = parse_read(payload)
+        parsed = check_read(payload, lot, utc=True)
         if isinstance(parsed, Rejection):
             return _Prepared(topic, lot, payload, item.received_at, None, parsed)
-        if parsed.lot_id != lot:
-            why = f"payload lot_id {parsed.lot_id!r} differs from the topic's lot {lot!r}"
-            rejection = Rejection(DeadReason.LOT_MISMATCH, why, parsed.read_id)
-            return _Prepared(topic, lot, payload, item.received_at, None, rejection)
         if parsed.lot_id not in self.tariffs:
             why = f"no tariff for lot {parsed.lot_id!r}"
             rejection = Rejection(DeadReason.UNKNOWN_LOT, why, parsed.read_id)
@@ -1641,7 +1478,7 @@ class Ledger:
         with self.engine.begin() as conn:
             valid = [p.msg for p in batch if p.msg is not None]
             # The reads' lots and plates, in one statement (sorted: lots before plates).
-            plates = {normalize(m.plate) for m in valid} | set(extra)
+            plates = {m.plate for m in valid} | set(extra)
             keys = [*(f"lot:{m.lot_id}" for m in valid), *(f"plate:{p}" for p in plates)]
             if self._postgres:
                 _advisory_lock(conn, keys, lookups=True)
@@ -1660,7 +1497,7 @@ class Ledger:
                 old = known.get(msg.read_id)
                 if old is None:
                     known[msg.read_id] = (content, p.received_at.astimezone(UTC))
-                    fresh.append((len(outcomes), msg.to_read(), p.received_at, p.payload))
+                    fresh.append((len(outcomes), msg, p.received_at, p.payload))
                     outcomes.append(RecordOutcome(OutcomeKind.RECORDED, msg.read_id))
                 elif old[0] == content:
                     outcomes.append(RecordOutcome(OutcomeKind.DUPLICATE, msg.read_id))

@@ -11,8 +11,9 @@ A read payload is one JSON object::
     {"read_id": "...", "lot_id": "...", "camera_id": "...", "direction": "in" | "out",
      "plate": "浙A·12345", "confidence": 0.97, "ts": "2026-11-22T08:00:00+08:00"}
 
-Unknown extra fields are allowed (and kept by the gateway). Nothing here opens a socket, a
-file or reads a clock: callers pass ``now``.
+What makes a payload a valid read is decided in ``citybrain.parking.readcontract`` (for
+the gateway and the ledger alike); unknown extra fields are allowed (and kept by the
+gateway). Nothing here opens a socket, a file or reads a clock: callers pass ``now``.
 """
 
 from __future__ import annotations
@@ -26,25 +27,19 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from citybrain.parking.passages import Direction, Read
+from citybrain.parking.passages import Read
 from citybrain.parking.plates import normalize
+from citybrain.parking.readcontract import PayloadError, read_id_of
 
 TOPIC_ROOT = "citybrain/parking"
 QOS = 1
 
 # A lot id is one topic level and part of a broker user name (gw-<lot>): keep it plain.
 _LOT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_MAX_ID = 128
-# RFC 3339 date-time: full date, full time, optional fraction, mandatory offset.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
 
 TopicKind = Literal["reads", "acks"]
 OutcomeKind = Literal["recorded", "duplicate", "dead_letter"]
 OUTCOME_KINDS: frozenset[str] = frozenset({"recorded", "duplicate", "dead_letter"})
-
-
-class PayloadError(ValueError):
-    """A message that is not a valid read or ack. The text never contains the plate."""
 
 
 # ---------------------------------------------------------------------------- topics
@@ -98,103 +93,18 @@ def lot_of_topic(topic: str, kind: TopicKind, root: str = TOPIC_ROOT) -> str | N
 # ---------------------------------------------------------------------------- payloads
 
 
-def parse_rfc3339(text: str) -> datetime:
-    """An aware datetime from an RFC 3339 date-time (offset required), else ``PayloadError``."""
-    if not _RFC3339.fullmatch(text):
-        raise PayloadError("ts must be an RFC 3339 date-time with an offset")
-    canonical = text[:10] + "T" + text[11:]
-    canonical = canonical[:-1] + "+00:00" if canonical[-1] in "Zz" else canonical
-    try:
-        return datetime.fromisoformat(canonical)
-    except ValueError as exc:  # e.g. month 13, second 60
-        raise PayloadError(f"ts is not a valid date-time: {exc}") from None
-
-
 def format_rfc3339(ts: datetime) -> str:
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError("ts must be timezone-aware")
     return ts.isoformat()
 
 
-def _json_object(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise PayloadError("payload is not UTF-8 JSON") from None
-    if not isinstance(obj, dict):
-        raise PayloadError("payload is not a JSON object")
-    return obj
-
-
-def _text_field(obj: dict[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise PayloadError(f"{name} must be a non-empty string")
-    if len(value) > _MAX_ID:
-        raise PayloadError(f"{name} is longer than {_MAX_ID} characters")
-    return value
-
-
-def read_id_of(payload: bytes) -> str | None:
-    """The read id of a payload when it has a usable one, even if the rest is invalid
-    (so a dead letter can still be acknowledged to its gateway)."""
-    try:
-        return _text_field(_json_object(payload), "read_id")
-    except PayloadError:
-        return None
-
-
-def read_from_object(obj: dict[str, Any], topic_lot: str | None = None) -> Read:
-    """Validate one read object; ``topic_lot`` (the lot of the topic it came on) must match
-    its ``lot_id``."""
-    read_id = _text_field(obj, "read_id")
-    lot_id = _text_field(obj, "lot_id")
-    if topic_lot is not None and lot_id != topic_lot:
-        raise PayloadError(
-            f"read {read_id}: lot_id {lot_id!r} differs from topic lot {topic_lot!r}"
-        )
-    camera_id = _text_field(obj, "camera_id")
-    direction = obj.get("direction")
-    if direction not in (Direction.IN.value, Direction.OUT.value):
-        raise PayloadError(f"read {read_id}: direction must be 'in' or 'out'")
-    plate = obj.get("plate")
-    if not isinstance(plate, str) or not normalize(plate):
-        raise PayloadError(f"read {read_id}: plate must be a string with plate characters")
-    if len(plate) > 32:
-        raise PayloadError(f"read {read_id}: plate is longer than 32 characters")
-    confidence = obj.get("confidence")
-    if (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, int | float)
-        or not math.isfinite(confidence)
-        or not 0.0 <= confidence <= 1.0
-    ):
-        raise PayloadError(f"read {read_id}: confidence must be a number within 0..1")
-    ts_text = obj.get("ts")
-    if not isinstance(ts_text, str):
-        raise PayloadError(f"read {read_id}: ts must be an RFC 3339 string")
-    ts = parse_rfc3339(ts_text)
-    try:
-        return Read(
-            read_id=read_id,
-            lot_id=lot_id,
-            camera_id=camera_id,
-            direction=Direction(direction),
-            raw_plate=plate,
-            confidence=float(confidence),
-            ts=ts,
-        )
-    except (TypeError, ValueError):  # its message may quote the plate
-        raise PayloadError(f"read {read_id}: not a valid read") from None
-
-
-def parse_read(payload: bytes, topic_lot: str | None = None) -> Read:
-    """The ``Read`` in a reads message, or ``PayloadError`` (whose text has no plate)."""
-    return read_from_object(_json_object(payload), topic_lot)
-
-
 def encode_object(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a JSON \ud800 escape): keep it escaped
+        return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
 def read_object(read: Read) -> dict[str, Any]:
@@ -219,7 +129,10 @@ def encode_ack(read_id: str) -> bytes:
 
 def parse_ack(payload: bytes) -> str:
     """The read id of an ack message, or ``PayloadError``."""
-    return _text_field(_json_object(payload), "read_id")
+    read_id = read_id_of(payload)
+    if read_id is None:
+        raise PayloadError("an ack must be a JSON object with a valid read_id")
+    return read_id
 
 
 # ---------------------------------------------------------------------------- logging

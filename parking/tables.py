@@ -40,6 +40,7 @@ from sqlmodel import Field, SQLModel
 
 from citybrain.parking.matching import MatchKind, ReviewReason, SessionStatus
 from citybrain.parking.passages import Direction
+from citybrain.parking.readcontract import DeadReason
 from citybrain.parking.times import require_aware
 
 # Alembic's own table, named so it cannot collide with another component's migrations.
@@ -54,25 +55,6 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class DeadReason(StrEnum):
-    """Why a message was rejected into ``dead_letter``."""
-
-    TOO_LARGE = "too_large"
-    NOT_UTF8 = "not_utf8"
-    MALFORMED_JSON = "malformed_json"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_FIELD = "missing_field"
-    BAD_FIELD = "bad_field"  # wrong type, empty, too long or control characters
-    BAD_DIRECTION = "bad_direction"
-    CONFIDENCE_OUT_OF_RANGE = "confidence_out_of_range"
-    BAD_TS = "bad_ts"  # not an RFC 3339 date-time
-    NAIVE_TS = "naive_ts"  # RFC 3339 but without an offset
-    EMPTY_PLATE = "empty_plate"  # no plate characters after normalization
-    LOT_MISMATCH = "lot_mismatch"  # payload lot_id differs from the topic's lot
-    UNKNOWN_LOT = "unknown_lot"  # no tariff for the lot: its sessions could not be settled
-    READ_ID_CONFLICT = "read_id_conflict"  # a known read_id with different content
 
 
 class PendingReason(StrEnum):

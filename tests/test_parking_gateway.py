@@ -40,7 +40,8 @@ from citybrain.parking.gateway import (
     prepare_line,
     run_gateway,
 )
-from citybrain.parking.mqtt import PayloadError, acks_topic, reads_topic
+from citybrain.parking.mqtt import acks_topic, reads_topic
+from citybrain.parking.readcontract import PayloadError
 
 from .conftest import in_ci
 from .test_parking_mqtt import (

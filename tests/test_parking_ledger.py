@@ -37,7 +37,6 @@ from citybrain.parking.ledger import (
     Ledger,
     LedgerError,
     OutcomeKind,
-    ReadIn,
     RecordItem,
     Rejection,
     default_tariffs,
@@ -46,6 +45,7 @@ from citybrain.parking.ledger import (
     parse_read,
     upgrade,
 )
+from citybrain.parking.passages import Read as ReadIn  # what the read contract yields
 from citybrain.parking.plates import lookalike_key
 from citybrain.parking.scratch import fresh_database
 from citybrain.parking.settlement import settle_closed
@@ -942,7 +942,7 @@ def test_same_decisions_as_the_in_memory_book(ledger: Ledger) -> None:
     expected_money: dict[str, tuple[str, int]] = {}
     for i, m in enumerate(msgs):
         ledger.record(m.lot, m.payload, m.received_at)
-        for event in book.add_read(m.read_in.to_read(), m.received_at):
+        for event in book.add_read(m.read_in, m.received_at):
             if isinstance(event, SessionClosed):
                 s = event.session
                 money = settle_closed(s, ledger.tariffs[s.lot_id], None)

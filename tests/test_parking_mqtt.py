@@ -44,7 +44,6 @@ from citybrain.parking.broker import (
     reachable,
 )
 from citybrain.parking.mqtt import (
-    PayloadError,
     SendWindow,
     acks_topic,
     all_reads_filter,
@@ -54,13 +53,11 @@ from citybrain.parking.mqtt import (
     mask_plate,
     parse_ack,
     parse_broker_url,
-    parse_read,
-    parse_rfc3339,
     plan_ack,
-    read_id_of,
     reads_topic,
 )
 from citybrain.parking.mqttlink import Link
+from citybrain.parking.readcontract import PayloadError, parse_read, parse_rfc3339, read_id_of
 from citybrain.parking.service import Outcome, ReadHandler, run_service
 
 from .conftest import in_ci
