@@ -11,8 +11,8 @@ bench's output folder that loads the scenario's own files by absolute path, plus
 file): a vType of class ``emergency`` departing at ``AMBULANCE_DEPART_S`` on the shortest
 route between two edges of the net that passes the most signals (at least
 ``MIN_ESCORT_SIGNALS``), chosen from the net alone. It runs under ``adaptive --escort
-corridor``; the runner also runs the same seed without the escort for the civilian delay.
-Targets: <= 1.2 x free flow, no stop, no red, civilian delay <= +5 %.
+corridor`` and ``--escort local``; the runner also runs the same seed without the escort
+for the civilian delay. Targets: <= 1.2 x free flow, no stop, no red, civilian delay <= +5 %.
 
 Each run is ``citybrain sim run`` in a subprocess importing a snapshot of the package taken at
 the start (see ``bench/unseen.py``).
@@ -128,7 +128,8 @@ def escort_config(cfg: Path, out: Path) -> tuple[Path, int]:
     return new, signals
 
 
-def one(cfg: Path, runner: str, seed: int, out: Path, code: Path, escort: bool = False) -> Run:
+def one(cfg: Path, runner: str, seed: int, out: Path, code: Path, escort: str = "") -> Run:
+    """One run of ``runner`` (plain sumo, or a controller; ``escort``: that escort mode)."""
     name = cfg.parent.name
     if runner == "plain":
         start = time.perf_counter()
@@ -137,7 +138,7 @@ def one(cfg: Path, runner: str, seed: int, out: Path, code: Path, escort: bool =
             return Run(name, seed, runner, summary.mean_delay_s, time.perf_counter() - start)
         except Exception as exc:
             return Run(name, seed, runner, None, time.perf_counter() - start, str(exc))
-    res = run_one(cfg, runner, seed, out, code, extra=["--escort", "corridor"] if escort else [])
+    res = run_one(cfg, runner, seed, out, code, extra=["--escort", escort] if escort else [])
     if res.error:
         return Run(name, seed, runner, None, res.wall_s, res.error)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -198,21 +199,21 @@ def section(command: str, info: dict[str, Any], runs: list[Run], scenarios: list
             ", ".join(map(str, v["fixed_writes"])),
             ", ".join(str(f) for f in v["fixed_findings"]),
         ]) + " |")
-    esc = ["| scenario | seed | signals on route | travel / free flow | stops | ran red | "
-           "civilian delay change | met |", "|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        if r.runner != "escort":
-            continue
+    esc = ["| scenario | mode | seed | signals on route | travel / free flow | stops | ran red | "
+           "civilian delay change | met |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in runs if r.runner.startswith("escort")),
+                    key=lambda r: (r.scenario, r.runner, r.seed)):
+        mode = r.runner.removeprefix("escort-")
         e = r.emergency
         if r.error or not e:
-            esc.append(f"| {r.scenario} | {r.seed} | {escorts.get(r.scenario, '—')} | failed: "
-                       f"{r.error} | | | | **no** |")
+            esc.append(f"| {r.scenario} | {mode} | {r.seed} | {escorts.get(r.scenario, '—')} | "
+                       f"failed: {r.error} | | | | **no** |")
             continue
         ratio, change = e.get("ratio_to_free_flow"), e.get("civilian_delay_change")
         met = (ratio is not None and ratio <= 1.2 and e["stops"] == 0 and e["ran_red"] == 0
                and change is not None and change <= 0.05)
         esc.append(
-            f"| {r.scenario} | {r.seed} | {escorts.get(r.scenario, '—')} | "
+            f"| {r.scenario} | {mode} | {r.seed} | {escorts.get(r.scenario, '—')} | "
             f"{'—' if ratio is None else f'{ratio:.2f}'} | {e['stops']} | {e['ran_red']} | "
             f"{'—' if change is None else f'{100 * change:+.1f} %'} | "
             f"{'yes' if met else '**no**'} |"
@@ -242,7 +243,7 @@ def section(command: str, info: dict[str, Any], runs: list[Run], scenarios: list
         "",
         "Escort in the city: one ambulance added to the demand (departing at "
         f"{AMBULANCE_DEPART_S:g} s on the shortest route through the most signals, chosen "
-        "from the net), `adaptive --escort corridor`; the civilian delay is compared with "
+        "from the net), `adaptive --escort MODE`; the civilian delay is compared with "
         "the same seed without the escort. Targets: ≤ 1.2 x free flow, no stop, no red, "
         "civilian delay ≤ +5 %.",
         "",
@@ -266,7 +267,8 @@ def main() -> int:
     p.add_argument("--seeds", type=lambda t: [int(v) for v in _csv(t)], default=[1, 2, 3])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "real")
     p.add_argument("-j", "--jobs", type=int, default=2, help="runs at once (default 2)")
-    p.add_argument("--no-escort", action="store_true", help="skip the escort case")
+    p.add_argument("--escort-modes", type=_csv, default=["corridor", "local"],
+                   help="escort modes of the ambulance case (none: skip it)")
     p.add_argument("--write", type=Path, help="markdown file to write the section into")
     args = p.parse_args()
     configs = scenario_configs(args.real)
@@ -278,25 +280,27 @@ def main() -> int:
     code_dir = out / "code"
     fingerprint = snapshot(code_dir)
     escorts: dict[str, int] = {}
-    jobs: list[tuple[Path, str, int, Path, bool]] = []
+    jobs: list[tuple[Path, str, int, Path, str]] = []
     for cfg in configs:
         name = cfg.parent.name
         for seed in args.seeds:
             for runner in ("plain", *CONTROLLERS):
                 dest = out / "runs" / name / f"seed{seed}" / runner
-                jobs.append((cfg, runner, seed, dest, False))
-        if not args.no_escort:
+                jobs.append((cfg, runner, seed, dest, ""))
+        modes = [m for m in args.escort_modes if m != "none"]
+        if modes:
             esc_cfg, escorts[name] = escort_config(cfg, out / "scenarios" / name)
-            for seed in args.seeds:
-                jobs.append((esc_cfg, "adaptive", seed,
-                             out / "runs" / name / f"seed{seed}" / "escort", True))
+            for mode in modes:
+                for seed in args.seeds:
+                    jobs.append((esc_cfg, "adaptive", seed,
+                                 out / "runs" / name / f"seed{seed}" / f"escort-{mode}", mode))
 
-    def task(job: tuple[Path, str, int, Path, bool]) -> Run:
+    def task(job: tuple[Path, str, int, Path, str]) -> Run:
         cfg, runner, seed, dest, escort = job
         res = one(cfg, runner, seed, dest, code_dir, escort)
         if escort:  # named by the scenario it adds the ambulance to
-            res = Run(dest.parents[1].name, seed, "escort", res.delay_s, res.wall_s, res.error,
-                      res.writes, res.findings, res.emergency)
+            res = Run(dest.parents[1].name, seed, f"escort-{escort}", res.delay_s, res.wall_s,
+                      res.error, res.writes, res.findings, res.emergency)
         return res
 
     runs: list[Run] = []
