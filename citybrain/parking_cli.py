@@ -76,7 +76,9 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "validate", help="validate settlement end to end in SUMO (cameras -> MQTT -> ledger)"
     )
     val.add_argument("--out", type=Path, default=Path("parking-validation"))
-    val.add_argument("--broker", help="MQTT broker URL (default: an embedded Mosquitto)")
+    val.add_argument(
+        "--broker", help="MQTT broker URL (default: a private Mosquitto, else embedded amqtt)"
+    )
     val.add_argument("--db", help="an empty ledger's URL (default: OUT/ledger.db, SQLite)")
     val.add_argument("--seed", type=int, default=1)
     val.add_argument("--vehicles", type=int, default=40)

@@ -1,5 +1,8 @@
 """Talking to an MQTT broker: configured paho clients, a reachability probe, session
-cleanup, and a private Mosquitto process (for tests and local trials).
+cleanup, and a private broker process for tests, the demo and local trials: Mosquitto
+(``MosquittoProcess``) where its binary is installed, else the embedded amqtt broker from
+PyPI (``EmbeddedBroker``, see ``parking.embeddedbroker``). ``private_broker`` picks one;
+both are a ``BrokerProcess``. Mosquitto stays what production and CI use.
 
 Every client speaks MQTT 3.1.1 with ``clean_session`` chosen by the caller: with
 ``clean_session=False`` and a fixed client id the broker keeps the session (subscriptions,
@@ -15,10 +18,12 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from paho.mqtt.client import Client, MQTTv311
 from paho.mqtt.enums import CallbackAPIVersion
@@ -110,8 +115,15 @@ def free_port() -> int:
         return port
 
 
+# Set to 1 to act as if no Mosquitto were installed (the embedded broker then stands in).
+NO_MOSQUITTO_ENV = "CITYBRAIN_NO_MOSQUITTO"
+
+
 def find_mosquitto() -> str | None:
-    """The Mosquitto broker binary (``PATH``, then ``/usr/sbin``), or ``None``."""
+    """The Mosquitto broker binary (``PATH``, then ``/usr/sbin``), or ``None`` (also when
+    ``CITYBRAIN_NO_MOSQUITTO=1``)."""
+    if os.environ.get(NO_MOSQUITTO_ENV, "") not in ("", "0"):
+        return None
     found = shutil.which("mosquitto")
     if found:
         return found
@@ -130,32 +142,55 @@ def default_config(port: int, workdir: Path) -> str:
     )
 
 
-class MosquittoProcess:
-    """A Mosquitto broker run as a child process on a free loopback port.
+class BrokerProcess(Protocol):
+    """A broker run as a child process on a loopback port, started and stopped by the code
+    that needs it. ``stop`` ends it gently (SIGTERM), ``kill`` at once (SIGKILL)."""
 
-    ``config`` is the whole configuration text (it must listen on ``port``); by default an
-    anonymous broker with persistence in ``workdir``. ``stop`` ends it with SIGTERM (it saves
-    its sessions), ``kill`` with SIGKILL (it loses what it had not yet saved)."""
+    kind: str  # "mosquitto" or "amqtt"
+    port: int
+    workdir: Path
+    log_path: Path
 
-    def __init__(
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self, timeout: float | None = None) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def __enter__(self) -> BrokerProcess: ...
+
+    def __exit__(
         self,
-        workdir: Path,
-        *,
-        port: int | None = None,
-        config: str | None = None,
-        binary: str | None = None,
-    ) -> None:
-        found = binary or find_mosquitto()
-        if found is None:
-            raise FileNotFoundError("no mosquitto binary (apt-get install mosquitto)")
-        self.binary = found
-        self.workdir = Path(workdir).resolve()  # mosquitto runs in it: no relative paths
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class _ChildBroker:
+    """What both brokers share: a child process in ``workdir`` (its output in
+    ``log_path``), up once it accepts TCP connections on ``127.0.0.1:port``."""
+
+    kind = "broker"
+    start_timeout_s = 10.0
+
+    def __init__(self, workdir: Path, port: int | None) -> None:
+        self.workdir = Path(workdir).resolve()  # the broker runs in it: no relative paths
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
-        self.config_path = self.workdir / "mosquitto.conf"
-        self.config_path.write_text(config or default_config(self.port, self.workdir))
-        self.log_path = self.workdir / "mosquitto.log"
+        self.log_path = self.workdir / f"{self.kind}.log"
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     @property
     def url(self) -> str:
@@ -165,26 +200,23 @@ class MosquittoProcess:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
             )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout if timeout is not None else self.start_timeout_s)
         while not reachable("127.0.0.1", self.port, timeout=0.2):
             if self._proc.poll() is not None:
                 raise RuntimeError(
-                    f"mosquitto exited with {self._proc.returncode}: "
+                    f"{self.kind} exited with {self._proc.returncode}: "
                     + self.log_path.read_text(errors="replace")[-2000:]
                 )
             if time.monotonic() > deadline:
                 self.kill()
-                raise TimeoutError(f"mosquitto did not listen on port {self.port}")
+                raise TimeoutError(f"{self.kind} did not listen on port {self.port}")
             time.sleep(0.02)
 
     def _end(self, sig: signal.Signals, timeout: float) -> None:
@@ -208,7 +240,7 @@ class MosquittoProcess:
         self.stop()
         self.start()
 
-    def __enter__(self) -> MosquittoProcess:
+    def __enter__(self) -> BrokerProcess:
         self.start()
         return self
 
@@ -220,3 +252,66 @@ class MosquittoProcess:
     ) -> None:
         with contextlib.suppress(Exception):
             self.stop()
+
+
+class MosquittoProcess(_ChildBroker):
+    """A Mosquitto broker run as a child process on a free loopback port.
+
+    ``config`` is the whole configuration text (it must listen on ``port``); by default an
+    anonymous broker with persistence in ``workdir``. ``stop`` ends it with SIGTERM (it saves
+    its sessions), ``kill`` with SIGKILL (it loses what it had not yet saved)."""
+
+    kind = "mosquitto"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        config: str | None = None,
+        binary: str | None = None,
+    ) -> None:
+        found = binary or find_mosquitto()
+        if found is None:
+            raise FileNotFoundError("no mosquitto binary (apt-get install mosquitto)")
+        self.binary = found
+        super().__init__(workdir, port)
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.config_path.write_text(config or default_config(self.port, self.workdir))
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.config_path)]
+
+    def __enter__(self) -> MosquittoProcess:
+        self.start()
+        return self
+
+
+class EmbeddedBroker(_ChildBroker):
+    """The amqtt broker from PyPI (``parking.embeddedbroker``) run as a child process on a
+    free loopback port, for a machine without Mosquitto: QoS 0 and 1, persistent sessions
+    with queued QoS 1 messages, retained messages; no credentials, ACL or TLS, and sessions
+    in memory only (a restart or ``kill`` forgets them). It ends with this process."""
+
+    kind = "amqtt"
+    start_timeout_s = 30.0  # a cold Python start with amqtt's imports
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        super().__init__(workdir, port)
+
+    def command(self) -> list[str]:
+        module = "citybrain.parking.embeddedbroker"
+        port, parent = str(self.port), str(os.getpid())
+        return [sys.executable, "-m", module, "--port", port, "--parent", parent]
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+
+def private_broker(workdir: Path, *, port: int | None = None) -> BrokerProcess:
+    """A broker of one's own, not yet started: Mosquitto where its binary is found, else the
+    embedded amqtt broker."""
+    if find_mosquitto() is not None:
+        return MosquittoProcess(workdir, port=port)
+    return EmbeddedBroker(workdir, port=port)

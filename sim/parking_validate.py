@@ -8,7 +8,8 @@
 3. Feed them through the real path: one ``run_gateway`` per lot (on-disk outbox, QoS 1,
    retires a read only on its ack) -> MQTT broker -> ``run_service`` (persistent session,
    manual acks) -> the ledger (SQLite by default, PostgreSQL by URL). Without a broker URL
-   an embedded Mosquitto is started on a free loopback port.
+   a private broker is started on a free loopback port: Mosquitto where its binary is
+   installed, else the embedded amqtt broker from PyPI (``parking.broker.private_broker``).
 4. Plates bound "at the start" are bound before the first read; once every read is
    acknowledged, the grace period is taken as over (``Ledger.expire`` at now + grace: exits
    without entries go to review) and the "later" plates are bound (their debts charged).
@@ -38,13 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from citybrain.errors import CitybrainError
-from citybrain.parking.broker import (
-    BrokerSettings,
-    MosquittoProcess,
-    find_mosquitto,
-    forget_session,
-    reachable,
-)
+from citybrain.parking.broker import BrokerSettings, forget_session, private_broker, reachable
 from citybrain.parking.gateway import GatewayStats, gateway_client_id, run_gateway
 from citybrain.parking.ledger import Ledger, RecordOutcome, open_ledger
 from citybrain.parking.mqtt import TOPIC_ROOT, parse_broker_url
@@ -151,7 +146,7 @@ def run_parking_validation(
             if car.binding == "start" and car.account is not None:
                 ledger.bind(car.plate, car.account)
         clock = time.monotonic()
-        with _broker(broker, out / "mosquitto") as (url, embedded):
+        with _broker(broker, out / "broker") as (url, embedded):
             transport = _feed_through_mqtt(
                 url, embedded, ledger, feeds, feed, out / "outbox", progress, timeout_s
             )
@@ -252,26 +247,23 @@ def _fresh_sqlite(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _broker(url: str | None, workdir: Path) -> Iterator[tuple[str, bool]]:
-    """The given broker, or an embedded Mosquitto; yields (url, embedded)."""
+def _broker(url: str | None, workdir: Path) -> Iterator[tuple[str, str | None]]:
+    """The given broker, or a private one (Mosquitto, else the embedded amqtt broker);
+    yields (url, the private broker's kind or None)."""
     if url is not None:
         address = parse_broker_url(url)
         if not reachable(address.host, address.port, timeout=2.0):
             raise CitybrainError(f"no MQTT broker answers at {url}")
-        yield url, False
+        yield url, None
         return
-    if find_mosquitto() is None:
-        raise CitybrainError(
-            "no --broker given and no mosquitto binary to start one (apt-get install mosquitto)"
-        )
     shutil.rmtree(workdir, ignore_errors=True)
-    with MosquittoProcess(workdir) as process:
-        yield process.url, True
+    with private_broker(workdir) as process:
+        yield process.url, process.kind
 
 
 def _feed_through_mqtt(
     url: str,
-    embedded: bool,
+    embedded: str | None,
     ledger: Ledger,
     feeds: dict[str, Path],
     feed: CameraFeed,
@@ -279,7 +271,8 @@ def _feed_through_mqtt(
     progress: bool,
     timeout_s: float,
 ) -> dict[str, object]:
-    """Gateways -> broker -> service -> ledger, until every read is acknowledged."""
+    """Gateways -> broker -> service -> ledger, until every read is acknowledged.
+    ``embedded``: the kind of the private broker started for the run, None for a given one."""
     from tqdm import tqdm
 
     run = uuid.uuid4().hex[:10]
@@ -374,7 +367,7 @@ def _feed_through_mqtt(
         lot: results[f"gw:{lot}"] for lot in feeds if f"gw:{lot}" in results
     }
     return {
-        "broker": "embedded mosquitto" if embedded else url,
+        "broker": f"embedded {embedded}" if embedded else url,
         "topic_root": root,
         "ledger_outcomes": dict(sink.kinds),
         "service": asdict(service_stats) if service_stats is not None else None,

@@ -1,7 +1,8 @@
 """The field service: the wire contract, its logic, the sim/field shared step, and a real broker.
 
-The broker: ``CITYBRAIN_TEST_MQTT_URL`` or ``mqtt://127.0.0.1:1883`` when reachable; else,
-with CI=true, the tests fail; else a private Mosquitto is started (skipped without one).
+The broker (``tests/brokers.py``): ``CITYBRAIN_TEST_MQTT_URL`` or ``mqtt://127.0.0.1:1883``
+when reachable; else, with CI=true, the tests fail; else a private Mosquitto is started,
+and without one the embedded amqtt broker.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import threading
 import time
 import uuid
@@ -56,17 +56,10 @@ from citybrain.field.protocol import (
     state_topic,
 )
 from citybrain.field.service import ScaledClock, ServiceStats, load_core, run_service
-from citybrain.parking.broker import (
-    BrokerSettings,
-    MosquittoProcess,
-    find_mosquitto,
-    make_client,
-    reachable,
-)
-from citybrain.parking.mqtt import parse_broker_url
+from citybrain.parking.broker import BrokerSettings, make_client
 from citybrain.sim.monitor import SignalMonitor
 
-from .conftest import in_ci
+from .brokers import shared_broker
 
 # the single scenario's side road, southbound through A0, and its main road, eastbound
 SOUTH = ("top0A0", "top0A0.240.00", "A0bottom0")
@@ -339,17 +332,8 @@ def test_sim_and_field_show_the_same_states(
 
 @pytest.fixture(scope="module")
 def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = os.environ.get("CITYBRAIN_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
-    address = parse_broker_url(url)
-    if reachable(address.host, address.port):
+    with shared_broker(tmp_path_factory.mktemp("broker")) as url:
         yield url
-        return
-    if find_mosquitto() is None:
-        if in_ci():
-            pytest.fail(f"CI=true but no MQTT broker at {url} and no mosquitto binary")
-        pytest.skip(f"no MQTT broker at {url} and no mosquitto binary to start one")
-    with MosquittoProcess(tmp_path_factory.mktemp("mosquitto")) as broker:
-        yield broker.url
 
 
 class Collector:

@@ -1,8 +1,9 @@
 """Parking gateway: outbox, feeds, and the whole path gateway -> broker -> service -> sink ->
 ack -> outbox, through restarts and kill -9; the shipped Mosquitto ACL and TLS settings.
 
-Broker choice as in test_parking_mqtt. The broker-restart, ACL and TLS tests start their
-own Mosquitto (fail in CI without the binary, skip elsewhere).
+Broker choice as in test_parking_mqtt (``tests/brokers.py``). The broker-restart test starts
+its own broker (Mosquitto, else the embedded amqtt broker); the ACL and TLS tests start
+their own Mosquitto (fail in CI without the binary, skip elsewhere).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from citybrain.parking.gateway import (
 from citybrain.parking.mqtt import acks_topic, reads_topic
 from citybrain.parking.readcontract import PayloadError
 
+from .brokers import own_broker, require_mosquitto, shared_broker
 from .conftest import in_ci
 from .test_parking_mqtt import (
     ROOT,
@@ -53,9 +55,7 @@ from .test_parking_mqtt import (
     db_count,
     db_rows,
     read_obj,
-    require_mosquitto,
     service_thread,
-    shared_broker,
     wait_until,
 )
 
@@ -419,12 +419,11 @@ def test_gateway_accepts_an_open_stream(
 
 
 def test_broker_restarts_and_kill9_lose_nothing(tmp_path: Path) -> None:
-    require_mosquitto()
     db, outbox = tmp_path / "sink.db", tmp_path / "outbox.db"
     n = 300
     feed = write_feed(tmp_path / "feed.jsonl", feed_lines(n))
     root = "citybrain/parking"
-    with MosquittoProcess(tmp_path / "broker") as broker:
+    with own_broker(tmp_path / "broker") as broker:
         url = broker.url
         with service_thread(url, SqliteSink(db, delay=0.004), "svc", root, max_backoff=0.3):
             gateway = GatewayThread(
@@ -437,7 +436,7 @@ def test_broker_restarts_and_kill9_lose_nothing(tmp_path: Path) -> None:
             )
             reads = "SELECT count(*) FROM reads"
             wait_until(lambda: db_count(db, reads) >= 60, 10, "60 reads")
-            broker.stop()  # SIGTERM: mosquitto saves its sessions
+            broker.stop()  # SIGTERM: mosquitto saves its sessions (amqtt forgets them)
             broker.start()
             wait_until(lambda: db_count(db, reads) >= 160, 15, "160 reads")
             broker.kill()  # SIGKILL: whatever it had not saved is gone

@@ -1,9 +1,10 @@
 """Parking MQTT: the pure protocol, and the service against a real broker, kill -9 included.
 
-The broker: ``CITYBRAIN_TEST_MQTT_URL`` or ``mqtt://127.0.0.1:1883`` when reachable; else,
-with CI=true, the tests fail; else a private Mosquitto is started (``mosquitto`` binary),
-and without one they are skipped. Every test uses its own topic root and client ids, and
-forgets its persistent sessions afterwards, so runs sharing a broker do not interfere.
+The broker (``tests/brokers.py``): ``CITYBRAIN_TEST_MQTT_URL`` or ``mqtt://127.0.0.1:1883``
+when reachable; else, with CI=true, the tests fail; else a private Mosquitto is started
+(``mosquitto`` binary), and without one the embedded amqtt broker. Every test uses its own
+topic root and client ids, and forgets its persistent sessions afterwards, so runs sharing
+a broker do not interfere.
 
 The kill -9 tests run the service in a subprocess with a SQLite sink that can ``os._exit``
 at a chosen point (before its commit, after it, or just before the broker PUBACK), publish
@@ -37,8 +38,6 @@ from paho.mqtt.client import Client, MQTTMessage
 
 from citybrain.parking.broker import (
     BrokerSettings,
-    MosquittoProcess,
-    find_mosquitto,
     forget_session,
     make_client,
     reachable,
@@ -60,7 +59,7 @@ from citybrain.parking.mqttlink import Link
 from citybrain.parking.readcontract import PayloadError, parse_read, parse_rfc3339, read_id_of
 from citybrain.parking.service import Outcome, ReadHandler, run_service
 
-from .conftest import in_ci
+from .brokers import own_broker, shared_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 CRASH_CODE = 77
@@ -168,32 +167,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 # ------------------------------------------------------------------------ brokers
-
-
-@contextlib.contextmanager
-def shared_broker(workdir: Path) -> Iterator[str]:
-    """The machine's broker (CI's), else a private Mosquitto; fail in CI, skip elsewhere."""
-    url = os.environ.get("CITYBRAIN_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
-    address = parse_broker_url(url)
-    if reachable(address.host, address.port):
-        yield url
-        return
-    if in_ci():
-        pytest.fail(f"CI=true but no MQTT broker answers at {url}")
-    if find_mosquitto() is None:
-        pytest.skip(f"no MQTT broker at {url} and no mosquitto binary to start one")
-    with MosquittoProcess(workdir) as broker:
-        yield broker.url
-
-
-def require_mosquitto() -> str:
-    """The mosquitto binary, for tests that run their own broker (restart, ACL, TLS)."""
-    binary = find_mosquitto()
-    if binary is None:
-        if in_ci():
-            pytest.fail("CI=true but no mosquitto binary (apt-get install mosquitto)")
-        pytest.skip("no mosquitto binary (apt-get install mosquitto)")
-    return binary
 
 
 @pytest.fixture(scope="session")
@@ -767,12 +740,11 @@ def test_control_ack_on_receipt_loses_reads_in_the_same_crash(
 def test_a_private_broker_starts_in_a_relative_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `citybrain demo` writes under ./citybrain-demo: mosquitto runs in its folder, so a
+    # `citybrain demo` writes under ./citybrain-demo: the broker runs in its folder, so a
     # relative config path must not reach it (it once did, and the demo's parking part
     # failed to start its broker)
-    require_mosquitto()
     monkeypatch.chdir(tmp_path)
-    with MosquittoProcess(Path("demo") / "mosquitto") as broker:
+    with own_broker(Path("demo") / "broker") as broker:
         address = parse_broker_url(broker.url)
         assert reachable(address.host, address.port)
         assert broker.workdir.is_absolute()

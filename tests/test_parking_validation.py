@@ -2,8 +2,9 @@
 the scenario, and one real end-to-end run (SUMO -> gateways -> MQTT -> service -> ledger).
 
 The end-to-end test uses the machine's broker (``CITYBRAIN_TEST_MQTT_URL`` or
-127.0.0.1:1883), else a private Mosquitto, and PostgreSQL as the ledger tests do; under
-``CI=true`` a missing service fails the test instead of skipping it.
+127.0.0.1:1883), else a private Mosquitto, else the embedded amqtt broker
+(``tests/brokers.py``), and PostgreSQL as the ledger tests do; under ``CI=true`` a missing
+service fails the test instead of skipping it.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from citybrain.sim.parking_cameras import CameraOptions, misread, printed, simul
 from citybrain.sim.parking_gates import GateEvent
 from citybrain.sim.parking_scenario import STAY_CLASSES, plan_cars
 
+from .brokers import shared_broker
 from .test_parking_ledger import PG_URL, require_pg
-from .test_parking_mqtt import shared_broker
 
 TZ = ZoneInfo("Asia/Shanghai")
 TARIFFS = parse_tariffs(
@@ -330,7 +331,7 @@ def test_plan_covers_every_stay_class_and_a_return() -> None:
 
 @pytest.fixture(scope="module")
 def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with shared_broker(tmp_path_factory.mktemp("mosquitto")) as url:
+    with shared_broker(tmp_path_factory.mktemp("broker")) as url:
         yield url
 
 
