@@ -76,6 +76,10 @@ class Backend(Protocol):
     def standing_vehicles(self, min_s: float) -> int:
         """Vehicles in the network that have not moved for at least ``min_s`` (a gridlock)."""
         ...
+    def align(self, signal: LoadedSignal) -> None:
+        """Make ``signal`` run the program, step and remaining time the scenario starts with
+        (where the run's files left out the WAUT that chose them)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -95,7 +99,11 @@ class ModuleBackend:
         self._running = True
 
     def step(self) -> None:
-        self._m.simulationStep()
+        try:
+            self._m.simulationStep()
+        except Exception as exc:  # SUMO stopped: an output it cannot write, a bad input
+            text = str(exc).strip().splitlines()
+            raise ScenarioError(f"SUMO stopped: {text[-1] if text else exc!r}") from None
 
     def time(self) -> float:
         return float(self._m.simulation.getTime())
@@ -188,20 +196,30 @@ class ModuleBackend:
             )
             for d in self._m.inductionloop.getIDList()
         ]
-        for d in self._m.lanearea.getIDList():
+        for d in self._m.lanearea.getIDList():  # read as one lane (see sim/loading.py)
+            start = float(self._m.lanearea.getPosition(d))
+            length = float(self._m.lanearea.getLength(d))
             found.append(
                 LoadedDetector(
                     str(d),
                     LoadedDetectorKind.AREA,
                     str(self._m.lanearea.getLaneID(d)),
-                    float(self._m.lanearea.getPosition(d)),
-                    float(self._m.lanearea.getLength(d)),
+                    start + length,
+                    length,
                 )
             )
         return LoadedScenario(signals, tuple(found))
 
     def expected_vehicles(self) -> int:
         return int(self._m.simulation.getMinExpectedNumber())
+
+    def align(self, signal: LoadedSignal) -> None:
+        """Make ``signal`` run the program, step and remaining time the scenario starts with."""
+        tl = self._m.trafficlight
+        if tl.getProgram(signal.id) != signal.active:
+            tl.setProgram(signal.id, signal.active)
+            tl.setPhase(signal.id, signal.phase_index)
+            tl.setPhaseDuration(signal.id, signal.phase_left_s)
 
     def standing_vehicles(self, min_s: float) -> int:
         vehicle = self._m.vehicle
@@ -213,21 +231,29 @@ class ModuleBackend:
             self._m.close()
 
 
-_PROGRAM_KINDS = {
-    0: "static",
-    1: "rail_signal",
-    2: "rail_crossing",
-    3: "actuated",
-    4: "NEMA",
-    5: "delay_based",
-    6: "off",
-}
+_PROGRAM_KINDS = (
+    "static",
+    "rail_signal",
+    "rail_crossing",
+    "actuated",
+    "NEMA",
+    "delay_based",
+    "sotl_phase",
+    "sotl_platoon",
+    "sotl_request",
+    "sotl_wave",
+    "sotl_marching",
+    "swarm_based",
+    "hilvl_deterministic",
+    "off",
+)
+"""SUMO's program types by the number TraCI gives (``TrafficLightType``)."""
 
 
 def _program_kind(value: Any) -> str:
     """SUMO's program type name (TraCI gives the type's number)."""
     if isinstance(value, int):
-        return _PROGRAM_KINDS.get(value, str(value))
+        return _PROGRAM_KINDS[value] if 0 <= value < len(_PROGRAM_KINDS) else str(value)
     return str(value)
 
 

@@ -137,15 +137,11 @@ def city_detectors(
     ``path`` is the approach from its stop line upstream (``upstream_path``). Loops count on
     the approach lane itself: the one nearest the stop line within ``STOP_LOOP_MAX_M`` is the
     stop-line loop, the one nearest ``upstream_loop_m`` farther up (to ``UPSTREAM_LOOP_MAX_M``)
-    the upstream loop. An area detector that starts on the path and ends within
-    ``CAMERA_END_MAX_M`` of the stop line is the camera, the longest one if several.
+    the upstream loop. An area detector that ends on the approach lane within
+    ``CAMERA_END_MAX_M`` of the stop line is the camera (its zone reaches its length up the
+    approach), the longest one if several.
     """
     lane, lane_length = path[0]
-    start_of: dict[str, float] = {}
-    covered = 0.0
-    for name, length in path:
-        start_of[name] = covered + length  # distance from the stop line to the lane's start
-        covered += length
     roles: dict[DetectorKind, tuple[float, DetectorSpec]] = {}
     for d in found:
         if d.kind is LoadedDetectorKind.LOOP:
@@ -159,11 +155,9 @@ def city_detectors(
             else:
                 continue
         else:
-            if d.lane not in start_of:
+            if d.lane != lane or lane_length - d.pos_m > CAMERA_END_MAX_M:
                 continue
-            distance = start_of[d.lane] - d.pos_m
-            if distance - d.length_m > CAMERA_END_MAX_M or distance <= 0:
-                continue
+            distance = (lane_length - max(d.pos_m, 0.0)) + d.length_m
             kind, rank = DetectorKind.CAMERA, -distance
         best = roles.get(kind)
         if best is None or rank < best[0]:

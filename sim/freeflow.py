@@ -13,7 +13,9 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from citybrain.errors import ScenarioError
 from citybrain.sim.scenario import Scenario
+from citybrain.sim.sumoargs import make_run_dirs, scenario_additionals
 from citybrain.sim.sumoxml import iter_elements, parse_xml
 
 _VEHICLES = ("vehicle", "trip")
@@ -73,9 +75,14 @@ def _write_all_green(scenario: Scenario, path: Path) -> None:
 
 
 def _run_alone(scenario: Scenario, rou: Path, trip: Path, begin: float, greens: Path) -> None:
+    """The vehicle alone: the scenario's additional files (its vTypes, stops; WAUTs left
+    out, outputs into the work folder), then the all-green programs, loaded last."""
     import sumolib
 
-    subprocess.run(
+    work = greens.parent
+    adds = [*scenario_additionals(scenario, work, drop_wauts=True), greens]
+    make_run_dirs(work)
+    done = subprocess.run(
         [
             sumolib.checkBinary("sumo"),
             "-n",
@@ -85,7 +92,7 @@ def _run_alone(scenario: Scenario, rou: Path, trip: Path, begin: float, greens: 
             "--begin",
             f"{begin:g}",
             "--additional-files",
-            str(greens),
+            ",".join(str(a) for a in adds),
             "--tripinfo-output",
             str(trip),
             "--no-step-log",
@@ -95,6 +102,12 @@ def _run_alone(scenario: Scenario, rou: Path, trip: Path, begin: float, greens: 
             "--step-length",
             f"{scenario.step_length_s:g}",
         ],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()
+        raise ScenarioError(
+            f"free-flow run of {rou.name} failed: {last[-1] if last else done.returncode}"
+        )

@@ -44,7 +44,8 @@ class LoadedSignal:
         if cycle <= 0:
             return 0.0
         done = sum(s.duration_s for s in steps[: self.phase_index])
-        position = done + steps[self.phase_index].duration_s - self.phase_left_s
+        elapsed = steps[self.phase_index].duration_s - self.phase_left_s
+        position = done + max(elapsed, 0.0)  # an actuated step may run past its duration
         return (begin_s - position) % cycle
 
 
@@ -60,9 +61,9 @@ class LoadedDetector:
     id: str
     kind: LoadedDetectorKind
     lane: str
-    """The lane of a loop; the first (most upstream) lane of an area detector."""
+    """The lane of a loop; the last (most downstream) lane of an area detector."""
     pos_m: float
-    """A loop's position on its lane; where an area detector starts on its first lane."""
+    """A loop's position on its lane; where an area detector ends on its last lane."""
     length_m: float = 0.0
     """An area detector's length (over all its lanes); 0 for a loop."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from citybrain.errors import ScenarioError
 from citybrain.sim.metrics import TripSummary, summarize
 from citybrain.sim.scenario import load_scenario
-from citybrain.sim.sumoargs import scenario_additionals, sumo_args
+from citybrain.sim.sumoargs import make_run_dirs, scenario_additionals, sumo_args
 
 
 def run_plain(
@@ -25,17 +25,18 @@ def run_plain(
     has none, SUMO runs until every vehicle has left).
     """
     scenario = load_scenario(scenario_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dirs(out_dir)
     adds = scenario_additionals(scenario, out_dir, drop_wauts=False)
-    end = min(end_s, scenario.end_s) if end_s is not None else None
-    if end is None and scenario.end_given:
-        end = scenario.end_s
+    end = min(end_s, scenario.end_s) if end_s is not None else scenario.end_s
+    # (a scenario without end: SUMO stops once every vehicle has left, at most at the
+    # harness's horizon, as a run of the harness does)
     args = sumo_args(scenario, seed, out_dir, adds, end)
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()
         raise ScenarioError(f"plain sumo failed: {last[-1] if last else done.returncode}")
-    window = (end if end is not None else _last_step(out_dir)) - scenario.begin_s
+    open_end = end_s is None and not scenario.end_given
+    window = (_last_step(out_dir) if open_end else end) - scenario.begin_s
     return summarize(out_dir / "tripinfo.xml", out_dir / "statistics.xml", window)
 
 

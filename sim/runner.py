@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,22 +15,25 @@ import numpy as np
 from citybrain.control.catalog import make_controller
 from citybrain.control.drive import SignalDriver
 from citybrain.control.escort import EscortController, EscortMode
-from citybrain.control.local import ACTUATED_PROGRAM
+from citybrain.control.local import ACTUATED_PROGRAM, OWN_PROGRAM
 from citybrain.control.model import Intersection
-from citybrain.control.port import Controller, Layout
+from citybrain.control.port import Controller
 from citybrain.errors import ConfigError, ScenarioError
 from citybrain.settings import Settings
 from citybrain.sim import backend as sb
 from citybrain.sim.corridor import NetCorridors
 from citybrain.sim.detectors import (
-    DetectorPlacement,
-    DetectorSource,
-    build_layout,
     write_additional,
 )
 from citybrain.sim.freeflow import free_flow_times
 from citybrain.sim.gps import EmergencyWatch
-from citybrain.sim.loaded import LoadedScenario
+from citybrain.sim.loading import (
+    Prepared,
+    describe_detectors,
+    describe_programs,
+    load,
+    prepare,
+)
 from citybrain.sim.metrics import (
     EmergencyTrip,
     Metrics,
@@ -44,16 +45,11 @@ from citybrain.sim.metrics import (
 from citybrain.sim.monitor import SignalMonitor
 from citybrain.sim.netmodel import (
     NetGeometry,
-    SignalPlan,
-    has_unmapped_links,
-    intersection_of,
-    intersections_from_net,
-    read_net,
 )
 from citybrain.sim.programs import write_actuated_programs
-from citybrain.sim.scenario import Scenario, load_scenario
+from citybrain.sim.scenario import Scenario
 from citybrain.sim.sensors import SensorModel
-from citybrain.sim.sumoargs import RESCO_FLAGS, scenario_additionals, sumo_args
+from citybrain.sim.sumoargs import RESCO_FLAGS, make_run_dirs, scenario_additionals, sumo_args
 from citybrain.sim.timespace import write_escort_records
 
 __all__ = [
@@ -100,85 +96,7 @@ class RunResult:
     """How often the run had to override what SUMO's own program would have shown."""
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A scenario as SUMO loads it, and the models the controllers get of it."""
-
-    scenario: Scenario
-    net: Any
-    layout: Layout
-    loaded: LoadedScenario
-    """What SUMO loaded: every signal's programs and the one it runs, the city's detectors."""
-    model_net: Any = None
-    """The net the models were built from, when not ``net`` (read with internal lanes)."""
-
-    @property
-    def city_detectors(self) -> frozenset[str]:
-        """Ids of the scenario's own detectors (its files define them)."""
-        return frozenset(d.id for d in self.loaded.detectors)
-
-    def model_of(self, signal: str, program: str) -> Intersection | None:
-        """The model of ``signal`` running another of its loaded programs (a WAUT switch)."""
-        loaded = self.loaded.signals.get(signal)
-        if loaded is None or program not in loaded.programs:
-            return None
-        steps = loaded.programs[program].steps
-        net = self.model_net if self.model_net is not None else self.net
-        return intersection_of(net.getTLS(signal), None, SignalPlan(steps, 0.0))
-
-
 Progress = Callable[[float], None]
-
-
-def probe(scenario: Scenario, backend: str = "libsumo") -> LoadedScenario:
-    """Load ``scenario`` in SUMO as a run will, and read what SUMO made of it (no step run)."""
-    with tempfile.TemporaryDirectory(prefix="citybrain-probe-") as tmp:
-        out = Path(tmp)
-        args = sumo_args(scenario, 1, out, scenario_additionals(scenario, out, False), None)
-        sumo = sb.open_backend(backend)
-        sumo.start(args)
-        try:
-            return sumo.loaded()
-        finally:
-            sumo.close()
-
-
-def load(
-    scenario_path: Path, placement: DetectorPlacement | None = None, backend: str = "libsumo"
-) -> Prepared:
-    """Load a scenario as SUMO does, and build its intersection models and detector layout.
-
-    Each signal is modelled on the program SUMO runs at the window's start (from the net,
-    an additional file or a WAUT); the layout uses the scenario's own detectors as
-    ``placement.source`` says.
-    """
-    scenario = load_scenario(scenario_path)
-    loaded = probe(scenario, backend)
-    net = read_net(scenario.net_file)
-    plans = {
-        sid: SignalPlan(sig.programs[sig.active].steps, sig.offset_s(scenario.begin_s))
-        for sid, sig in loaded.signals.items()
-        if sig.active in sig.programs and sig.programs[sig.active].kind in MODELLED_KINDS
-    }
-    intersections = tuple(x for x in intersections_from_net(net, plans=plans) if x.id in plans)
-    full = None
-    if has_unmapped_links(intersections):  # crossings: their conflicts need internal lanes
-        full = read_net(scenario.net_file, internal=True)
-        intersections = tuple(
-            x for x in intersections_from_net(full, plans=plans) if x.id in plans
-        )
-    if not intersections:
-        raise ScenarioError(f"{scenario.config.name}: the network has no traffic lights to control")
-    layout = build_layout(intersections, NetGeometry(net), placement, loaded.detectors)
-    return Prepared(scenario, net, layout, loaded, full)
-
-
-def prepare(
-    scenario_path: Path, placement: DetectorPlacement | None = None
-) -> tuple[Scenario, Any, Layout]:
-    """Load a scenario and build its intersection models and detector layout (see ``load``)."""
-    ready = load(scenario_path, placement)
-    return ready.scenario, ready.net, ready.layout
 
 
 def sumo_version() -> str:
@@ -225,13 +143,14 @@ def run(
             f"--escort needs a controller whose requests go through the envelope, "
             f"not {controller.name!r}"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dirs(out_dir)
     end = min(options.end_s or scenario.end_s, scenario.end_s)
     if end <= scenario.begin_s:
         raise ScenarioError(f"the run would end ({end:g}) before it begins ({scenario.begin_s:g})")
     open_end = not scenario.end_given and options.end_s is None
     watch_only = controller.signal_program is not None
-    adds = scenario_additionals(scenario, out_dir, drop_wauts=not watch_only)
+    city_plan = controller.signal_program == OWN_PROGRAM  # WAUTs are the city's plan too
+    adds = scenario_additionals(scenario, out_dir, drop_wauts=not city_plan)
     if controller.signal_program == ACTUATED_PROGRAM:
         adds.append(write_actuated_programs(layout.intersections, out_dir / "programs.add.xml"))
     if controller.uses_detectors:
@@ -283,8 +202,10 @@ def run(
         "escort": str(mode),
         "civilian_delay_s": summary.civilian_delay_s,
         "standing_at_end": loop.standing,
-        "programs": _programs_used(ready),
-        "detectors": _detectors_used(ready, options.settings.detectors.source),
+        "programs": describe_programs(ready),
+        "detectors": describe_detectors(
+            ready, options.settings.detectors.source, controller.uses_detectors
+        ),
     }
     if watch_only:
         extra["monitor_findings"] = loop.findings
@@ -309,33 +230,6 @@ def run(
         title = f"{scenario.name} / {controller.name} / escort {mode}"
         write_escort_records(watch, escort, out_dir, title)
     return RunResult(metrics, out_dir, loop.writes)
-
-
-def _programs_used(ready: Prepared) -> dict[str, Any]:
-    """Which program each signal ran at the start, where it is not the net's only one."""
-    chosen = {
-        sid: {"program": sig.active, "type": sig.programs[sig.active].kind}
-        for sid, sig in ready.loaded.signals.items()
-        if sig.active in sig.programs and (len(sig.programs) > 1 or sig.active != "0")
-    }
-    kinds = Counter(
-        sig.programs[sig.active].kind
-        for sig in ready.loaded.signals.values()
-        if sig.active in sig.programs
-    )
-    return {"types": dict(kinds), "not_the_net_default": chosen}
-
-
-def _detectors_used(ready: Prepared, source: DetectorSource) -> dict[str, Any]:
-    """How many of the detectors read are the scenario's own, and which were added."""
-    layout, city = ready.layout, ready.city_detectors
-    used = [d.id for d in (*layout.loops, *layout.cameras)]
-    return {
-        "source": str(source),
-        "city": sorted(d for d in used if d in city),
-        "added": sorted(d for d in used if d not in city),
-        "city_unused": sorted(city - set(used)),
-    }
 
 
 def _escort_mode(name: str) -> EscortMode:
@@ -434,6 +328,9 @@ def _loop(
     stats = _LoopStats()
     loop_ids = [d.id for d in layout.loops] if controller.uses_detectors else []
     cam_ids = [d.id for d in layout.cameras] if controller.uses_detectors else []
+    if controller.signal_program is None:  # the run's files may lack the WAUT that chose it
+        for x in xs:
+            backend.align(ready.loaded.signals[x.id])
     backend.subscribe(loop_ids, cam_ids, [x.id for x in xs])
     sensors = SensorModel(layout, options.settings.sensors)
     driver = SignalDriver(controller, xs, options.settings.envelope, scenario.begin_s)

@@ -25,10 +25,20 @@ _ALIASES = {
     "c": "configuration-file",
 }
 _UNSUPPORTED = {
-    "mesosim": "the mesoscopic model (citybrain controls signals of the microscopic model)",
-    "remote-port": "a TraCI port of the scenario's own (the harness is the TraCI client)",
-    "num-clients": "TraCI clients of the scenario's own (the harness is the TraCI client)",
+    "mesosim": (
+        "the mesoscopic model (citybrain controls signals of the microscopic model)",
+        ("", "false", "0"),
+    ),
+    "remote-port": (
+        "a TraCI port of the scenario's own (the harness is the TraCI client)",
+        ("", "0", "-1"),
+    ),
+    "num-clients": (
+        "TraCI clients of the scenario's own (the harness is the TraCI client)",
+        ("", "0", "1"),
+    ),
 }
+"""Options citybrain cannot honour: why, and the values that mean they are not in use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +84,8 @@ def load_scenario(config: Path) -> Scenario:
         if elem is root or elem.get("value") is None:
             continue
         values[_ALIASES.get(elem.tag, elem.tag)] = elem.get("value", "")
-    for key, why in _UNSUPPORTED.items():
-        if values.get(key, "").strip().lower() not in ("", "false", "0", "-1"):
+    for key, (why, unused) in _UNSUPPORTED.items():
+        if values.get(key, "").strip().lower() not in unused:
             raise ScenarioError(f"{config}: {key} is set: {why} is not supported")
     base = config.parent
     net = values.get("net-file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, cast
@@ -30,7 +31,7 @@ def parse_xml(path: Path) -> ET.ElementTree[ET.Element]:
     with open_xml(path) as stream:
         try:
             return ET.parse(stream)
-        except (ET.ParseError, OSError, EOFError) as exc:
+        except (ET.ParseError, OSError, EOFError, zlib.error) as exc:
             raise ScenarioError(f"{path}: not readable XML ({exc})") from None
 
 
@@ -53,5 +54,5 @@ def iter_elements(path: Path, tags: frozenset[str] | None = None) -> Iterator[ET
                     yield elem
                 if depth == 1:
                     elem.clear()
-        except (ET.ParseError, OSError, EOFError) as exc:
+        except (ET.ParseError, OSError, EOFError, zlib.error) as exc:
             raise ScenarioError(f"{path}: not readable XML ({exc})") from None
