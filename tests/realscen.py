@@ -29,7 +29,7 @@ import math
 import os
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import sumolib
@@ -273,45 +273,46 @@ NIGHT_STAGES: tuple[Stage, ...] = (
 )
 
 
-def build_additional_program(folder: Path) -> Path:
-    """Crossing whose additional file loads programID "city" for tls "center" after "0"."""
+def _crossing_with_programs(
+    folder: Path, name: str, add_name: str, body: Callable[[dict[int, tuple[str, str]]], list[str]]
+) -> Path:
+    """The crossing with the standard demand and an additional file of programs, whose
+    elements ``body`` writes from the net's signal links."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = "addprog"
     net = _build_crossing_net(folder, name)
     _write(folder / f"{name}.rou.xml", _root("routes", "routes_file.xsd", [
         CAR_TYPE, *_routes(), *_flows()
     ]))  # fmt: skip
     links = crossing_links(folder / net)
-    _write(
-        folder / "city_program.add.xml",
-        _root("additional", "additional_file.xsd", [
-            _program(links, TLS_ID, "city", CITY_STAGES)
-        ]),
-    )  # fmt: skip
-    return _config(
-        folder, name, net=net, routes=f"{name}.rou.xml", additional=["city_program.add.xml"]
+    _write(folder / add_name, _root("additional", "additional_file.xsd", body(links)))
+    return _config(folder, name, net=net, routes=f"{name}.rou.xml", additional=[add_name])
+
+
+def build_additional_program(folder: Path) -> Path:
+    """Crossing whose additional file loads programID "city" for tls "center" after "0"."""
+    return _crossing_with_programs(
+        folder,
+        "addprog",
+        "city_program.add.xml",
+        lambda links: [_program(links, TLS_ID, "city", CITY_STAGES)],
     )
 
 
 def build_waut(folder: Path) -> Path:
     """Crossing with programs "day" and "night" and a WAUT switching at WAUT_SWITCH s."""
-    folder.mkdir(parents=True, exist_ok=True)
-    name = "waut"
-    net = _build_crossing_net(folder, name)
-    _write(folder / f"{name}.rou.xml", _root("routes", "routes_file.xsd", [
-        CAR_TYPE, *_routes(), *_flows()
-    ]))  # fmt: skip
-    links = crossing_links(folder / net)
-    body = [
-        _program(links, TLS_ID, "day", CITY_STAGES),
-        _program(links, TLS_ID, "night", NIGHT_STAGES),
-        '<WAUT refTime="0" id="daynight" startProg="day">',
-        f'    <wautSwitch time="{WAUT_SWITCH}" to="night"/>',
-        "</WAUT>",
-        f'<wautJunction wautID="daynight" junctionID="{TLS_ID}"/>',
-    ]
-    _write(folder / "programs.add.xml", _root("additional", "additional_file.xsd", body))
-    return _config(folder, name, net=net, routes=f"{name}.rou.xml", additional=["programs.add.xml"])
+    return _crossing_with_programs(
+        folder,
+        "waut",
+        "programs.add.xml",
+        lambda links: [
+            _program(links, TLS_ID, "day", CITY_STAGES),
+            _program(links, TLS_ID, "night", NIGHT_STAGES),
+            '<WAUT refTime="0" id="daynight" startProg="day">',
+            f'    <wautSwitch time="{WAUT_SWITCH}" to="night"/>',
+            "</WAUT>",
+            f'<wautJunction wautID="daynight" junctionID="{TLS_ID}"/>',
+        ],
+    )
 
 
 EMERGENCY_VTYPE = "ambulance"

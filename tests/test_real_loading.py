@@ -5,12 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import sumolib
 
 from citybrain.control.model import PlanStep
 from citybrain.control.port import DetectorKind
@@ -19,12 +17,12 @@ from citybrain.settings import Settings
 from citybrain.sim.detectors import DetectorPlacement, DetectorSource, city_detectors
 from citybrain.sim.loaded import LoadedDetector, LoadedDetectorKind, LoadedProgram, LoadedSignal
 from citybrain.sim.loading import resolve_area_ends
-from citybrain.sim.metrics import summarize
 from citybrain.sim.plain import run_plain
 from citybrain.sim.runner import RunOptions, load, run
 from citybrain.sim.scenario import Scenario, load_scenario
 
 from . import realscen
+from .byhand import plain_sumo_delay
 from .conftest import real_config
 
 pytestmark = pytest.mark.sumo
@@ -34,22 +32,7 @@ def raw_sumo_delay(cfg: Path, seed: int, work: Path) -> float:
     """RESCO delay of the ``sumo`` binary run by hand on a writable copy of the scenario."""
     copy = work / "copy"
     shutil.copytree(cfg.parent, copy)
-    args = [
-        sumolib.checkBinary("sumo"),
-        "-c",
-        str(copy / cfg.name),
-        "--seed",
-        str(seed),
-        "--time-to-teleport",
-        "-1",
-        "--tripinfo-output.write-unfinished",
-        "--tripinfo-output",
-        str(work / "t.xml"),
-        "--statistic-output",
-        str(work / "s.xml"),
-    ]
-    subprocess.run(args, check=True, capture_output=True)
-    return summarize(work / "t.xml", work / "s.xml", window_s=1).mean_delay_s
+    return plain_sumo_delay(copy / cfg.name, seed, work)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

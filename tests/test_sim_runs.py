@@ -4,46 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-import sumolib
 
-from citybrain.sim.metrics import summarize
 from citybrain.sim.runner import RunOptions, run
 from citybrain.sim.scenario import load_scenario
 
+from .byhand import plain_sumo_delay
 from .conftest import RESCO_MAPS, resco_config
 
 pytestmark = pytest.mark.sumo
-
-
-def plain_sumo_delay(cfg: Path, seed: int, out: Path, end: float | None = None) -> float:
-    """RESCO delay of plain ``sumo`` on the same scenario, seed and flags."""
-    out.mkdir(parents=True, exist_ok=True)
-    args = [
-        sumolib.checkBinary("sumo"),
-        "-c",
-        str(cfg),
-        "--seed",
-        str(seed),
-        "--time-to-teleport",
-        "-1",
-        "--tripinfo-output.write-unfinished",
-        "--tripinfo-output",
-        str(out / "t.xml"),
-        "--statistic-output",
-        str(out / "s.xml"),
-        "--no-step-log",
-        "true",
-        "--no-warnings",
-        "true",
-    ]
-    if end is not None:
-        args += ["--end", f"{end:g}"]
-    subprocess.run(args, check=True, capture_output=True)
-    return summarize(out / "t.xml", out / "s.xml", window_s=1).mean_delay_s
 
 
 def test_fixed_reproduces_plain_sumo_on_a_generated_scenario(
