@@ -272,7 +272,7 @@ def _control_list(args: argparse.Namespace) -> int:
 
 
 def _control_inspect(args: argparse.Namespace) -> int:
-    from citybrain.sim.netmodel import intersections_from_net, read_net
+    from citybrain.netmodel.net import intersections_from_net, read_net
     from citybrain.sim.runner import load
 
     if args.path.suffix == ".sumocfg":  # the programs SUMO runs for this scenario

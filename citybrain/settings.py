@@ -19,9 +19,8 @@ from citybrain.control.actuated import ActuatedTiming
 from citybrain.control.envelope import EnvelopeTiming
 from citybrain.control.escort import EscortSettings
 from citybrain.errors import ConfigError
-from citybrain.sim.detectors import DetectorPlacement
-from citybrain.sim.gps import GpsSettings
-from citybrain.sim.sensors import SensorSettings
+from citybrain.netmodel.layout import DetectorPlacement
+from citybrain.sensornoise import GpsSettings, SensorSettings
 from citybrain.tomlfile import read_toml
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """An ambulance's route as map data: its polyline, its speeds, and the signals along it.
 
-Pure data, no SUMO. ``sim/corridor.py`` builds a ``Corridor`` from a SUMO net and a route
+Pure data, no SUMO. ``netmodel/corridors.py`` builds a ``Corridor`` from a SUMO net and a route
 (a list of edges); a field deployment builds it from the same map data (road geometry, the
 signals' link tables).
 """

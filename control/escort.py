@@ -168,7 +168,7 @@ def clearance_time(queue_veh: float, settings: EscortSettings) -> float:
 
 
 CorridorSource = Callable[[EscortRequest], Corridor]
-"""Turns a request's route into a corridor from map data (``sim/corridor.py`` in SUMO)."""
+"""Turns a request's route into a corridor from map data (``netmodel/corridors.py``)."""
 
 
 @dataclass

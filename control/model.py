@@ -1,6 +1,6 @@
 """What a controller knows about an intersection: links, conflicts, phases and the stored plan.
 
-Pure data, no SUMO. ``sim/netmodel.py`` builds these from a SUMO net; a field deployment
+Pure data, no SUMO. ``citybrain/netmodel/net.py`` builds these from a SUMO net; a field deployment
 builds them from the signal's own configuration.
 """
 

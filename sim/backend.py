@@ -12,9 +12,8 @@ from typing import Any, Protocol
 
 from citybrain.control.model import PlanStep
 from citybrain.errors import ScenarioError
+from citybrain.netmodel.layout import CityDetector, CityDetectorKind
 from citybrain.sim.loaded import (
-    LoadedDetector,
-    LoadedDetectorKind,
     LoadedProgram,
     LoadedScenario,
     LoadedSignal,
@@ -188,9 +187,9 @@ class ModuleBackend:
                 float(tl.getNextSwitch(sid)) - now,
             )
         found = [
-            LoadedDetector(
+            CityDetector(
                 str(d),
-                LoadedDetectorKind.LOOP,
+                CityDetectorKind.LOOP,
                 str(self._m.inductionloop.getLaneID(d)),
                 float(self._m.inductionloop.getPosition(d)),
             )
@@ -200,9 +199,9 @@ class ModuleBackend:
             start = float(self._m.lanearea.getPosition(d))
             length = float(self._m.lanearea.getLength(d))
             found.append(
-                LoadedDetector(
+                CityDetector(
                     str(d),
-                    LoadedDetectorKind.AREA,
+                    CityDetectorKind.AREA,
                     str(self._m.lanearea.getLaneID(d)),
                     start + length,
                     length,

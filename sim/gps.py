@@ -19,31 +19,11 @@ import numpy as np
 
 from citybrain.control.corridor import Corridor, EscortRequest
 from citybrain.control.port import GpsFix
-from citybrain.errors import ConfigError
+from citybrain.netmodel.corridors import NetCorridors
+from citybrain.sensornoise import GpsSettings
 from citybrain.sim import backend as sb
-from citybrain.sim.corridor import NetCorridors
 
 EMERGENCY_CLASS = "emergency"
-
-
-@dataclass(frozen=True, slots=True)
-class GpsSettings:
-    sigma_m: float = 4.0
-    """Standard deviation of each coordinate's noise."""
-    speed_sigma_mps: float = 0.5
-    period_s: float = 1.0
-    dropout: float = 0.0
-    """Chance that a fix is lost."""
-    seed: int = 0
-    """Added to the run's seed for the noise."""
-
-    def __post_init__(self) -> None:
-        if self.sigma_m < 0 or self.speed_sigma_mps < 0:
-            raise ConfigError("gps.sigma_m and gps.speed_sigma_mps must not be negative")
-        if self.period_s <= 0:
-            raise ConfigError(f"gps.period_s must be positive, not {self.period_s}")
-        if not 0 <= self.dropout <= 1:
-            raise ConfigError(f"gps.dropout must be from 0 to 1, not {self.dropout}")
 
 
 @dataclass

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from citybrain.control.model import PlanStep
+from citybrain.netmodel.layout import CityDetector
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,26 +49,7 @@ class LoadedSignal:
         return (begin_s - position) % cycle
 
 
-class LoadedDetectorKind(StrEnum):
-    LOOP = "loop"
-    """An induction loop (E1)."""
-    AREA = "area"
-    """A lane-area detector (E2)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedDetector:
-    id: str
-    kind: LoadedDetectorKind
-    lane: str
-    """The lane of a loop; the last (most downstream) lane of an area detector."""
-    pos_m: float
-    """A loop's position on its lane; where an area detector ends on its last lane."""
-    length_m: float = 0.0
-    """An area detector's length (over all its lanes); 0 for a loop."""
-
-
 @dataclass(frozen=True)
 class LoadedScenario:
     signals: Mapping[str, LoadedSignal] = field(default_factory=dict)
-    detectors: tuple[LoadedDetector, ...] = ()
+    detectors: tuple[CityDetector, ...] = ()

@@ -3,7 +3,7 @@
 SUMO is asked what it loaded (``probe``): the program each signal runs at the window's start
 (from the net, an additional file, or a WAUT) and every detector the scenario defines. Each
 signal is modelled on that program; the detector layout uses the scenario's own detectors
-where they serve an approach (``sim/detectors.py``). ``describe_*`` say in ``metrics.json``
+where they serve an approach (``citybrain.netmodel.layout``). ``describe_*`` say in ``metrics.json``
 what was loaded and used.
 """
 
@@ -19,10 +19,14 @@ from typing import Any
 from citybrain.control.model import Intersection
 from citybrain.control.port import Layout
 from citybrain.errors import ScenarioError
-from citybrain.sim import backend as sb
-from citybrain.sim.detectors import DetectorPlacement, DetectorSource, build_layout
-from citybrain.sim.loaded import LoadedDetector, LoadedDetectorKind, LoadedScenario
-from citybrain.sim.netmodel import (
+from citybrain.netmodel.layout import (
+    CityDetector,
+    CityDetectorKind,
+    DetectorPlacement,
+    DetectorSource,
+    build_layout,
+)
+from citybrain.netmodel.net import (
     NetGeometry,
     SignalPlan,
     has_unmapped_links,
@@ -30,6 +34,8 @@ from citybrain.sim.netmodel import (
     intersections_from_net,
     read_net,
 )
+from citybrain.sim import backend as sb
+from citybrain.sim.loaded import LoadedScenario
 from citybrain.sim.scenario import Scenario, load_scenario
 from citybrain.sim.sumoargs import (
     additional_closure,
@@ -88,8 +94,8 @@ def probe(scenario: Scenario, backend: str = "libsumo") -> LoadedScenario:
 
 
 def resolve_area_ends(
-    scenario: Scenario, found: tuple[LoadedDetector, ...], net: Any
-) -> tuple[LoadedDetector, ...]:
+    scenario: Scenario, found: tuple[CityDetector, ...], net: Any
+) -> tuple[CityDetector, ...]:
     """Area detectors over several lanes, with their end as the scenario's file gives it.
 
     TraCI reports such a detector's last lane but its start position on its first lane; the
@@ -105,7 +111,7 @@ def resolve_area_ends(
                 ends[elem.get("id", "")] = (lanes[-1], float(given) if given else None)
     result = []
     for d in found:
-        if d.kind is LoadedDetectorKind.AREA and d.id in ends:
+        if d.kind is CityDetectorKind.AREA and d.id in ends:
             lane, end = ends[d.id]
             length = float(net.getLane(lane).getLength())
             at = length if end is None else (length + end if end < 0 else end)

@@ -19,9 +19,12 @@ from citybrain.control.local import ACTUATED_PROGRAM, OWN_PROGRAM
 from citybrain.control.model import Intersection
 from citybrain.control.port import Controller
 from citybrain.errors import ConfigError, ScenarioError
+from citybrain.netmodel.corridors import NetCorridors
+from citybrain.netmodel.net import (
+    NetGeometry,
+)
 from citybrain.settings import Settings
 from citybrain.sim import backend as sb
-from citybrain.sim.corridor import NetCorridors
 from citybrain.sim.detectors import (
     write_additional,
 )
@@ -43,9 +46,6 @@ from citybrain.sim.metrics import (
     summarize,
 )
 from citybrain.sim.monitor import SignalMonitor
-from citybrain.sim.netmodel import (
-    NetGeometry,
-)
 from citybrain.sim.programs import write_actuated_programs
 from citybrain.sim.scenario import Scenario
 from citybrain.sim.sensors import SensorModel

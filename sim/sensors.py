@@ -6,48 +6,10 @@ Everything is drawn from one seeded generator, so a run is reproducible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
-
 import numpy as np
 
 from citybrain.control.port import DetectorKind, FloatArray, IntArray, Layout
-from citybrain.errors import ConfigError
-
-
-class LoopFault(StrEnum):
-    STUCK_ON = "stuck_on"
-    """Reports occupied all the time and counts nothing."""
-    DEAD = "dead"
-    """Reports nothing at all."""
-
-
-@dataclass(frozen=True, slots=True)
-class SensorSettings:
-    camera_miss_rate: float = 0.0
-    """Chance that a camera does not see a vehicle in a frame."""
-    camera_double_rate: float = 0.0
-    """Chance that a camera counts a seen vehicle twice."""
-    failed_loops_per_intersection: int = 0
-    """How many loops of each intersection fail (picked at random, seeded)."""
-    loop_fault: LoopFault = LoopFault.DEAD
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for key in ("camera_miss_rate", "camera_double_rate"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"sensors.{key} must be between 0 and 1, not {value}")
-        if self.failed_loops_per_intersection < 0:
-            raise ConfigError("sensors.failed_loops_per_intersection must not be negative")
-
-    @property
-    def is_perfect(self) -> bool:
-        return (
-            self.camera_miss_rate == 0
-            and self.camera_double_rate == 0
-            and self.failed_loops_per_intersection == 0
-        )
+from citybrain.sensornoise import LoopFault, SensorSettings
 
 
 class SensorModel:

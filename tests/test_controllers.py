@@ -12,7 +12,7 @@ from citybrain.control.greedy import GreedyController
 from citybrain.control.maxpressure import MaxPressureController
 from citybrain.control.port import Controller, Layout, Readings
 from citybrain.control.webster import WebsterController, WebsterTiming
-from citybrain.sim.detectors import DetectorPlacement, build_layout
+from citybrain.netmodel.layout import DetectorPlacement, build_layout
 
 from .test_envelope import crossing
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from citybrain.control.port import DetectorKind
-from citybrain.sim.detectors import DetectorPlacement, build_layout, upstream_path, write_additional
+from citybrain.netmodel.layout import DetectorPlacement, build_layout, upstream_path
+from citybrain.sim.detectors import write_additional
 
 from .test_envelope import crossing
 

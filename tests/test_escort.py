@@ -21,7 +21,7 @@ from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope
 from citybrain.control.escort import EscortController, EscortSettings, clearance_time
 from citybrain.control.port import Decision, GpsFix, Layout, PhaseRequest, Readings
 from citybrain.control.recovery import Recovery, RecoverySettings
-from citybrain.sim.detectors import DetectorPlacement, build_layout
+from citybrain.netmodel.layout import DetectorPlacement, build_layout
 from citybrain.sim.monitor import SignalMonitor
 
 from .test_envelope import crossing

@@ -11,7 +11,7 @@ import pytest
 
 from citybrain.cli import main
 from citybrain.control.corridor import EscortRequest
-from citybrain.sim.corridor import NetCorridors
+from citybrain.netmodel.corridors import NetCorridors
 from citybrain.sim.runner import RunOptions, prepare, run
 
 pytestmark = pytest.mark.sumo

@@ -51,7 +51,7 @@ def plan_view(t: float) -> View:
 def lane_layout(
     x: Intersection, stop: bool = True, upstream: bool = True, camera: bool = True
 ) -> Layout:
-    """Like ``sim.detectors.build_layout`` on 200 m lanes: loops at 1 m and 60 m, 100 m camera."""
+    """Like ``netmodel.layout.build_layout`` on 200 m lanes: loops at 1 m and 60 m, 100 m camera."""
     loops: list[DetectorSpec] = []
     cams: list[DetectorSpec] = []
     for lane in x.in_lanes:

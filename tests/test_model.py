@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from citybrain.control.model import PlanStep, phases_from_plan, transitions_from_plan
-from citybrain.sim.netmodel import intersections_from_net, read_net
+from citybrain.netmodel.net import intersections_from_net, read_net
 from citybrain.sim.scenario import load_scenario
 
 from .conftest import RESCO_MAPS, resco_config

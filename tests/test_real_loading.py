@@ -13,9 +13,15 @@ import pytest
 from citybrain.control.model import PlanStep
 from citybrain.control.port import DetectorKind
 from citybrain.errors import ScenarioError
+from citybrain.netmodel.layout import (
+    CityDetector,
+    CityDetectorKind,
+    DetectorPlacement,
+    DetectorSource,
+    city_detectors,
+)
 from citybrain.settings import Settings
-from citybrain.sim.detectors import DetectorPlacement, DetectorSource, city_detectors
-from citybrain.sim.loaded import LoadedDetector, LoadedDetectorKind, LoadedProgram, LoadedSignal
+from citybrain.sim.loaded import LoadedProgram, LoadedSignal
 from citybrain.sim.loading import resolve_area_ends
 from citybrain.sim.plain import run_plain
 from citybrain.sim.runner import RunOptions, load, run
@@ -366,12 +372,12 @@ def test_offset_of_an_actuated_step_running_past_its_duration() -> None:
 
 def test_an_area_detector_serves_as_camera_only_when_it_ends_at_the_stop_line() -> None:
     path = [("in_0", 100.0), ("up_0", 200.0)]
-    area = LoadedDetectorKind.AREA
+    area = CityDetectorKind.AREA
     found = [
-        LoadedDetector("long", area, "in_0", 99.0, 150.0),  # over two lanes, ends 1 m short
-        LoadedDetector("short", area, "in_0", 98.0, 40.0),
-        LoadedDetector("away", area, "in_0", 60.0, 40.0),  # ends 40 m before the line
-        LoadedDetector("elsewhere", area, "up_0", 200.0, 80.0),  # ends on another lane
+        CityDetector("long", area, "in_0", 99.0, 150.0),  # over two lanes, ends 1 m short
+        CityDetector("short", area, "in_0", 98.0, 40.0),
+        CityDetector("away", area, "in_0", 60.0, 40.0),  # ends 40 m before the line
+        CityDetector("elsewhere", area, "up_0", 200.0, 80.0),  # ends on another lane
     ]
     roles = city_detectors("x", path, found, 60.0)
     assert roles[DetectorKind.CAMERA].id == "long"
@@ -398,6 +404,6 @@ def test_a_multilane_area_detector_ends_where_its_definition_says(tmp_path: Path
         tmp_path / "x.sumocfg", tmp_path / "n", (), (tmp_path / "d.add.xml",), 0, 10, 1
     )
     # TraCI reports the last lane, and the start position on the first lane (+ length)
-    raw = LoadedDetector("m", LoadedDetectorKind.AREA, "in_0", 150.0 + 148.0, 148.0)
+    raw = CityDetector("m", CityDetectorKind.AREA, "in_0", 150.0 + 148.0, 148.0)
     (fixed,) = resolve_area_ends(scenario, (raw,), Net())
     assert (fixed.lane, fixed.pos_m, fixed.length_m) == ("in_0", 98.0, 148.0)

@@ -52,10 +52,9 @@ def load_core(
     root: str = TOPIC_ROOT,
 ) -> FieldCore:
     """The core for the signals of a net (a ``.net.xml``, or the net of a ``.sumocfg``)."""
-    from citybrain.sim.corridor import NetCorridors
-    from citybrain.sim.detectors import build_layout
-    from citybrain.sim.netmodel import NetGeometry, intersections_from_net, read_net
-    from citybrain.sim.scenario import load_scenario
+    from citybrain.netmodel.corridors import NetCorridors
+    from citybrain.netmodel.layout import build_layout
+    from citybrain.netmodel.net import NetGeometry, intersections_from_net, net_file_of, read_net
 
     settings = settings or Settings()
     try:
@@ -63,8 +62,7 @@ def load_core(
     except ValueError:
         choices = ", ".join(m.value for m in EscortMode)
         raise ConfigError(f"unknown escort mode {escort!r}; choose one of: {choices}") from None
-    if net_path.suffix == ".sumocfg":
-        net_path = load_scenario(net_path).net_file
+    net_path = net_file_of(net_path)
     net = read_net(net_path)
     xs = intersections_from_net(net)
     if not xs:

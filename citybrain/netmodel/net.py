@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,22 @@ class SignalPlan:
 
     steps: tuple[PlanStep, ...]
     offset_s: float
+
+
+def net_file_of(path: Path) -> Path:
+    """The net file itself, or the net a SUMO configuration (``.sumocfg``) names."""
+    if path.suffix != ".sumocfg":
+        return path
+    if not path.is_file():
+        raise ScenarioError(f"scenario file not found: {path}")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise ScenarioError(f"{path}: not a readable SUMO configuration ({exc})") from None
+    for elem in root.iter():
+        if elem.tag in ("net-file", "n") and elem.get("value"):
+            return (path.parent / elem.get("value", "")).resolve()
+    raise ScenarioError(f"{path}: no net-file in the configuration")
 
 
 def read_net(path: Path, internal: bool = False) -> Any:
