@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -223,30 +224,51 @@ def build(spec: Spec, out: Path) -> Built:
 # --------------------------------------------------------------------------- runs
 
 
+def package_folders(base: Path = ROOT) -> dict[str, Path]:
+    """The folders the ``citybrain`` package is made of under ``base``, by their place in it
+    (``""``: the package itself, ``"control"``: ``citybrain.control``). A source tree maps them
+    as pyproject's ``package-dir`` says (``control/`` is ``citybrain/control``); a snapshot
+    (no ``pyproject.toml``) holds the package assembled in ``base/citybrain``."""
+    pyproject = base / "pyproject.toml"
+    if not pyproject.is_file():
+        return {"": base / "citybrain"}
+    setup = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["setuptools"]
+    return {
+        name.removeprefix("citybrain").removeprefix(".").replace(".", "/"): base / folder
+        for name, folder in setup["package-dir"].items()
+        if name == "citybrain" or name.startswith("citybrain.")
+    }
+
+
 def code_fingerprint(base: Path = ROOT) -> str:
     """SHA-256 (12 hex digits) of every ``.py`` and ``.toml`` of the ``citybrain`` package
-    under ``base`` (its ``control``, ``sim`` and ``configs`` links followed)."""
+    under ``base`` (see ``package_folders``), each named by its path in the installed package:
+    a source tree and its snapshot have one fingerprint."""
+    files = []
+    for place, folder in package_folders(base).items():
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            inside = Path(place, Path(dirpath).relative_to(folder))
+            files += [(str(Path("citybrain", inside)), f, Path(dirpath) / f)
+                      for f in filenames if f.endswith((".py", ".toml"))]
     digest = hashlib.sha256()
-    package = base / "citybrain"
-    for dirpath, dirnames, filenames in sorted(os.walk(package, followlinks=True)):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for f in sorted(filenames):
-            if f.endswith((".py", ".toml")):
-                path = Path(dirpath) / f
-                digest.update(str(path.relative_to(package)).encode() + b"\0")
-                digest.update(path.read_bytes() + b"\0")
+    for folder_name, f, path in sorted(files):  # by folder, then by name within each
+        digest.update(str(Path(folder_name, f).relative_to("citybrain")).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
 def snapshot(dest: Path) -> str:
-    """Copy the ``citybrain`` package (links resolved) to ``dest``; return its fingerprint.
+    """Copy the ``citybrain`` package to ``dest``, assembled as it is installed
+    (``dest/citybrain/control`` and so on); return its fingerprint.
 
     Others edit the controllers while a bench runs; every run imports this copy instead
     (``PYTHONPATH``), so all runs of one table run the same code."""
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(ROOT / "citybrain", dest / "citybrain", symlinks=False,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for place, folder in sorted(package_folders().items()):  # the package itself first
+        shutil.copytree(folder, dest / "citybrain" / place, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return code_fingerprint(dest)
 
 
