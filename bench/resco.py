@@ -13,7 +13,6 @@ import argparse
 import json
 import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import sumolib
 from tqdm import tqdm
 
 from citybrain.sim.benchreport import delay_chart, machine, write_section
@@ -82,7 +82,7 @@ def _failure(proc: subprocess.CompletedProcess[str]) -> str | None:
 def run_plain(cfg: Path, seed: int, out: Path) -> Result:
     out.mkdir(parents=True, exist_ok=True)
     trip, stats = out / "tripinfo.xml", out / "statistics.xml"
-    sumo = shutil.which("sumo") or "sumo"
+    sumo = sumolib.checkBinary("sumo")  # the venv's SUMO, whether or not it is on PATH
     cmd = [
         sumo, "-c", str(cfg), "--seed", str(seed), "--time-to-teleport", "-1",
         "--tripinfo-output.write-unfinished", "--tripinfo-output", str(trip),
