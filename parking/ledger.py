@@ -23,6 +23,12 @@ the packaged Alembic head. Then:
 * ``bind(plate, account)``: binds a plate and charges its debts, each exactly once.
 * Reports: ``sessions``, ``charges``, ``charge_totals``, ``debts``, ``dead_letters``.
 
+The ledger decides; it does not speak SQL. Its storage is a port,
+``citybrain.parking.store.port`` (lock the batch's keys, find known reads, load the state a
+batch needs, write a batch's outcome, the money questions, the reports), with one adapter
+per database (``store.sqlite``, ``store.postgres``, sharing ``store.common``); rows become
+domain values in ``store.rows`` only.
+
 Concurrency: a ``Ledger`` may be shared by threads (each call takes its own connection and
 transaction). SQLite transactions start with ``BEGIN IMMEDIATE`` (one writer at a time;
 others wait up to the busy timeout). On PostgreSQL a call holds a transaction-scoped
@@ -269,6 +275,12 @@ class _Writes:
             writes, self.pending = self.pending, []
             self.count += self.tx.write(writes)
         return self.count
+
+
+def _grown(passage: dict[str, Any]) -> dict[str, Any]:
+    """What a read joining a stored passage changes: its plate (re-voted) and its span (the
+    look-alike key, lot and direction a passage's reads share)."""
+    return {k: passage[k] for k in ("passage_id", "plate", "first_ts", "last_ts")}
 
 
 def _order_key(s: Session) -> tuple[datetime, str]:
@@ -625,15 +637,7 @@ class Ledger:
         writes.update(
             "passage",
             "passage_id",
-            [
-                {
-                    "passage_id": p,
-                    "plate": book.passage(p).plate,  # re-voted
-                    "first_ts": book.passage(p).first_ts,
-                    "last_ts": book.passage(p).last_ts,
-                }
-                for p in sorted(grown)
-            ],
+            [_grown(PASSAGES.values(book.passage(p))) for p in sorted(grown)],
         )
         writes.insert("passage_read", links)
         after = {x.passage_id: x for x in book.pending_exits()}
