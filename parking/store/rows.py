@@ -58,17 +58,31 @@ def _codecs(hint: Any) -> tuple[Callable[[Any], Any] | None, Callable[[Any], Any
     if optional:
         (hint,) = [a for a in args if a is not type(None)]
     if isinstance(hint, type) and issubclass(hint, Enum):
-        enum = hint
-        decode: Callable[[Any], Any] = enum
-        encode: Callable[[Any], Any] = lambda v: v.value  # noqa: E731
-    elif get_origin(hint) is tuple:
+        # Dict lookups (C calls): a batch converts thousands of these.
+        members = _Members(hint)
+        values: dict[Any, Any] = {m: m.value for m in hint}
+        if optional:
+            members[None] = None
+            values[None] = None
+        return members.__getitem__, values.__getitem__
+    if get_origin(hint) is tuple:
         decode = lambda v: tuple(json.loads(v))  # noqa: E731
         encode = lambda v: json.dumps(list(v), ensure_ascii=False)  # noqa: E731
-    else:
-        return None, None
-    if optional:
-        return _optional(decode), _optional(encode)
-    return decode, encode
+        if optional:
+            return _optional(decode), _optional(encode)
+        return decode, encode
+    return None, None
+
+
+class _Members(dict[Any, Any]):
+    """An enum's members by value; a value that names none raises as ``enum(value)``."""
+
+    def __init__(self, enum: type[Enum]) -> None:
+        super().__init__((m.value, m) for m in enum)
+        self.enum = enum
+
+    def __missing__(self, value: Any) -> Any:
+        return self.enum(value)
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:
