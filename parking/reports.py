@@ -1,9 +1,12 @@
-"""What the ledger reports (sessions, charges, debts): plain records, no database."""
+"""What the ledger reports (sessions, charges, debts, dead letters): plain records, no
+database."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+
+from citybrain.parking.readcontract import DeadReason
 
 JSONValue = str | int | None
 
@@ -53,6 +56,19 @@ class DebtReport:
     entry_at: datetime
     exit_at: datetime
     cents: int
+
+
+@dataclass(frozen=True)
+class DeadLetterReport:
+    id: int
+    topic: str
+    lot_id: str
+    read_id: str | None
+    reason: DeadReason
+    detail: str
+    payload: bytes
+    payload_text: str | None
+    received_at: datetime
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -147,7 +147,7 @@ def test_loading_a_keys_recent_history_decides_what_its_whole_history_decides(
     # stored rows, same charges as loading every stay of the key, with returning cars,
     # look-alike misreads, missed entries and exits, and late deliveries. And it does
     # load less (else this would test nothing).
-    import citybrain.parking.ledger as ledger_module
+    import citybrain.parking.store.common as ledger_module  # the SQL adapters' loading
 
     msgs = make_stream(600, seed=seed)
     items = _items(msgs, seed)

@@ -30,6 +30,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 import citybrain.parking.ledger as ledger_module
+import citybrain.parking.store.postgres as pg_store
 from citybrain.parking.book import SentToReview, SessionBook, SessionClosed
 from citybrain.parking.ledger import (
     MIGRATIONS,
@@ -713,13 +714,13 @@ def test_every_batch_looks_its_keys_up_through_the_indexes(
     # over table scans), at a cost that grows with the ledger.
     require_pg()
     sent: list[str] = []
-    real = ledger_module._driver_rows_many
+    real = pg_store._driver_rows_many
 
     def spy(conn: Any, statements: Sequence[tuple[str, Any]]) -> Any:
         sent.extend(sql for sql, _ in statements)
         return real(conn, statements)
 
-    monkeypatch.setattr(ledger_module, "_driver_rows_many", spy)
+    monkeypatch.setattr(pg_store, "_driver_rows_many", spy)
     with fresh_database("postgresql", tmp_path, PG_URL, "cbtest") as url:
         ledger = open_ledger(url)
         try:
@@ -735,7 +736,7 @@ def test_every_batch_looks_its_keys_up_through_the_indexes(
                 sent.clear()
                 outcomes = ledger.record_many(items)
                 assert [o.kind for o in outcomes] == [OutcomeKind.RECORDED] * size
-                assert sent[0] == ledger_module._LOOKUPS, size
+                assert sent[0] == pg_store._LOOKUPS, size
                 with ledger.engine.connect() as conn:
                     opened = text("SELECT count(*) FROM session WHERE status = 'open'")
                     assert conn.execute(opened).scalar() == sum(
@@ -755,7 +756,7 @@ def test_the_hot_path_plans_each_statement_for_its_own_parameters(
     # very connection, in the very transaction of each batch.
     require_pg()
     prepared: list[int] = []
-    real = ledger_module._driver_rows_many
+    real = pg_store._driver_rows_many
 
     def spy(conn: Any, statements: Sequence[tuple[str, Any]]) -> Any:
         rows = real(conn, statements)
@@ -765,7 +766,7 @@ def test_the_hot_path_plans_each_statement_for_its_own_parameters(
         prepared.append(int(count))
         return rows
 
-    monkeypatch.setattr(ledger_module, "_driver_rows_many", spy)
+    monkeypatch.setattr(pg_store, "_driver_rows_many", spy)
     with fresh_database("postgresql", tmp_path, PG_URL, "cbtest") as url:
         ledger = open_ledger(url)
         try:

@@ -51,7 +51,7 @@ def run() -> None:
     if given is not None:
         _migrate(given)
         return
-    from citybrain.parking.ledger import make_engine
+    from citybrain.parking.store.engine import make_engine
 
     engine = make_engine(_url())
     try:

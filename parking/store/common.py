@@ -1,0 +1,426 @@
+"""What the SQL adapters share: the ledger's queries (SQLAlchemy Core over
+``citybrain.parking.tables``), the loading of a batch's state, and a base transaction and
+store written against them.
+
+An adapter supplies the dialect's pieces: how a list parameter is matched (``KeySql``), how
+rows are fetched (``SqlTransaction.rows_many``), how a batch's keyed state is found
+(``keyed_state``), locks and writes. Everything that turns rows into domain values goes
+through ``citybrain.parking.store.rows``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any, ClassVar, Protocol
+
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, literal_column, or_
+from sqlalchemy import select as sa_select
+
+from citybrain.parking.matching import SessionStatus
+from citybrain.parking.passages import Read
+from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
+from citybrain.parking.store.port import Loaded, Transaction, Write
+from citybrain.parking.store.rows import (
+    CHARGES,
+    DEAD_LETTERS,
+    DEBTS,
+    PENDING,
+    READS,
+    SESSION_REPORTS,
+    StoredSession,
+    key_of,
+    passage_with,
+    stored_session,
+)
+from citybrain.parking.tables import UTCDateTime, metadata
+
+IN_CHUNK = 500  # ids per IN (...) list
+
+
+def table(name: str) -> Table:
+    return metadata.tables[name]
+
+
+def chunks(items: list[str], size: int = IN_CHUNK) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class KeySql(Protocol):
+    """How a dialect matches rows to a list parameter (the adapters' classes)."""
+
+    @staticmethod
+    def ids(name: str) -> Any:
+        """The right side of ``column IN ...`` for the list parameter ``name``."""
+
+    @staticmethod
+    def per_key(name: str, inner: Any, key: Any) -> Any:
+        """``inner`` (a select) limited to the rows whose ``key`` is in the list ``name``."""
+
+    @staticmethod
+    def keyed(table_name: str) -> Any:
+        """The rows of the batch's (lot, look-alike key) pairs (parameters: the adapter's)."""
+
+
+# The statements of the hot path are built once per dialect (their SQLAlchemy cache keys
+# are then memoized too): building and keying a construct costs more than running it.
+
+
+@cache
+def _known_reads_query(sql: type[KeySql]) -> Any:
+    c = table("read").c
+    columns = (c.read_id, c.lot_id, c.camera_id, c.direction, c.raw_plate, c.confidence)
+    return sa_select(*columns, c.ts, c.received_at).where(c.read_id.in_(sql.ids("ids")))
+
+
+@cache
+def _passages_query(sql: type[KeySql]) -> Any:
+    passage = table("passage")
+    return sa_select(passage).where(passage.c.passage_id.in_(sql.ids("ids")))
+
+
+@cache
+def _bindings_query(sql: type[KeySql]) -> Any:
+    binding = table("binding")
+    return sql.per_key("ids", sa_select(binding.c.plate, binding.c.account), binding.c.plate)
+
+
+@cache
+def _holders_query(sql: type[KeySql]) -> Any:
+    """The sessions that hold any of the passages ``:ids`` (as entry or exit)."""
+    c = table("session").c
+    held = or_(c.entry_passage_id.in_(sql.ids("ids")), c.exit_passage_id.in_(sql.ids("xids")))
+    return sa_select(table("session")).where(held)
+
+
+@cache
+def _evidence_query(sql: type[KeySql]) -> Any:
+    link, read = table("passage_read"), table("read")
+    c = read.c
+    columns = (link.c.passage_id, c.read_id, c.lot_id, c.camera_id, c.direction, c.raw_plate)
+    inner = sa_select(*columns, c.confidence, c.ts).join_from(
+        link, read, link.c.read_id == c.read_id
+    )
+    return sql.per_key("pids", inner, link.c.passage_id)
+
+
+def near(t: Table) -> Any:
+    """Passages whose span meets ``[:low, :high]``."""
+    low, high = bindparam("low", type_=UTCDateTime), bindparam("high", type_=UTCDateTime)
+    return and_(t.c.first_ts <= high, t.c.last_ts >= low)
+
+
+def _keyed_sessions(sql: type[KeySql]) -> Any:
+    """The sessions of the batch's (lot, look-alike key) pairs."""
+    return sql.keyed("session")
+
+
+@cache
+def _recent_sessions(sql: type[KeySql]) -> Any:
+    """Of those: the open ones, those that entered or left at or after ``:since``, and of
+    those that entered before ``:since``, per lot and plate the latest to enter (by entry
+    time, then id), once by the plate it was entered under and once by the plate its exit
+    was read as. One statement (the server ranks the key's sessions; only these come
+    back)."""
+    session = table("session")
+    c = session.c
+    since = bindparam("since", type_=UTCDateTime)
+    before = c.entry_at < since
+    latest = (c.entry_at.desc(), c.session_id.desc())
+    by_plate = func.row_number().over(partition_by=(c.lot_id, c.plate, before), order_by=latest)
+    by_exit = func.row_number().over(partition_by=(c.lot_id, c.exit_plate, before), order_by=latest)
+    inner = (
+        _keyed_sessions(sql)
+        .add_columns(
+            before.label("before"), by_plate.label("rank_plate"), by_exit.label("rank_exit")
+        )
+        .subquery("keyed")
+    )
+    k = inner.c
+    first: Any = literal_column("1")  # literals, not parameters: the statement text is sent as is
+    latest_before = and_(
+        k.before, or_(k.rank_plate == first, and_(k.rank_exit == first, k.exit_plate.is_not(None)))
+    )
+    is_open = k.status == literal_column(f"'{SessionStatus.OPEN.value}'")
+    recent = or_(is_open, k.entry_at >= since, k.exit_at >= since, latest_before)
+    return sa_select(*(k[col.name] for col in session.columns)).where(recent)
+
+
+def _load_state(tx: SqlTransaction, reads: Sequence[Read], window: timedelta) -> Loaded:
+    """The sessions and pending exits of the reads' (lot, look-alike key) pairs, and the
+    passages the reads may join (same lot, direction and look-alike key, times within the
+    window) or that the pending exits and the stays need. A few indexed queries for the
+    whole batch (extra state of other keys would not change a decision anyway).
+
+    Not the whole history of a key: a plate that parks at a lot every day would make each
+    of its reads load (and convert) every stay it ever had. Every decision the batch can
+    take looks at times at or after ``since`` (its earliest read, or pending exit, minus
+    two windows): which stay of a plate entered last at or before a time
+    (``_latest_entry``), which passage of a plate comes next after a time
+    (``entry_conflict``), which stays are open (the look-alike candidates). So the loaded
+    sessions are: the open ones, those that entered or left at or after ``since``, and per
+    plate the latest to enter before ``since`` (the one any "latest before" reaches back
+    to); plus the ones holding a loaded passage. Any set of the key's sessions that holds
+    these gives the same decisions as the whole history.
+
+    The adapter finds the keyed rows (``SqlTransaction.keyed_state``); the rest is here."""
+    sessions, pending, passages = tx.keyed_state(reads, window)
+    # The sessions holding a loaded passage (a passage can outlast ``since`` when its reads
+    # keep coming, and so can the stay it belongs to).
+    held = {pid for r in sessions.values() for pid in (r.entry_passage_id, r.exit_passage_id)}
+    loose = sorted(pid for pid in passages if pid not in held)
+    for chunk in chunks(loose):
+        for row in tx.rows(_holders_query(tx.sql), {"ids": chunk, "xids": chunk}):
+            sessions[row.session_id] = row
+    # Pending exits need their passage; an open session's entry is part of its stay
+    # (its readings choose the account, its plate the displayed one); so is the other
+    # passage of a stay one of whose passages a read may join (the displayed plate is
+    # voted over both).
+    wanted = set(pending) | {
+        r.entry_passage_id
+        for r in sessions.values()
+        if r.status == SessionStatus.OPEN.value and r.entry_passage_id is not None
+    }
+    for r in sessions.values():
+        if r.entry_passage_id in passages and r.exit_passage_id is not None:
+            wanted.add(r.exit_passage_id)
+        if r.exit_passage_id in passages and r.entry_passage_id is not None:
+            wanted.add(r.entry_passage_id)
+    missing = sorted(pid for pid in wanted if pid not in passages)
+    for chunk in chunks(missing):
+        for row in tx.rows(_passages_query(tx.sql), {"ids": chunk}):
+            passages[row.passage_id] = row
+    evidence = tx.evidence(sorted(passages))
+    return loaded(sessions, pending, passages, evidence)
+
+
+def loaded(
+    sessions: Mapping[str, Any],
+    pending: Mapping[str, Any],
+    passages: Mapping[str, Any],
+    evidence: dict[str, list[Read]],
+) -> Loaded:
+    """``Loaded`` of rows: passages in creation order, rebuilt from their reads."""
+    return Loaded(
+        sessions={sid: stored_session(r) for sid, r in sessions.items()},
+        pending={pid: PENDING.of(r) for pid, r in pending.items()},
+        passages={
+            r.passage_id: passage_with(r, evidence.get(r.passage_id, ()))
+            for r in sorted(passages.values(), key=lambda r: r.id)
+        },
+        evidence=evidence,
+    )
+
+
+def first_time(row: Any) -> datetime:
+    first: datetime | None = row.entry_at if row.entry_at is not None else row.exit_at
+    assert first is not None
+    return first
+
+
+class SqlTransaction:
+    """A ledger transaction on a SQLAlchemy connection: the port's questions as the
+    shared queries. An adapter subclasses it (``sql``, ``rows_many``, ``keyed_state``,
+    ``lock_batch``, ``lock``, ``write``)."""
+
+    sql: ClassVar[type[KeySql]]
+    evidence_chunk: ClassVar[int] = IN_CHUNK
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    # ---- the adapter's part ----------------------------------------------------------------
+
+    def rows_many(self, selects: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[list[Any]]:
+        """The rows of several independent hot-path selects (attributes by column name,
+        instants aware in UTC)."""
+        raise NotImplementedError
+
+    def keyed_state(
+        self, reads: Sequence[Read], window: timedelta
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Rows of the sessions, pending exits and passages of the reads' keys (see
+        ``_load_state``), each by its id."""
+        raise NotImplementedError
+
+    def lock_batch(self, keys: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def lock(self, keys: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def write(self, writes: Sequence[Write]) -> int:
+        raise NotImplementedError
+
+    # ---- shared ----------------------------------------------------------------------------
+
+    def rows(self, stmt: Any, params: Mapping[str, Any]) -> list[Any]:
+        return self.rows_many([(stmt, params)])[0]
+
+    def known_reads(self, read_ids: Collection[str]) -> dict[str, tuple[Read, datetime]]:
+        known: dict[str, tuple[Read, datetime]] = {}
+        for chunk in chunks(sorted(read_ids)):
+            for r in self.rows(_known_reads_query(self.sql), {"ids": chunk}):
+                known[r.read_id] = (READS.of(r), r.received_at)
+        return known
+
+    def load_state(self, reads: Sequence[Read], window: timedelta) -> Loaded:
+        return _load_state(self, reads, window)
+
+    def evidence(self, passage_ids: Collection[str]) -> dict[str, list[Read]]:
+        out: dict[str, list[Read]] = {}
+        query = _evidence_query(self.sql)
+        for chunk in chunks(list(passage_ids), self.evidence_chunk):
+            for r in self.rows(query, {"pids": chunk}):
+                out.setdefault(r.passage_id, []).append(READS.of(r))
+        return out
+
+    def bound_accounts(self, plates: Collection[str]) -> dict[str, str]:
+        if not plates:
+            return {}
+        rows = self.rows(_bindings_query(self.sql), {"ids": sorted(plates)})
+        return {plate: account for plate, account in rows}
+
+    def load_expiring(self, lot: str, cut: datetime) -> Loaded:
+        pending_t, session, passage = table("pending_exit"), table("session"), table("passage")
+        p, s = pending_t.c, session.c
+        pending = self._select(sa_select(pending_t).where(p.lot_id == lot, p.since <= cut))
+        is_open = and_(s.lot_id == lot, s.status == SessionStatus.OPEN.value)
+        open_plates = sa_select(s.plate).where(is_open)
+        open_rows = self._select(sa_select(session).where(is_open))
+        later = self._select(
+            sa_select(session).where(
+                s.lot_id == lot,
+                s.entry_at.is_not(None),
+                s.received_at <= cut,
+                s.plate.in_(open_plates),
+            )
+        )
+        sessions = {r.session_id: r for r in [*open_rows, *later]}
+        waiting = {r.passage_id: r for r in pending}
+        passages: dict[str, Any] = {}
+        if waiting:
+            query = sa_select(passage).where(passage.c.passage_id.in_(list(waiting)))
+            passages = {r.passage_id: r for r in self._select(query)}
+        return loaded(sessions, waiting, passages, {})
+
+    def binding(self, plate: str) -> str | None:
+        b = table("binding").c
+        found = self._select(sa_select(b.account).where(b.plate == plate))
+        return None if not found else str(found[0].account)
+
+    def unpaid(self, plate: str, plate_key: str) -> list[StoredSession]:
+        c = table("session").c
+        query = sa_select(table("session")).where(
+            c.status == SessionStatus.UNPAID.value, or_(c.plate == plate, c.plate_key == plate_key)
+        )
+        return [stored_session(r) for r in self._select(query)]
+
+    def unpaid_among(self, session_ids: Collection[str]) -> list[StoredSession]:
+        c = table("session").c
+        query = sa_select(table("session")).where(
+            c.session_id.in_(list(session_ids)), c.status == SessionStatus.UNPAID.value
+        )
+        return [stored_session(r) for r in self._select(query)]
+
+    def _select(self, query: Any) -> list[Any]:
+        """A select off the hot path, through SQLAlchemy."""
+        return list(self.conn.execute(query))
+
+
+class SqlStore:
+    """A ledger store on a SQLAlchemy engine: transactions of the adapter's kind, and the
+    reports (SQLAlchemy Core, the same on every dialect)."""
+
+    transaction_type: ClassVar[type[SqlTransaction]]
+    parallel_writers: ClassVar[bool] = False
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self.engine.begin() as conn:
+            yield self.transaction_type(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _select(self, query: Any) -> list[Any]:
+        with self.engine.begin() as conn:
+            return list(conn.execute(query))
+
+    def expiring_lots(self, cut: datetime) -> set[str]:
+        p, s = table("pending_exit").c, table("session").c
+        with self.engine.begin() as conn:
+            lots = set(conn.execute(sa_select(p.lot_id).where(p.since <= cut)).scalars())
+            query = sa_select(s.lot_id).where(s.status == SessionStatus.OPEN.value)
+            lots |= set(conn.execute(query).scalars())
+        return lots
+
+    def sessions(self, lot: str | None) -> list[SessionReport]:
+        session = table("session")
+        query = sa_select(session)
+        if lot is not None:
+            query = query.where(session.c.lot_id == lot)
+        rows = sorted(self._select(query), key=lambda r: (first_time(r), r.session_id))
+        return [SESSION_REPORTS.of(r) for r in rows]
+
+    def charges(self, account: str | None) -> list[ChargeReport]:
+        charge, s = table("charge"), table("session").c
+        c = charge.c
+        query = (
+            sa_select(c.session_id, s.lot_id, s.plate, c.account, c.cents, c.charged_at)
+            .join_from(charge, table("session"), s.session_id == c.session_id)
+            .order_by(c.id)
+        )
+        if account is not None:
+            query = query.where(c.account == account)
+        return [CHARGES.of(r) for r in self._select(query)]
+
+    def charge_totals(self) -> dict[str, int]:
+        c = table("charge").c
+        query = sa_select(c.account, func.sum(c.cents)).group_by(c.account).order_by(c.account)
+        return {account: int(total) for account, total in self._select(query)}
+
+    def debts(self, plate: str | None) -> list[DebtReport]:
+        session = table("session")
+        query = sa_select(session).where(session.c.status == SessionStatus.UNPAID.value)
+        if plate is not None:
+            query = query.where(session.c.plate == plate)
+        rows = sorted(self._select(query), key=lambda r: (r.plate, first_time(r), r.session_id))
+        for r in rows:
+            assert r.entry_at is not None and r.exit_at is not None
+            assert r.fee_cents is not None
+        return [DEBTS.of(r) for r in rows]
+
+    def dead_letters(self, lot: str | None) -> list[DeadLetterReport]:
+        dead = table("dead_letter")
+        query = sa_select(dead).order_by(dead.c.id)
+        if lot is not None:
+            query = query.where(dead.c.lot_id == lot)
+        return [DEAD_LETTERS.of(r) for r in self._select(query)]
+
+
+def pairs_of(reads: Sequence[Read]) -> set[tuple[str, str]]:
+    """The (lot, look-alike key) pairs of ``reads``."""
+    return {(r.lot_id, key_of(r.plate)) for r in reads}
+
+
+def gates_of(reads: Sequence[Read]) -> set[tuple[str, str, str]]:
+    """The (lot, direction, look-alike key) triples of ``reads``."""
+    return {(r.lot_id, r.direction.value, key_of(r.plate)) for r in reads}
+
+
+def since_of(reads: Sequence[Read], window: timedelta) -> tuple[datetime, datetime, datetime]:
+    """(low, high, since): the span the batch's passages may meet, and the earliest time a
+    decision of the batch looks at (before any pending exit's)."""
+    low = min(r.ts for r in reads) - window
+    high = max(r.ts for r in reads) + window
+    return low, high, low - window
+
+
+__all__ = ["SqlStore", "SqlTransaction", "Write"]

@@ -1,0 +1,166 @@
+"""The store port: what the ledger needs from a database, and nothing else.
+
+The ledger (``citybrain.parking.ledger``) decides with the pure ``book`` and
+``settlement``; a store keeps the rows (``citybrain.parking.tables``) and answers the few
+questions a decision needs, inside one transaction:
+
+* ``lock_batch`` / ``lock``: hold the batch's keys (``lot:L``, ``plate:P``) until the end of
+  the transaction, taken in sorted order (a store whose transactions do not run side by
+  side, SQLite, needs no locks);
+* ``known_reads``: which of these read ids are stored already, as what;
+* ``load_state``: the state a batch of reads needs (sessions, pending exits and passages
+  of its lots and look-alike keys, with the passages' reads); ``load_expiring``: what an
+  expiry of one lot needs;
+* ``bound_accounts`` / ``binding`` / ``unpaid`` / ``evidence``: money questions;
+* ``write``: a batch's outcome, rows to insert, update and delete, parents before
+  children (``Write``), in as few round trips as the database allows.
+
+Reports run in their own transactions on the ``Store``. Adding a database means adding an
+adapter (``citybrain.parking.store.sqlite`` and ``.postgres`` are the two) and naming it
+in ``citybrain.parking.store.engine.ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import Engine
+
+from citybrain.errors import CitybrainError
+from citybrain.parking.book import PendingExit, SessionBook
+from citybrain.parking.passages import Passage, Read
+from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
+from citybrain.parking.store.rows import StoredSession
+
+
+class LedgerError(CitybrainError):
+    """A ledger that cannot be opened or used as asked (bad URL, bad plate, ...)."""
+
+
+@dataclass
+class Loaded:
+    """The stored state a decision needs (a batch of reads, or an expiry), loaded in its
+    transaction, and the reads (evidence) of those passages where they were loaded."""
+
+    sessions: dict[str, StoredSession]
+    pending: dict[str, PendingExit]
+    passages: dict[str, Passage]  # in creation order
+    evidence: dict[str, list[Read]] = field(default_factory=dict)  # passage id -> its reads
+
+    def book(self, grace: timedelta, window: timedelta) -> SessionBook:
+        return SessionBook(
+            grace=grace,
+            window=window,
+            sessions=[s.session for s in self.sessions.values()],
+            pending=list(self.pending.values()),
+            passages=list(self.passages.values()),
+        )
+
+    def read_ids(self) -> set[str]:
+        """The ids of the stored reads loaded as evidence."""
+        return {r.read_id for reads in self.evidence.values() for r in reads}
+
+    def plates(self) -> set[str]:
+        """Every plate the loaded state was read as (sessions, passages, their reads)."""
+        out = {s.session.plate for s in self.sessions.values()}
+        out |= {
+            s.session.exit_plate for s in self.sessions.values() if s.session.exit_plate is not None
+        }
+        out |= {p.plate for p in self.passages.values()}
+        out |= {read.plate for reads in self.evidence.values() for read in reads}
+        return out
+
+
+@dataclass(frozen=True)
+class Write:
+    """Rows to write to one table (``citybrain.parking.tables``; dicts of the same keys).
+
+    ``insert``: with ``ignore``, rows whose ``ignore`` column collides are skipped; with
+    ``count``, ``Transaction.write`` counts the rows actually inserted (one such per call).
+    ``update``: ``SET`` the other columns ``WHERE key = row[key]``. ``delete``: ``rows``
+    are ``{key: id}``."""
+
+    kind: Literal["insert", "update", "delete"]
+    table: str
+    rows: list[dict[str, Any]]
+    key: str | None = None  # update, delete
+    ignore: str | None = None  # insert
+    count: bool = False  # insert
+
+
+class Transaction(Protocol):
+    """One database transaction of the ledger (see the module doc)."""
+
+    def lock_batch(self, keys: Iterable[str]) -> None:
+        """``lock``, at the start of recording a batch (a store may also prepare the
+        transaction for the batch's key lookups)."""
+
+    def lock(self, keys: Iterable[str]) -> None:
+        """Hold ``keys`` until the end of the transaction (all at once, sorted)."""
+
+    def known_reads(self, read_ids: Collection[str]) -> dict[str, tuple[Read, datetime]]:
+        """The stored reads among ``read_ids``, with their arrival (UTC)."""
+
+    def load_state(self, reads: Sequence[Read], window: timedelta) -> Loaded:
+        """The state the rules need to apply ``reads`` (see ``common._load_state``)."""
+
+    def load_expiring(self, lot: str, cut: datetime) -> Loaded:
+        """What expiring ``lot`` needs: its pending exits that arrived at or before
+        ``cut`` with their passages, its open sessions, and its sessions entered by their
+        plates and received at or before ``cut`` (no evidence)."""
+
+    def bound_accounts(self, plates: Collection[str]) -> dict[str, str]:
+        """Plate -> the account bound to it, for the bound ones among ``plates``."""
+
+    def binding(self, plate: str) -> str | None:
+        """The account ``plate`` is bound to."""
+
+    def unpaid(self, plate: str, plate_key: str) -> list[StoredSession]:
+        """The unpaid sessions of ``plate`` or of its look-alike key."""
+
+    def unpaid_among(self, session_ids: Collection[str]) -> list[StoredSession]:
+        """The sessions among ``session_ids`` that are unpaid (now)."""
+
+    def evidence(self, passage_ids: Collection[str]) -> dict[str, list[Read]]:
+        """The reads of each passage."""
+
+    def write(self, writes: Sequence[Write]) -> int:
+        """Write ``writes`` in order; returns the rows the counted insert added."""
+
+
+class Store(Protocol):
+    """A ledger's database: transactions and reports."""
+
+    engine: Engine
+
+    @property
+    def parallel_writers(self) -> bool:
+        """Whether transactions run side by side (and so take the ``lock``s)."""
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A transaction: committed when the block ends, rolled back when it raises."""
+
+    def expiring_lots(self, cut: datetime) -> set[str]:
+        """Lots with a pending exit that arrived at or before ``cut``, or an open session."""
+
+    def sessions(self, lot: str | None) -> list[SessionReport]:
+        """All sessions (of one lot), by the time of their first passage."""
+
+    def charges(self, account: str | None) -> list[ChargeReport]:
+        """Every charge (of one account), in the order they were made."""
+
+    def charge_totals(self) -> dict[str, int]:
+        """Cents charged per account."""
+
+    def debts(self, plate: str | None) -> list[DebtReport]:
+        """Unpaid sessions (of one normalized plate), by plate, time and id."""
+
+    def dead_letters(self, lot: str | None) -> list[DeadLetterReport]:
+        """Rejected messages (of one topic lot), oldest first."""
+
+    def close(self) -> None:
+        """Release the connections."""
