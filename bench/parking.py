@@ -351,7 +351,8 @@ def child_gateway(args: argparse.Namespace) -> None:
 
 def child_publish(args: argparse.Namespace) -> None:
     """The ceiling's publisher: ``--count`` QoS 1 messages, as fast as paho goes."""
-    from citybrain.parking.broker import BrokerSettings, make_client
+    from citybrain.mqtt.address import BrokerSettings
+    from citybrain.mqtt.paho import make_client
 
     settings = BrokerSettings.from_url(args.broker)
     client = make_client(settings, f"{args.client_id}-pub", clean_session=True)
@@ -397,8 +398,8 @@ class AckClock:
     little)."""
 
     def __init__(self, broker: str, root: str) -> None:
-        from citybrain.parking.broker import BrokerSettings
-        from citybrain.parking.mqttlink import Link
+        from citybrain.mqtt.address import BrokerSettings
+        from citybrain.mqtt.link import Link
 
         settings = BrokerSettings.from_url(broker)
         self.arrived: dict[str, float] = {}
@@ -704,7 +705,8 @@ def pace(
 
 def ceiling(broker: str, count: int) -> float:
     """Raw QoS 1 publish -> receive rate through the broker (paho both ends, no database)."""
-    from citybrain.parking.broker import BrokerSettings, make_client
+    from citybrain.mqtt.address import BrokerSettings
+    from citybrain.mqtt.paho import make_client
 
     root = f"cbbench/{uuid.uuid4().hex[:8]}/parking"
     settings = BrokerSettings.from_url(broker)
@@ -746,7 +748,7 @@ def ceiling(broker: str, count: int) -> float:
 
 @contextlib.contextmanager
 def broker_url(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, str]]:
-    from citybrain.parking.broker import MosquittoProcess, default_config, find_mosquitto, free_port
+    from citybrain.mqtt.brokers import MosquittoProcess, default_config, find_mosquitto, free_port
 
     if args.broker:
         yield args.broker, f"given broker {args.broker}"
@@ -779,7 +781,7 @@ def machine_text() -> str:
 
 
 def mosquitto_version() -> str:
-    from citybrain.parking.broker import find_mosquitto
+    from citybrain.mqtt.brokers import find_mosquitto
 
     binary = find_mosquitto()
     if binary is None:
@@ -806,7 +808,7 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         "PostgreSQL two ledger processes (lanes), each taking the next reads as soon as it "
         "committed, a lot on one lane at a time; acks in arrival order) -> the "
         "database, all on this machine; the gateways and the service speak MQTT through "
-        "`parking/mqttlink.py`. CPU columns: the service process and its ledger processes "
+        "`citybrain/mqtt/link.py`. CPU columns: the service process and its ledger processes "
         "(from its subscription to its exit; ledger alone: the bench process during "
         "`record_many`), the gateway processes together, the PostgreSQL server's processes "
         "and the broker's, per read; machine busy: every process on the machine, other people's "
@@ -927,7 +929,7 @@ What changed on 2026-11-23 (profiles with py-spy over every thread and process):
 1. MQTT. paho-mqtt spent about 90 µs of CPU per QoS 1 message on each side (objects, locks
    and callbacks per packet): more than the whole path may spend per read. The service and
    the gateways now speak MQTT 3.1.1 through the project's own small link
-   (`parking/mqttwire.py`, `parking/mqttlink.py`): a few µs per packet (a raw publisher ->
+   (`citybrain/mqtt/wire.py`, `citybrain/mqtt/link.py`): a few µs per packet (a raw publisher ->
    Mosquitto -> subscriber check on the link moved about 54,000 QoS 1 messages/s, against
    about 9,000-10,000 with paho at both ends: the ceiling column keeps the issue's paho
    yardstick). The gateways also keep their pending reads in memory (the outbox file is

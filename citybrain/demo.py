@@ -54,7 +54,7 @@ def run_parking_demo(out: Path, vehicles: int = 40, seed: int = 1) -> int:
     private broker (Mosquitto where it is installed, else the embedded amqtt broker from
     PyPI) -> the settlement service -> a SQLite ledger, compared with SUMO's stop output.
     Non-zero when the report has a mismatch."""
-    from citybrain.parking.broker import find_mosquitto
+    from citybrain.mqtt.brokers import find_mosquitto
     from citybrain.parking.validation import summary
     from citybrain.sim.parking_validate import run_parking_validation
 

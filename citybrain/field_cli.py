@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from citybrain.errors import CitybrainError
 
 if TYPE_CHECKING:
-    from citybrain.parking.broker import BrokerSettings
+    from citybrain.mqtt.address import BrokerSettings
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
@@ -81,7 +81,7 @@ def _credentials(p: argparse.ArgumentParser) -> None:
 
 
 def _broker(args: argparse.Namespace) -> BrokerSettings:
-    from citybrain.parking.broker import BrokerSettings
+    from citybrain.mqtt.address import BrokerSettings
 
     try:
         return BrokerSettings.from_url(

@@ -11,7 +11,7 @@ reads are resent after ``resend_after`` seconds and on every reconnection; at mo
 the outbox (pending or retired) are ignored.
 
 Threads: a feed-reader thread only puts lines on a queue (and wakes the loop); one
-thread (the caller's) owns the connection (``mqttlink.Link``) and the outbox, and decides
+thread (the caller's) owns the connection (``citybrain.mqtt.link.Link``) and the outbox, and decides
 what to send.
 """
 
@@ -32,7 +32,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-from citybrain.parking.broker import BrokerSettings
+from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.backoff import Backoff
+from citybrain.mqtt.link import ConnectionLost, Link, Refused, open_subscribed
 from citybrain.parking.mqtt import (
     QOS,
     TOPIC_ROOT,
@@ -44,7 +46,6 @@ from citybrain.parking.mqtt import (
     parse_ack,
     reads_topic,
 )
-from citybrain.parking.mqttlink import ConnectionLost, Link, Refused, open_subscribed
 from citybrain.parking.readcontract import (
     DeadReason,
     PayloadError,
@@ -386,8 +387,7 @@ def run_gateway(
         log.info("pruned %d retired reads from the outbox", pruned)
     send_window = SendWindow(size=window, resend_after=resend_after)
     link: Link | None = None
-    retry_at = 0.0
-    backoff = 1.0
+    backoff = Backoff(1.0, 10.0)  # reset by each connection
     feed_done = False
     backlog = False  # feed lines left on the queue after a turn
     reader = threading.Thread(target=read_feed, name=f"feed-{lot}", daemon=True)
@@ -395,13 +395,12 @@ def run_gateway(
     log.info("gateway %s: %d reads pending in %s", lot, outbox.pending_count(), outbox.path)
     try:
         while not stop.is_set():
-            if link is None and time.monotonic() >= retry_at:
-                link = _connect(settings, client_id or gateway_client_id(lot), in_topic, keepalive)
-                if link is None:
-                    retry_at = time.monotonic() + backoff
-                    backoff = min(10.0, backoff * 2)
-                else:
-                    backoff = 1.0
+            if link is None and backoff.due():
+                link = _connect(
+                    settings, client_id or gateway_client_id(lot), in_topic, keepalive, backoff
+                )
+                if link is not None:
+                    backoff.reset()
                     stats.connections += 1
                     send_window.reset()
                     log.info("gateway %s connected to %s", lot, address.url)
@@ -436,12 +435,14 @@ def run_gateway(
                         [wake_r],
                         [],
                         [],
-                        0.0 if backlog else min(IDLE_POLL_S, max(0.0, retry_at - time.monotonic())),
+                        0.0
+                        if backlog
+                        else min(IDLE_POLL_S, max(0.0, backoff.retry_at - time.monotonic())),
                     )
             except ConnectionLost as exc:
                 log.info("gateway %s disconnected: %s", lot, exc)
                 link = None
-                retry_at = time.monotonic() + backoff
+                backoff.lost()
             if woken[0]:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
@@ -467,18 +468,18 @@ def run_gateway(
                 head = outbox.head(send_window.size)
                 payloads = dict(head)
                 first, again = send_window.due([rid for rid, _ in head], time.monotonic())
-                for read_id in first + again:
-                    link.publish(out_topic, payloads[read_id], QOS)
-                stats.sent += len(first)
-                stats.resent += len(again)
-                if again:
-                    log.info("gateway %s: resent %d unacknowledged reads", lot, len(again))
                 try:
+                    for read_id in first + again:
+                        link.publish(out_topic, payloads[read_id], QOS)
+                    stats.sent += len(first)
+                    stats.resent += len(again)
+                    if again:
+                        log.info("gateway %s: resent %d unacknowledged reads", lot, len(again))
                     link.flush()
                 except ConnectionLost as exc:
                     log.info("gateway %s disconnected: %s", lot, exc)
                     link = None
-                    retry_at = time.monotonic() + backoff
+                    backoff.lost()
             if exit_when_drained and feed_done and events.empty() and not outbox.pending_count():
                 break
     except BaseException:
@@ -498,18 +499,21 @@ def run_gateway(
     return stats
 
 
-def _connect(settings: BrokerSettings, client_id: str, acks: str, keepalive: int) -> Link | None:
-    """A link subscribed to the lot's acks (persistent session), or None to retry later;
-    ``GatewayRefused`` when retrying cannot help."""
-    try:
+def _connect(
+    settings: BrokerSettings, client_id: str, acks: str, keepalive: int, backoff: Backoff
+) -> Link | None:
+    """A link subscribed to the lot's acks (persistent session), or None to retry when
+    ``backoff`` says; ``GatewayRefused`` when retrying cannot help."""
+
+    def connect() -> Link:
         return open_subscribed(settings, client_id, acks, QOS, keepalive, timeout=CONNECT_S)
-    except Refused as exc:
-        log.error("broker %s refused gateway %s: %s", settings.address.url, client_id, exc)
-        if exc.fatal:
-            raise GatewayRefused(str(exc)) from None
-    except OSError as exc:
-        log.warning("cannot reach broker %s: %s", settings.address.url, exc)
-    return None
+
+    try:
+        return backoff.attempt(
+            connect, url=settings.address.url, who=f"gateway {client_id}", log=log
+        )
+    except Refused as exc:  # fatal: bad credentials, or the ACL
+        raise GatewayRefused(str(exc)) from None
 
 
 def _ingest(outbox: Outbox, lines: list[str], lot: str, now: datetime, stats: GatewayStats) -> None:

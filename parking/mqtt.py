@@ -1,5 +1,6 @@
-"""The parking MQTT protocol, without any I/O: topics, payloads, broker URLs, plate masking,
-the service's ack plan and the gateway's send window.
+"""The parking MQTT protocol, without any I/O: topics, payloads, plate masking, the
+service's ack plan and the gateway's send window (broker URLs and connections:
+``citybrain.mqtt``).
 
 Topics (``root`` defaults to ``citybrain/parking``)::
 
@@ -25,7 +26,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 from citybrain.parking.passages import Read
 from citybrain.parking.plates import normalize
@@ -150,56 +150,6 @@ def mask_plate(raw: str) -> str:
     if len(plate) <= 3:
         return "*" * len(plate)
     return f"{plate[:2]}·{plate[2]}{'*' * (len(plate) - 3)}"
-
-
-# ---------------------------------------------------------------------------- broker URL
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where a broker is. ``password`` is excluded from ``repr``."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-    def __repr__(self) -> str:
-        user = f", username={self.username!r}" if self.username else ""
-        return f"BrokerAddress({self.host!r}, {self.port}, tls={self.tls}{user})"
-
-    @property
-    def url(self) -> str:
-        """The URL without credentials (for logs)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://HOST[:PORT]`` (1883) or ``mqtts://HOST[:PORT]`` (TLS, 8883); user info in
-    the URL (``mqtt://user:pass@host``) is accepted, though options are better for secrets."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("broker URL must have no path, query or fragment")
-    host = parts.hostname
-    if not host:
-        raise ValueError("broker URL has no host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("broker URL has an invalid port") from None
-    tls = scheme == "mqtts"
-    return BrokerAddress(
-        host=host,
-        port=port if port is not None else (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-    )
 
 
 # ---------------------------------------------------------------------------- service

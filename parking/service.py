@@ -6,7 +6,7 @@ Why no read is lost and none is charged twice, even under ``kill -9``:
    a QoS 1 subscription to every lot's reads, so the broker keeps each delivery until the
    service sends its PUBACK, across disconnects and process deaths, and redelivers the
    unacknowledged ones when the session resumes.
-2. The connection (``mqttlink.Link``, our own MQTT 3.1.1 packets) PUBACKs a delivery only
+2. The connection (``citybrain.mqtt.link.Link``, our own MQTT 3.1.1 packets) PUBACKs a delivery only
    when the handler says so. The handler first records the message (one committed
    database transaction, idempotent by ``read_id``), then publishes the gateway ack, and
    only then acks it to the broker. Deliveries are batched: the service takes what
@@ -54,7 +54,9 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any, Protocol, cast, runtime_checkable
 
-from citybrain.parking.broker import BrokerSettings
+from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.backoff import Backoff
+from citybrain.mqtt.link import ConnectionLost, Link, Refused, open_subscribed
 from citybrain.parking.mqtt import (
     QOS,
     TOPIC_ROOT,
@@ -65,7 +67,6 @@ from citybrain.parking.mqtt import (
     lot_of_topic,
     plan_ack,
 )
-from citybrain.parking.mqttlink import ConnectionLost, Refused, open_subscribed
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Outcome:
 
 
 class Transport(Protocol):
-    """The part of the connection (``mqttlink.Link``) the handler uses."""
+    """The part of the connection (``citybrain.mqtt.link.Link``) the handler uses."""
 
     def publish(self, topic: str, payload: bytes, qos: int) -> Any: ...
 
@@ -415,23 +416,20 @@ def run_service(
                 stats.batches += 1
                 handler.answer_batch(order.committed(recorded))
 
-    backoff = 0.2
+    backoff = Backoff(0.2, max_backoff)  # reset by progress, not by a connection alone
     handled = 0
+
+    def connect() -> Link:
+        return open_subscribed(settings, client_id, subscription, QOS, keepalive)
+
     try:
         while not stop.is_set():
             try:
-                link = open_subscribed(settings, client_id, subscription, QOS, keepalive)
-            except Refused as exc:
-                log.error("broker %s refused the service: %s", address.url, exc)
-                if exc.fatal:
-                    raise BrokerRefused(str(exc)) from None
-                stop.wait(backoff)
-                backoff = min(max_backoff, backoff * 2)
-                continue
-            except OSError as exc:  # refused, unreachable, TLS handshake failed, lost
-                log.warning("cannot reach broker %s: %s", address.url, exc)
-                stop.wait(backoff)
-                backoff = min(max_backoff, backoff * 2)
+                link = backoff.attempt(connect, url=address.url, who="the service", log=log)
+            except Refused as exc:  # fatal: bad credentials, or the ACL
+                raise BrokerRefused(str(exc)) from None
+            if link is None:
+                backoff.wait(stop)
                 continue
             stats.connections += 1
             log.info(
@@ -486,7 +484,8 @@ def run_service(
                     if handler.broken:
                         break
                     if stats.handled > handled:  # progress: the next failure retries quickly
-                        handled, backoff = stats.handled, 0.2
+                        handled = stats.handled
+                        backoff.reset()
             except ConnectionLost as exc:
                 log.warning("connection to %s lost: %s", address.url, exc)
                 lost = True
@@ -509,8 +508,8 @@ def run_service(
             else:
                 link.close()
             if not stop.is_set():
-                stop.wait(backoff)
-                backoff = min(max_backoff, backoff * 2)
+                backoff.failed()  # every connection's end waits, as a failed attempt does
+                backoff.wait(stop)
     finally:
         if worker is not None:
             worker.close()

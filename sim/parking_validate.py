@@ -9,7 +9,7 @@
    retires a read only on its ack) -> MQTT broker -> ``run_service`` (persistent session,
    manual acks) -> the ledger (SQLite by default, PostgreSQL by URL). Without a broker URL
    a private broker is started on a free loopback port: Mosquitto where its binary is
-   installed, else the embedded amqtt broker from PyPI (``parking.broker.private_broker``).
+   installed, else the embedded amqtt broker from PyPI (``citybrain.mqtt.brokers.private_broker``).
 4. Plates bound "at the start" are bound before the first read; once every read is
    acknowledged, the grace period is taken as over (``Ledger.expire`` at now + grace: exits
    without entries go to review) and the "later" plates are bound (their debts charged).
@@ -39,10 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from citybrain.errors import CitybrainError
-from citybrain.parking.broker import BrokerSettings, forget_session, private_broker, reachable
+from citybrain.mqtt.address import BrokerSettings, parse_broker_url
+from citybrain.mqtt.brokers import private_broker, reachable
+from citybrain.mqtt.paho import forget_session
 from citybrain.parking.gateway import GatewayStats, gateway_client_id, run_gateway
 from citybrain.parking.ledger import Ledger, RecordOutcome, open_ledger
-from citybrain.parking.mqtt import TOPIC_ROOT, parse_broker_url
+from citybrain.parking.mqtt import TOPIC_ROOT
 from citybrain.parking.service import SERVICE_CLIENT_ID, ServiceStats, run_service
 from citybrain.parking.tariff import Tariff, load_tariffs
 from citybrain.parking.validation import (

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from citybrain.parking.broker import BrokerProcess, find_mosquitto, private_broker, reachable
-from citybrain.parking.mqtt import parse_broker_url
+from citybrain.mqtt.address import parse_broker_url
+from citybrain.mqtt.brokers import BrokerProcess, find_mosquitto, private_broker, reachable
 
 from .conftest import in_ci
 

@@ -1,4 +1,4 @@
-"""The embedded amqtt broker (``parking/embeddedbroker.py``), tested as itself on every run,
+"""The embedded amqtt broker (``citybrain/mqtt/embedded.py``), tested as itself on every run,
 CI included: on a machine without Mosquitto the demo's parking part and the broker tests
 run on it, so what they rely on is checked here even where Mosquitto is installed.
 
@@ -18,18 +18,19 @@ from pathlib import Path
 import pytest
 from paho.mqtt.client import Client, MQTTMessage
 
-from citybrain.parking.broker import (
-    BrokerSettings,
+from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.brokers import (
     EmbeddedBroker,
     MosquittoProcess,
     find_mosquitto,
-    make_client,
     private_broker,
     reachable,
 )
+from citybrain.mqtt.paho import make_client
 
 # Tests run again on the embedded broker, and the fixtures they use (``mqtt_url`` is
 # overridden below, so ``sessions`` forgets its sessions there).
+from .test_mqtt_link import test_a_delivery_comes_back_until_it_is_acked  # noqa: F401
 from .test_parking_gateway import (  # noqa: F401
     test_gateway_waits_out_a_stopped_service_backlog_from_the_broker,
     test_kill9_gateway_midstream_then_restart_resends_what_was_not_acked,
@@ -42,7 +43,6 @@ from .test_parking_mqtt import (  # noqa: F401
     test_service_takes_backlog_queued_while_it_was_down,
     test_sink_failure_leaves_the_read_unacked_until_it_is_recorded,
 )
-from .test_parking_mqttwire import test_a_delivery_comes_back_until_it_is_acked  # noqa: F401
 
 
 @pytest.fixture(scope="module")

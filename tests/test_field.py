@@ -56,7 +56,8 @@ from citybrain.field.protocol import (
     state_topic,
 )
 from citybrain.field.service import ScaledClock, ServiceStats, load_core, run_service
-from citybrain.parking.broker import BrokerSettings, make_client
+from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.paho import make_client
 from citybrain.sim.monitor import SignalMonitor
 
 from .brokers import shared_broker

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from citybrain.mqtt.link import Link
 from citybrain.parking.ledger import (
     DeadReason,
     Ledger,
@@ -39,7 +40,6 @@ from citybrain.parking.ledger import (
     open_ledger,
 )
 from citybrain.parking.mqtt import acks_topic, reads_topic
-from citybrain.parking.mqttlink import Link
 from citybrain.parking.service import (
     Delivery,
     Outcome,

@@ -26,13 +26,9 @@ from typing import Any
 
 import pytest
 
-from citybrain.parking.broker import (
-    BrokerSettings,
-    MosquittoProcess,
-    forget_session,
-    free_port,
-    make_client,
-)
+from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.brokers import MosquittoProcess, free_port
+from citybrain.mqtt.paho import forget_session, make_client
 from citybrain.parking.gateway import (
     GatewayRefused,
     GatewayStats,

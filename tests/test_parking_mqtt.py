@@ -36,12 +36,10 @@ from typing import Any
 import pytest
 from paho.mqtt.client import Client, MQTTMessage
 
-from citybrain.parking.broker import (
-    BrokerSettings,
-    forget_session,
-    make_client,
-    reachable,
-)
+from citybrain.mqtt.address import BrokerSettings, parse_broker_url
+from citybrain.mqtt.brokers import reachable
+from citybrain.mqtt.link import Link
+from citybrain.mqtt.paho import forget_session, make_client
 from citybrain.parking.mqtt import (
     SendWindow,
     acks_topic,
@@ -51,11 +49,9 @@ from citybrain.parking.mqtt import (
     lot_of_topic,
     mask_plate,
     parse_ack,
-    parse_broker_url,
     plan_ack,
     reads_topic,
 )
-from citybrain.parking.mqttlink import Link
 from citybrain.parking.readcontract import PayloadError, parse_read, parse_rfc3339, read_id_of
 from citybrain.parking.service import Outcome, ReadHandler, run_service
 

@@ -34,7 +34,9 @@ from citybrain.field.protocol import (
     service_status_topic,
     subscriptions,
 )
-from citybrain.parking.broker import BrokerSettings, make_client
+from citybrain.mqtt.address import BrokerSettings, unique_client_id
+from citybrain.mqtt.backoff import Backoff
+from citybrain.mqtt.paho import make_client
 from citybrain.settings import Settings
 
 log = logging.getLogger("citybrain.field")
@@ -124,10 +126,11 @@ def run_service(
     stop = stop if stop is not None else threading.Event()
     stats = ServiceStats()
     inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
-    client: Client = make_client(broker, client_id, clean_session=True)
+    client: Client = make_client(
+        broker, client_id, clean_session=True, reconnect=Backoff(1.0, 10.0)
+    )
     status_topic = service_status_topic(core.root)
     client.will_set(status_topic, encode_service_status(False), qos=1, retain=True)
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
     wanted = subscriptions(core.root)
     sub_mid = [-1]
 
@@ -237,11 +240,7 @@ def publish_once(
     client_id: str | None = None,
 ) -> None:
     """Connect, publish one message, wait for the broker's acknowledgement, disconnect."""
-    import uuid
-
-    client = make_client(
-        broker, client_id or f"citybrain-cli-{uuid.uuid4().hex[:10]}", clean_session=True
-    )
+    client = make_client(broker, client_id or unique_client_id("citybrain-cli"), clean_session=True)
     address = broker.address
     try:
         client.connect(address.host, address.port, keepalive=30)

@@ -1,12 +1,8 @@
-"""Talking to an MQTT broker: configured paho clients, a reachability probe, session
-cleanup, and a private broker process for tests, the demo and local trials: Mosquitto
-(``MosquittoProcess``) where its binary is installed, else the embedded amqtt broker from
-PyPI (``EmbeddedBroker``, see ``parking.embeddedbroker``). ``private_broker`` picks one;
-both are a ``BrokerProcess``. Mosquitto stays what production and CI use.
-
-Every client speaks MQTT 3.1.1 with ``clean_session`` chosen by the caller: with
-``clean_session=False`` and a fixed client id the broker keeps the session (subscriptions,
-queued QoS 1 messages and unacknowledged deliveries) across disconnects and process deaths.
+"""Brokers of one's own, and probes: a private broker process for tests, the demo and
+local trials: Mosquitto (``MosquittoProcess``) where its binary is installed, else the
+embedded amqtt broker from PyPI (``EmbeddedBroker``, see ``citybrain.mqtt.embedded``).
+``private_broker`` picks one; both are a ``BrokerProcess``. Mosquitto stays what
+production and CI use. ``reachable`` probes a TCP port; ``free_port`` finds one.
 """
 
 from __future__ import annotations
@@ -16,75 +12,12 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
-
-from paho.mqtt.client import Client, MQTTv311
-from paho.mqtt.enums import CallbackAPIVersion
-
-from citybrain.parking.mqtt import BrokerAddress, parse_broker_url
-
-# CONNACK reason codes that retrying cannot fix (bad credentials, not authorized, bad id).
-FATAL_CONNACK = frozenset({0x85, 0x86, 0x87})
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    """A broker address plus the credentials and TLS trust to use with it."""
-
-    address: BrokerAddress
-    ca_file: str | None = None
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        username: str | None = None,
-        password: str | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-    ) -> BrokerSettings:
-        """Explicit ``username``/``password`` win over user info in the URL. A ``ca_file``
-        turns TLS on even for ``mqtt://`` (then the port must be given)."""
-        address = parse_broker_url(url)
-        if username is not None:
-            address = replace(address, username=username, password=password)
-        elif password is not None:
-            address = replace(address, password=password)
-        if ca_file is not None:
-            address = replace(address, tls=True)
-        return cls(address, None if ca_file is None else os.fspath(ca_file))
-
-
-def make_client(
-    settings: BrokerSettings,
-    client_id: str,
-    *,
-    clean_session: bool,
-    manual_ack: bool = False,
-) -> Client:
-    """A paho client (callback API 2, MQTT 3.1.1) with credentials and TLS set, not yet
-    connected."""
-    client = Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean_session,
-        protocol=MQTTv311,
-        manual_ack=manual_ack,
-    )
-    address = settings.address
-    if address.username is not None:
-        client.username_pw_set(address.username, address.password)
-    if address.tls:
-        context = ssl.create_default_context(cafile=settings.ca_file)
-        client.tls_set_context(context)
-    return client
 
 
 def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -94,18 +27,6 @@ def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def forget_session(settings: BrokerSettings, client_id: str, timeout: float = 5.0) -> None:
-    """Discard the broker's persistent session of ``client_id`` (subscriptions and queued
-    messages): connect once with a clean session, then disconnect."""
-    client = make_client(settings, client_id, clean_session=True)
-    client.connect(settings.address.host, settings.address.port, keepalive=10)
-    deadline = time.monotonic() + timeout
-    while not client.is_connected() and time.monotonic() < deadline:
-        client.loop(timeout=0.05)
-    client.disconnect()
-    client.loop(timeout=0.05)
 
 
 def free_port() -> int:
@@ -288,7 +209,7 @@ class MosquittoProcess(_ChildBroker):
 
 
 class EmbeddedBroker(_ChildBroker):
-    """The amqtt broker from PyPI (``parking.embeddedbroker``) run as a child process on a
+    """The amqtt broker from PyPI (``citybrain.mqtt.embedded``) run as a child process on a
     free loopback port, for a machine without Mosquitto: QoS 0 and 1, persistent sessions
     with queued QoS 1 messages, retained messages; no credentials, ACL or TLS, and sessions
     in memory only (a restart or ``kill`` forgets them). It ends with this process."""
@@ -300,7 +221,7 @@ class EmbeddedBroker(_ChildBroker):
         super().__init__(workdir, port)
 
     def command(self) -> list[str]:
-        module = "citybrain.parking.embeddedbroker"
+        module = "citybrain.mqtt.embedded"
         port, parent = str(self.port), str(os.getpid())
         return [sys.executable, "-m", module, "--port", port, "--parent", parent]
 

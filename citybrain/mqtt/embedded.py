@@ -1,5 +1,5 @@
 """An MQTT broker from PyPI (amqtt) for a machine without Mosquitto: run it as
-``python -m citybrain.parking.embeddedbroker --port N``; ``parking.broker.EmbeddedBroker``
+``python -m citybrain.mqtt.embedded --port N``; ``citybrain.mqtt.brokers.EmbeddedBroker``
 starts and stops it as a child process. Mosquitto stays the broker for production and CI.
 
 It listens on ``127.0.0.1`` only and lets every client in (no credentials, no ACL, no
@@ -20,7 +20,7 @@ resent with DUP on the next connection of the session; redeliveries and the mess
 queued while the client was away are sent without holding up the new connection's
 SUBSCRIBE (the service waits for its SUBACK before it handles deliveries), and the
 queued ones without the RETAIN flag amqtt put on them. It is checked by the broker tests
-(``tests/test_parking_mqttwire.py``, the kill -9 tests) run on this broker.
+(``tests/test_mqtt_link.py``, the kill -9 tests) run on this broker.
 
 SIGTERM or SIGINT shut it down, and so does the end of the process given by ``--parent``
 (a parent killed with SIGKILL leaves no broker behind).
@@ -168,7 +168,7 @@ async def serve(port: int, parent: int | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m citybrain.parking.embeddedbroker")
+    parser = argparse.ArgumentParser(prog="python -m citybrain.mqtt.embedded")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--parent", type=int, help="shut down when this process ends")
     parser.add_argument("--debug", action="store_true")

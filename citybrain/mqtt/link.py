@@ -1,4 +1,5 @@
-"""One MQTT 3.1.1 connection for the parking hot path: a socket (TCP or TLS) and the codec.
+"""One MQTT 3.1.1 connection for the parking hot path: a socket (TCP or TLS) and the codec
+(``citybrain.mqtt.wire``).
 
 ``Link`` is driven by its owner's loop on one thread: ``poll`` waits for the socket (and
 optionally another file descriptor that wakes the loop), reads what arrived and returns
@@ -8,25 +9,61 @@ unless the owner calls ``ack``: a delivery is PUBACKed exactly when the owner de
 
 Keepalive: a PINGREQ goes out when nothing was sent for half the keepalive; when nothing
 at all came back for one and a half keepalives the connection counts as lost.
+
+What the link takes, and what closes it (``ConnectionLost``, the reason logged on
+``citybrain.mqtt.link``; the owner reconnects and the broker redelivers whatever it had
+not been PUBACKed):
+
+* deliveries at QoS 0 and 1. A QoS 2 PUBLISH is never answered (no PUBACK, which would be
+  the wrong acknowledgement, and no PUBREC): the connection is closed. The link asks for
+  QoS 1 at most, so a broker that keeps to MQTT never sends one.
+* packets of at most ``max_packet`` bytes (``DEFAULT_MAX_PACKET``: 256 KiB, four times the
+  64 KiB a read may have, ``citybrain.parking.readcontract``). A packet whose header
+  announces more closes the connection before its body is buffered.
+* packet ids: one of our QoS 1 PUBLISHes keeps its id until its PUBACK comes (a
+  SUBSCRIBE until its SUBACK); a new one takes the next id not in flight. With all
+  65,535 in flight, the next QoS 1 ``publish`` closes the connection.
+
+Delivery of our own QoS 1 messages is the application's guarantee, not the link's. A
+``Link`` is one network connection: what it published and the broker had not PUBACKed
+when the connection ended is not resent with DUP on the next connection (MQTT 3.1.1
+section 4.4), even when the session is resumed, because the next connection is a new
+``Link`` that does not know it. Nothing is lost that way on the parking path, because
+nothing depends on a broker's PUBACK:
+
+* a gateway's reads (``citybrain.parking.gateway``) stay in its on-disk outbox until the
+  service's ack for each read arrives on the acks topic; on every new connection every
+  unacknowledged read is sent again (``SendWindow.reset``), and within a connection after
+  ``resend_after`` seconds. The service records a read again as a duplicate (never
+  charged twice) and acks it again.
+* the service's acks to the gateways are not kept: a lost one makes the gateway resend
+  the read, which the service answers again.
+
+``tests/test_mqtt_link.py`` checks it: a gateway whose connection swallows its reads and
+then drops loses none of them, and so does a broker restarted mid-stream
+(``tests/test_parking_gateway.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import socket
 import ssl
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
-from citybrain.parking.broker import BrokerSettings
-from citybrain.parking.mqttwire import (
+from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.wire import (
     DISCONNECT_PACKET,
     FATAL_RETURN_CODES,
     PINGREQ_PACKET,
     SUBACK_FAILURE,
     ConnAck,
     Decoder,
+    PacketTooLarge,
     PubAck,
     Publish,
     SubAck,
@@ -36,12 +73,20 @@ from citybrain.parking.mqttwire import (
     encode_subscribe,
 )
 
+log = logging.getLogger(__name__)
+
 READ_SIZE = 256 * 1024
 CLOSE_GRACE_S = 0.1  # how long ``close`` reads what the broker still sends
+# The largest packet taken by default: four times a read's 64 KiB (the read contract's
+# limit, which the ledger applies), so that any read the ledger would look at arrives.
+DEFAULT_MAX_PACKET = 256 * 1024
+PACKET_IDS = 0xFFFF  # ids 1..65535
 
 
 class ConnectionLost(ConnectionError):
-    """The broker closed the connection, stopped answering, or sent garbage."""
+    """The broker closed the connection, stopped answering, sent garbage, or sent what the
+    link does not take (a QoS 2 PUBLISH, a packet over ``max_packet``); or no packet id
+    was free. The connection is closed."""
 
 
 class Refused(ConnectionError):
@@ -65,12 +110,21 @@ def open_subscribed(
     qos: int,
     keepalive: int = 30,
     timeout: float = 10.0,
+    *,
+    max_packet: int = DEFAULT_MAX_PACKET,
 ) -> Link:
     """A link on the persistent session of ``client_id``, subscribed to ``topic_filter``.
 
     ``Refused`` when the broker refuses the login or the subscription, ``OSError`` when it
     cannot be reached or the connection drops before the SUBACK."""
-    link = Link.open(settings, client_id, clean_session=False, keepalive=keepalive, timeout=timeout)
+    link = Link.open(
+        settings,
+        client_id,
+        clean_session=False,
+        keepalive=keepalive,
+        timeout=timeout,
+        max_packet=max_packet,
+    )
     try:
         codes = link.subscribe(topic_filter, qos, timeout)
     except BaseException:
@@ -91,6 +145,10 @@ class Link:
         keepalive: int,
         session_present: bool,
         write_timeout: float = 10.0,
+        *,
+        max_packet: int = DEFAULT_MAX_PACKET,
+        decoder: Decoder | None = None,
+        peer: str = "the broker",
     ) -> None:
         # Non-blocking: reads wait in select (``_receive``), a write waits for room at most
         # ``write_timeout`` (``_send``). (A socket with a timeout polls before every
@@ -100,14 +158,17 @@ class Link:
         self._write_timeout = write_timeout
         self.keepalive = keepalive
         self.session_present = session_present
-        self._decoder = Decoder()
+        self.peer = peer  # for logs
+        # ``decoder``: the one that read the CONNACK (``open``), with its ``max_packet``
+        self._decoder = decoder if decoder is not None else Decoder(max_packet)
         # Received bytes land in this buffer: a fresh 256 KiB bytes object per read
         # (``recv``) is an mmap and an munmap each time, and the pages to zero.
         self._in = bytearray(READ_SIZE)
         self._out = bytearray()
         self._early: list[Publish] = []  # deliveries that came before the SUBACK
         self._next_id = 0
-        self.in_flight = 0  # our QoS 1 publishes the broker has not PUBACKed yet
+        self._unacked: set[int] = set()  # ids of our QoS 1 publishes not PUBACKed yet
+        self._subscribing: set[int] = set()  # ids of our SUBSCRIBEs not SUBACKed yet
         now = time.monotonic()
         self._sent_at = now
         self._heard_at = now
@@ -123,16 +184,18 @@ class Link:
         clean_session: bool,
         keepalive: int = 30,
         timeout: float = 10.0,
+        max_packet: int = DEFAULT_MAX_PACKET,
     ) -> Link:
         """Connect and log in; ``Refused`` on a non-zero CONNACK, ``OSError`` when the
-        broker cannot be reached (or the TLS handshake fails)."""
+        broker cannot be reached (or the TLS handshake fails). ``max_packet``: the largest
+        packet taken from the broker, in bytes (see the module text)."""
         address = settings.address
         raw = socket.create_connection((address.host, address.port), timeout=timeout)
         sock: socket.socket = raw
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if address.tls:
-                context = ssl.create_default_context(cafile=settings.ca_file)
+            context = settings.tls_context()
+            if context is not None:
                 sock = context.wrap_socket(raw, server_hostname=address.host)
             sock.sendall(
                 encode_connect(
@@ -143,7 +206,7 @@ class Link:
                     password=address.password,
                 )
             )
-            decoder = Decoder()
+            decoder = Decoder(max_packet)
             deadline = time.monotonic() + timeout
             while True:
                 if time.monotonic() > deadline:
@@ -153,6 +216,9 @@ class Link:
                     raise ConnectionLost("the broker closed the connection before CONNACK")
                 try:
                     packets = decoder.feed(data)
+                except PacketTooLarge as exc:
+                    log.warning("closing the connection to %s: %s", address.url, exc)
+                    raise ConnectionLost(str(exc)) from None
                 except ValueError as exc:  # not an MQTT broker (say TLS or HTTP)
                     raise ConnectionLost(f"the broker sent garbage: {exc}") from None
                 if packets:
@@ -162,8 +228,14 @@ class Link:
                 raise ConnectionLost(f"expected CONNACK, got {type(first).__name__}")
             if first.code:
                 raise Refused(first.code, f"connection refused: {first.text}")
-            link = cls(sock, keepalive, first.session_present, timeout)
-            link._decoder = decoder
+            link = cls(
+                sock,
+                keepalive,
+                first.session_present,
+                timeout,
+                decoder=decoder,
+                peer=address.url,
+            )
             # A resumed session's redeliveries may come right behind the CONNACK.
             link._early = [p for p in link._take(packets[1:]) if isinstance(p, Publish)]
             return link
@@ -178,6 +250,7 @@ class Link:
         """Subscribe and wait for the SUBACK; its codes (``SUBACK_FAILURE`` = refused).
         Deliveries that arrive meanwhile are kept for the next ``poll``."""
         packet_id = self._packet_id()
+        self._subscribing.add(packet_id)
         self._out += encode_subscribe(packet_id, topic_filter, qos)
         self.flush()
         deadline = time.monotonic() + timeout
@@ -187,19 +260,31 @@ class Link:
                 raise ConnectionLost("no SUBACK from the broker")
             for packet in self._receive(left, None, want=SubAck):
                 if isinstance(packet, SubAck) and packet.packet_id == packet_id:
+                    self._subscribing.discard(packet_id)
                     return packet.codes
 
+    @property
+    def in_flight(self) -> int:
+        """Our QoS 1 publishes the broker has not PUBACKed yet."""
+        return len(self._unacked)
+
     def publish(self, topic: str | bytes, payload: bytes, qos: int) -> None:
-        """Queue a PUBLISH (sent by the next ``flush``)."""
+        """Queue a PUBLISH (sent by the next ``flush``). At QoS 1 it takes a packet id
+        that is not in flight; ``ConnectionLost`` (the connection is closed) when all
+        65,535 are."""
         if qos:
-            self._out += encode_publish(topic, payload, qos, self._packet_id())
-            self.in_flight += 1
+            packet_id = self._packet_id()
+            self._out += encode_publish(topic, payload, qos, packet_id)
+            self._unacked.add(packet_id)
         else:
             self._out += encode_publish(topic, payload)
 
     def ack(self, packet_id: int, qos: int = 1) -> None:
-        """Queue the PUBACK of a delivery (nothing to do at QoS 0)."""
+        """Queue the PUBACK of a delivery (nothing to do at QoS 0; a QoS 2 delivery never
+        reaches the owner, and ``ValueError`` here)."""
         if qos:
+            if qos != 1:
+                raise ValueError(f"no PUBACK for a QoS {qos} delivery")
             self._out += encode_puback(packet_id)
 
     def flush(self) -> None:
@@ -273,16 +358,40 @@ class Link:
                     select.select([], [fileno], [], left)
 
     def _packet_id(self) -> int:
-        self._next_id = self._next_id % 0xFFFF + 1
-        return self._next_id
+        """The next packet id after the last one that is not in flight."""
+        unacked, subscribing = self._unacked, self._subscribing
+        if len(unacked) + len(subscribing) >= PACKET_IDS:
+            self._refuse(
+                f"all {PACKET_IDS} packet ids are in flight: the broker has not acknowledged "
+                f"{len(unacked)} QoS 1 messages"
+            )
+        packet_id = self._next_id
+        while True:
+            packet_id = packet_id % PACKET_IDS + 1
+            if packet_id not in unacked and packet_id not in subscribing:
+                self._next_id = packet_id
+                return packet_id
+
+    def _refuse(self, reason: str) -> NoReturn:
+        """Close the connection for ``reason`` (logged): ``ConnectionLost``."""
+        log.warning("closing the connection to %s: %s", self.peer, reason)
+        self.abort()
+        raise ConnectionLost(reason)
 
     def _take(self, packets: Sequence[object]) -> list[object]:
         """Handle the broker's housekeeping packets; the rest, in order."""
         rest: list[object] = []
         for packet in packets:
             if isinstance(packet, PubAck):
-                self.in_flight = max(0, self.in_flight - 1)
-            elif isinstance(packet, Publish | SubAck):
+                self._unacked.discard(packet.packet_id)  # an unknown id: nothing to do
+            elif isinstance(packet, Publish):
+                if packet.qos == 2:
+                    self._refuse(
+                        f"the broker sent a QoS 2 PUBLISH (packet id {packet.packet_id}), "
+                        "which this link does not take (it subscribes at QoS 1 at most)"
+                    )
+                rest.append(packet)
+            elif isinstance(packet, SubAck):
                 rest.append(packet)
             # PINGRESP: hearing anything is enough
         return rest
@@ -326,6 +435,8 @@ class Link:
         self._ping_out = False
         try:
             packets = self._decoder.feed(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        except PacketTooLarge as exc:
+            self._refuse(str(exc))
         except ValueError as exc:
             self.abort()
             raise ConnectionLost(f"the broker sent garbage: {exc}") from None
