@@ -1,18 +1,37 @@
-"""The field service's wire contract, without any I/O: topics, payloads, encode and decode.
+"""The field's wire contract, without any I/O: topics, payloads, encode and decode.
 
 Topics (``root`` defaults to ``citybrain``)::
 
-    {root}/signals/{intersection}/detectors  roadside unit -> service, every second
-    {root}/signals/{intersection}/state      service -> signal, QoS 1, retained, every second
-    {root}/escort/requests                   dispatcher -> service, QoS 1 (request or cancel)
-    {root}/escort/{vehicle}/gps              vehicle -> service, 1 Hz
-    {root}/escort/{vehicle}/status           service -> dispatcher, QoS 1
-    {root}/control/status                    service liveness, QoS 1, retained (and the will)
+    {root}/signals/{x}/detectors    cabinet -> service, QoS 0, every second: loop and camera counts
+    {root}/signals/{x}/shown        cabinet -> anyone, QoS 1, retained, every second: what the
+                                    signal actually shows, its mode (local or remote) and lease
+    {root}/signals/{x}/events       cabinet -> anyone, QoS 1: refusals, fallbacks, grants, denials
+    {root}/signals/{x}/command      service -> cabinet, QoS 1, never retained: a state to show
+                                    (under a lease), a claim of the lease, or its release
+    {root}/escort/requests          dispatcher -> service, QoS 1 (request or cancel)
+    {root}/escort/{vehicle}/gps     vehicle -> service, 1 Hz
+    {root}/escort/{vehicle}/status  service -> dispatcher, QoS 1
+    {root}/control/services/{id}    one service's liveness, QoS 1, retained (and its will)
+    {root}/clock                    SUMO-in-the-loop host -> services: the simulated second
 
-Every payload is one JSON object (UTF-8); ``ts`` is seconds since the Unix epoch (a number).
-Unknown extra fields are ignored. A payload that breaks the contract raises
-``FieldPayloadError`` naming the field (``loops.cb_s_x_0.count: ...``). Nothing here opens a
-socket or reads a clock.
+The lease (one controller per signal). A cabinet obeys one service at a time, named with an
+epoch that grows by one at every grant. A service that wants a signal sends a claim; a
+cabinet with no live holder grants it when it shows a phase's green (a claim that arrives in a
+change interval waits for the green), reports the grant (``shown``: ``holder``, ``epoch``,
+still ``mode: local``) and an event ``granted``. The service resumes from the shown phase and
+its green start and sends commands with that epoch; the first valid one switches the cabinet
+to ``mode: remote``. A claim while another service holds a live lease is answered by an event
+``denied`` naming the holder. No valid command from the holder for the watchdog time (the
+cabinet's own clock, so a service's clock may be off) ends the lease: the cabinet falls back
+to its local plan through a change interval (event ``fallback``). A ``release`` ends it at
+once. Commands of another service or another epoch are ignored (event ``refused``, reason
+``not the holder``); a command no newer than the last one taken is dropped (duplicates,
+reordering).
+
+Every payload is one JSON object (UTF-8); ``ts`` is seconds since the Unix epoch (a number;
+in SUMO-in-the-loop, the simulated second). Unknown extra fields are ignored. A payload that
+breaks the contract raises ``FieldPayloadError`` naming the field
+(``loops.cb_s_x_0.count: ...``). Nothing here opens a socket or reads a clock.
 """
 
 from __future__ import annotations
@@ -28,6 +47,9 @@ from citybrain.control.port import GpsFix
 TOPIC_ROOT = "citybrain"
 STATE_QOS = 1
 REQUEST_QOS = 1
+COMMAND_QOS = 1
+SHOWN_QOS = 1
+EVENT_QOS = 1
 
 
 class FieldPayloadError(ValueError):
@@ -63,6 +85,31 @@ def detectors_topic(intersection: str, root: str = TOPIC_ROOT) -> str:
 
 def state_topic(intersection: str, root: str = TOPIC_ROOT) -> str:
     return f"{check_root(root)}/signals/{check_level(intersection, 'intersection id')}/state"
+
+
+def shown_topic(intersection: str, root: str = TOPIC_ROOT) -> str:
+    return f"{check_root(root)}/signals/{check_level(intersection, 'intersection id')}/shown"
+
+
+def events_topic(intersection: str, root: str = TOPIC_ROOT) -> str:
+    return f"{check_root(root)}/signals/{check_level(intersection, 'intersection id')}/events"
+
+
+def command_topic(intersection: str, root: str = TOPIC_ROOT) -> str:
+    return f"{check_root(root)}/signals/{check_level(intersection, 'intersection id')}/command"
+
+
+def service_topic(service: str, root: str = TOPIC_ROOT) -> str:
+    return f"{check_root(root)}/control/services/{check_level(service, 'service id')}"
+
+
+def clock_topic(root: str = TOPIC_ROOT) -> str:
+    return f"{check_root(root)}/clock"
+
+
+def cabinet_subscriptions(intersection: str, root: str = TOPIC_ROOT) -> tuple[tuple[str, int], ...]:
+    """What one cabinet subscribes to: its own commands, nothing else."""
+    return ((command_topic(intersection, root), COMMAND_QOS),)
 
 
 def requests_topic(root: str = TOPIC_ROOT) -> str:
@@ -438,3 +485,250 @@ def encode_service_status(online: bool, ts: float | None = None, **info: Any) ->
         obj["ts"] = ts
     obj.update(info)
     return _encode(obj)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A state for a cabinet to show from ``ts`` on, under the lease ``(service, epoch)``."""
+
+    intersection: str
+    service: str
+    epoch: int
+    ts: float
+    state: str
+    phase: int
+    """The green phase shown, or the one the change interval leads to."""
+    hold: bool = False
+    clearance: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A service asks a cabinet for its lease."""
+
+    intersection: str
+    service: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The holder gives a lease back (a service that stops): the cabinet goes local at once."""
+
+    intersection: str
+    service: str
+    epoch: int
+    ts: float
+
+
+CommandMessage = Command | Claim | Release
+
+
+def encode_command(message: CommandMessage) -> bytes:
+    obj: dict[str, Any] = {"service": message.service, "ts": message.ts}
+    if isinstance(message, Claim):
+        obj["claim"] = True
+    elif isinstance(message, Release):
+        obj["release"] = True
+        obj["epoch"] = message.epoch
+    else:
+        obj.update(
+            epoch=message.epoch,
+            state=message.state,
+            phase=message.phase,
+            hold=message.hold,
+            clearance=message.clearance,
+        )
+    return _encode(obj)
+
+
+def _link_states(obj: Mapping[str, Any], name: str) -> str:
+    state = _text(obj, name)
+    if not all(c in "rRyYgGuoOs" for c in state):
+        raise FieldPayloadError(name, f"has letters that are not link states: {state!r}")
+    return state
+
+
+def _index(obj: Mapping[str, Any], name: str) -> int:
+    value = obj.get(name)
+    if name not in obj:
+        raise FieldPayloadError(name, "missing")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FieldPayloadError(name, f"must be an integer >= 0, not {value!r}")
+    return value
+
+
+def _flag(obj: Mapping[str, Any], name: str) -> bool:
+    value = obj.get(name, False)
+    if not isinstance(value, bool):
+        raise FieldPayloadError(name, "must be true or false")
+    return value
+
+
+def decode_command(payload: bytes, intersection: str) -> CommandMessage:
+    """A message of a cabinet's command topic (``intersection`` comes from the topic)."""
+    obj = _object(payload)
+    service = _level(obj, "service")
+    ts = _number(obj, "ts")
+    claim, release = _flag(obj, "claim"), _flag(obj, "release")
+    if claim and release:
+        raise FieldPayloadError("claim", "a message is a claim or a release, not both")
+    if claim:
+        return Claim(intersection, service, ts)
+    epoch = _index(obj, "epoch")
+    if release:
+        return Release(intersection, service, epoch, ts)
+    return Command(
+        intersection,
+        service,
+        epoch,
+        ts,
+        _link_states(obj, "state"),
+        _index(obj, "phase"),
+        _flag(obj, "hold"),
+        _flag(obj, "clearance"),
+    )
+
+
+# ---------------------------------------------------------------------------- what a cabinet shows
+
+CabinetMode = Literal["local", "remote"]
+CABINET_MODES: tuple[str, ...] = ("local", "remote")
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """What one signal shows from ``ts`` on, by its cabinet's own report."""
+
+    intersection: str
+    ts: float
+    state: str
+    phase: int | None
+    """The green phase shown, or the one a change interval leads to; None if unknown."""
+    clearance: bool
+    green_since: float | None
+    """When the green phase shown began (None in a change interval)."""
+    mode: CabinetMode
+    """``local``: the cabinet's own plan; ``remote``: the holder's commands."""
+    holder: str | None
+    """The service holding the lease (granted and not yet used, while ``mode`` is local)."""
+    epoch: int
+    refusals: int = 0
+    """Commands refused by the cabinet's monitor since it started."""
+    fallbacks: int = 0
+    """Times it went to its local plan since it started."""
+
+
+def encode_shown(shown: Shown) -> bytes:
+    return _encode(
+        {
+            "ts": shown.ts,
+            "state": shown.state,
+            "phase": shown.phase,
+            "clearance": shown.clearance,
+            "green_since": shown.green_since,
+            "mode": shown.mode,
+            "holder": shown.holder,
+            "epoch": shown.epoch,
+            "refusals": shown.refusals,
+            "fallbacks": shown.fallbacks,
+        }
+    )
+
+
+def decode_shown(payload: bytes, intersection: str) -> Shown:
+    obj = _object(payload)
+    mode = obj.get("mode")
+    if mode not in CABINET_MODES:
+        raise FieldPayloadError("mode", f"must be one of {', '.join(CABINET_MODES)}")
+    phase = None if obj.get("phase") is None else _index(obj, "phase")
+    since = None if obj.get("green_since") is None else _number(obj, "green_since")
+    holder = obj.get("holder")
+    if holder is not None:
+        holder = _level(obj, "holder")
+    counts = [_count(obj, name, name) if name in obj else 0 for name in ("refusals", "fallbacks")]
+    kind: CabinetMode = mode
+    return Shown(
+        intersection,
+        _number(obj, "ts"),
+        _link_states(obj, "state"),
+        phase,
+        _flag(obj, "clearance"),
+        since,
+        kind,
+        holder,
+        _index(obj, "epoch"),
+        counts[0],
+        counts[1],
+    )
+
+
+CabinetEventKind = Literal["refused", "fallback", "granted", "denied", "released", "remote"]
+CABINET_EVENTS: tuple[str, ...] = ("refused", "fallback", "granted", "denied", "released", "remote")
+
+
+@dataclass(frozen=True, slots=True)
+class CabinetEvent:
+    """Something a cabinet decided: a refused command (``reason`` says which rule), a
+    fallback to its local plan, a lease granted, denied or released, control handed over
+    (``remote``: the first command of a new lease taken)."""
+
+    intersection: str
+    ts: float
+    kind: CabinetEventKind
+    service: str = ""
+    epoch: int = 0
+    reason: str = ""
+
+
+def encode_event(event: CabinetEvent) -> bytes:
+    return _encode(
+        {
+            "ts": event.ts,
+            "kind": event.kind,
+            "service": event.service,
+            "epoch": event.epoch,
+            "reason": event.reason,
+        }
+    )
+
+
+def decode_event(payload: bytes, intersection: str) -> CabinetEvent:
+    obj = _object(payload)
+    kind = obj.get("kind")
+    if kind not in CABINET_EVENTS:
+        raise FieldPayloadError("kind", f"must be one of {', '.join(CABINET_EVENTS)}")
+    service = obj.get("service", "")
+    reason = obj.get("reason", "")
+    if not isinstance(service, str) or not isinstance(reason, str):
+        raise FieldPayloadError(
+            "service" if not isinstance(service, str) else "reason", "must be a string"
+        )
+    epoch = _index(obj, "epoch") if "epoch" in obj else 0
+    event_kind: CabinetEventKind = kind
+    return CabinetEvent(intersection, _number(obj, "ts"), event_kind, service, epoch, reason)
+
+
+# ---------------------------------------------------------------------------- the lockstep clock
+
+
+@dataclass(frozen=True, slots=True)
+class ClockTick:
+    """SUMO-in-the-loop, lockstep: every cabinet's readings of second ``t`` are published;
+    services answer with their commands for ``t`` (the run waits for them)."""
+
+    t: float
+    run: str
+    """The run's id (a service follows one run at a time)."""
+
+
+def encode_tick(tick: ClockTick) -> bytes:
+    return _encode({"t": tick.t, "run": tick.run})
+
+
+def decode_tick(payload: bytes) -> ClockTick:
+    obj = _object(payload)
+    return ClockTick(_number(obj, "t"), _text(obj, "run"))
