@@ -180,6 +180,26 @@ class SafetyEnvelope:
                 j = (j + 1) % len(x.plan)
             self._begin_clearance(rest, start_s - elapsed)
 
+    @classmethod
+    def resume(
+        cls,
+        x: Intersection,
+        timing: EnvelopeTiming,
+        phase: int,
+        green_since_s: float,
+    ) -> SafetyEnvelope:
+        """An envelope that takes over a signal showing ``phase``'s green since
+        ``green_since_s`` (reported by its cabinet): its minimum and maximum count from then."""
+        if not 0 <= phase < len(x.phases):
+            raise ValueError(f"intersection {x.id} has no phase {phase}")
+        envelope = cls(x, timing, green_since_s)
+        envelope._pending = []
+        envelope._step_end = green_since_s
+        envelope.phase = phase
+        envelope.green_since = green_since_s
+        envelope.shown = x.phases[phase].state
+        return envelope
+
     @property
     def in_clearance(self) -> bool:
         return bool(self._pending)
