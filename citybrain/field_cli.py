@@ -42,6 +42,29 @@ def add_control_serve(
     serve.add_argument("--config", type=Path, help="settings TOML (see configs/citybrain.toml)")
     serve.add_argument("--topic-root", default="citybrain", help="first topic levels")
     serve.add_argument("--client-id", default="citybrain-control")
+    serve.add_argument(
+        "--service-id",
+        help="the name cabinets grant their lease to (default: the client id); "
+        "a restarted service takes its signals back under the same name",
+    )
+    serve.add_argument(
+        "--standby",
+        action="store_true",
+        help="hot standby: keep claiming the signals another service holds, and take them "
+        "over when it stops (without it, a shard held entirely by a live service is an error)",
+    )
+    shard = serve.add_mutually_exclusive_group()
+    shard.add_argument(
+        "--signals",
+        type=_ids,
+        help="control only these signals (ids, comma-separated; default: all of the net)",
+    )
+    shard.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="control shard I of N (I from 0 to N-1): the net's signal ids sorted, cut into "
+        "N consecutive blocks",
+    )
     _credentials(serve)
     serve.set_defaults(handler=_serve)
 
@@ -74,6 +97,13 @@ def _edges(text: str) -> list[str]:
     return edges
 
 
+def _ids(text: str) -> list[str]:
+    ids = [e.strip() for e in text.split(",") if e.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("expected signal ids separated by commas")
+    return ids
+
+
 def _credentials(p: argparse.ArgumentParser) -> None:
     p.add_argument("--username")
     p.add_argument("--password")
@@ -93,6 +123,7 @@ def _broker(args: argparse.Namespace) -> BrokerSettings:
 
 def _serve(args: argparse.Namespace) -> int:
     from citybrain.field.service import load_core, run_service
+    from citybrain.field.shards import parse_shard
     from citybrain.settings import load_settings
 
     broker = _broker(args)
@@ -102,6 +133,10 @@ def _serve(args: argparse.Namespace) -> int:
         escort=args.escort,
         settings=load_settings(args.config),
         root=args.topic_root,
+        service_id=args.service_id or args.client_id,
+        standby=args.standby,
+        signals=args.signals,
+        shard=None if args.shard is None else parse_shard(args.shard),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
@@ -112,7 +147,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     print(
-        f"serving {len(core.layout.intersections)} signal(s) of {args.net} with "
+        f"service {core.service_id}{' (standby)' if args.standby else ''}: serving "
+        f"{len(core.layout.intersections)} signal(s) of {args.net} with "
         f"{args.controller} (escort {args.escort}) on {broker.address.url}",
         file=sys.stderr,
     )

@@ -45,7 +45,6 @@ from typing import Any, Literal
 from citybrain.control.port import GpsFix
 
 TOPIC_ROOT = "citybrain"
-STATE_QOS = 1
 REQUEST_QOS = 1
 COMMAND_QOS = 1
 SHOWN_QOS = 1
@@ -81,10 +80,6 @@ def check_root(root: str) -> str:
 
 def detectors_topic(intersection: str, root: str = TOPIC_ROOT) -> str:
     return f"{check_root(root)}/signals/{check_level(intersection, 'intersection id')}/detectors"
-
-
-def state_topic(intersection: str, root: str = TOPIC_ROOT) -> str:
-    return f"{check_root(root)}/signals/{check_level(intersection, 'intersection id')}/state"
 
 
 def shown_topic(intersection: str, root: str = TOPIC_ROOT) -> str:
@@ -124,37 +119,54 @@ def escort_status_topic(vehicle: str, root: str = TOPIC_ROOT) -> str:
     return f"{check_root(root)}/escort/{check_level(vehicle, 'vehicle id')}/status"
 
 
-def service_status_topic(root: str = TOPIC_ROOT) -> str:
-    return f"{check_root(root)}/control/status"
-
-
-def subscriptions(root: str = TOPIC_ROOT) -> tuple[tuple[str, int], ...]:
-    """What the service subscribes to, with the QoS: detectors and GPS at 0 (a late second
-    is worth nothing, a newer one follows), requests at 1."""
+def subscriptions(
+    root: str = TOPIC_ROOT, signals: tuple[str, ...] | None = None
+) -> tuple[tuple[str, int], ...]:
+    """What a service subscribes to, with the QoS: detectors and GPS at 0 (a late second is
+    worth nothing, a newer one follows), the rest at 1. ``signals``: the intersections of its
+    shard, each subscribed by name (None: every intersection, by wildcard)."""
     r = check_root(root)
+    names = ("+",) if signals is None else tuple(check_level(x, "intersection id") for x in signals)
+    per_signal = [
+        (f"{r}/signals/{x}/{kind}", qos)
+        for x in names
+        for kind, qos in (("detectors", 0), ("shown", SHOWN_QOS), ("events", EVENT_QOS))
+    ]
     return (
-        (f"{r}/signals/+/detectors", 0),
+        *per_signal,
         (f"{r}/escort/+/gps", 0),
         (requests_topic(r), REQUEST_QOS),
+        (f"{r}/control/services/+", 1),
+        (clock_topic(r), 1),
     )
 
 
-TopicKind = Literal["detectors", "gps", "requests"]
+TopicKind = Literal["detectors", "shown", "events", "gps", "requests", "service", "clock"]
+_SIGNAL_KINDS: dict[str, TopicKind] = {
+    "detectors": "detectors",
+    "shown": "shown",
+    "events": "events",
+}
 
 
 def parse_topic(topic: str, root: str = TOPIC_ROOT) -> tuple[TopicKind, str] | None:
-    """What an incoming topic carries, with its intersection or vehicle ('' for requests);
-    ``None`` for a topic the service does not read."""
+    """What an incoming topic carries, with its intersection, vehicle or service ('' for
+    requests and the clock); ``None`` for a topic a service does not read."""
     prefix = check_root(root) + "/"
     if not topic.startswith(prefix):
         return None
     levels = topic[len(prefix) :].split("/")
-    if len(levels) == 3 and levels[0] == "signals" and levels[2] == "detectors" and levels[1]:
-        return "detectors", levels[1]
+    if len(levels) == 3 and levels[0] == "signals" and levels[1]:
+        kind = _SIGNAL_KINDS.get(levels[2])
+        return None if kind is None else (kind, levels[1])
     if len(levels) == 3 and levels[0] == "escort" and levels[2] == "gps" and levels[1]:
         return "gps", levels[1]
+    if len(levels) == 3 and levels[:2] == ["control", "services"] and levels[2]:
+        return "service", levels[2]
     if levels == ["escort", "requests"]:
         return "requests", ""
+    if levels == ["clock"]:
+        return "clock", ""
     return None
 
 
@@ -201,18 +213,6 @@ class EscortCall:
 class EscortCancel:
     vehicle: str
     ts: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SignalState:
-    """What one intersection shows from ``ts`` on."""
-
-    intersection: str
-    ts: float
-    state: str
-    phase: int
-    hold: bool
-    clearance: bool = False
 
 
 EscortStatusKind = Literal["active", "rejected", "cancelled", "ended", "expired"]
@@ -416,38 +416,6 @@ def decode_escort(payload: bytes) -> EscortCall | EscortCancel:
     return EscortCall(vehicle, tuple(route), priority, ts)
 
 
-# ---------------------------------------------------------------------------- signal states
-
-
-def encode_state(state: SignalState) -> bytes:
-    return _encode(
-        {
-            "ts": state.ts,
-            "state": state.state,
-            "phase": state.phase,
-            "hold": state.hold,
-            "clearance": state.clearance,
-        }
-    )
-
-
-def decode_state(payload: bytes, intersection: str) -> SignalState:
-    obj = _object(payload)
-    state = _text(obj, "state")
-    if not all(c in "rRyYgGuoOs" for c in state):
-        raise FieldPayloadError("state", f"has letters that are not link states: {state!r}")
-    phase = obj.get("phase")
-    if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
-        raise FieldPayloadError("phase", f"must be an integer >= 0, not {phase!r}")
-    flags = []
-    for name in ("hold", "clearance"):
-        value = obj.get(name, False)
-        if not isinstance(value, bool):
-            raise FieldPayloadError(name, "must be true or false")
-        flags.append(value)
-    return SignalState(intersection, _number(obj, "ts"), state, phase, flags[0], flags[1])
-
-
 # ---------------------------------------------------------------------------- escort status
 
 
@@ -480,11 +448,20 @@ def decode_status(payload: bytes) -> EscortStatus:
 
 
 def encode_service_status(online: bool, ts: float | None = None, **info: Any) -> bytes:
+    """A service's liveness (``control/services/{id}``): ``online`` and what it reports."""
     obj: dict[str, Any] = {"online": online}
     if ts is not None:
         obj["ts"] = ts
     obj.update(info)
     return _encode(obj)
+
+
+def decode_service_status(payload: bytes) -> bool:
+    """Whether a service's liveness message says it is online (other fields ignored)."""
+    obj = _object(payload)
+    if "online" not in obj:
+        raise FieldPayloadError("online", "missing")
+    return _flag(obj, "online")
 
 
 # ---------------------------------------------------------------------------- commands

@@ -1,10 +1,19 @@
 """The field service's I/O: the net it controls, the broker connection and the clock.
 
 ``load_core`` builds a ``FieldCore`` from map data (intersection models and the detector
-layout from the net, corridors for escort routes); ``run_service`` connects to the broker,
-feeds every message to the core as it arrives, ticks it once per second of ``clock`` and
-publishes what it returns. paho's network thread only queues messages: the core runs on the
-caller's thread alone.
+layout from the net, cut to the service's shard; corridors for escort routes); ``run_service``
+connects to the broker, feeds every message to the core as it arrives, ticks it once per
+second and publishes what it returns. paho's network thread only queues messages: the core
+runs on the caller's thread alone.
+
+The clock. A ``ClockTick`` on ``{root}/clock`` (SUMO-in-the-loop, lockstep) makes the service
+follow that run's seconds: the core is ticked at exactly ``tick.t`` once every message
+received before the tick is handled (the host publishes the cabinets' detectors and reports
+of ``t``, then the tick, on one connection), and the liveness message that follows the
+commands of ``t`` carries ``"tick": t``. Without ticks the service runs on the wall clock, one
+tick per whole second, starting ``start_after_s`` after it first hears a cabinet (so a
+lockstep run's first tick finds a controller that has not run yet). Before that it does not
+tick: with no cabinet there is nothing to command.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +35,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from citybrain.control.catalog import make_controller
 from citybrain.control.escort import EscortMode
 from citybrain.errors import CitybrainError, ConfigError, ScenarioError
-from citybrain.field.core import FieldCore, FieldSettings, Publish
+from citybrain.field.core import DEFAULT_SERVICE, ClockFollower, FieldCore, FieldSettings, Publish
 from citybrain.field.protocol import (
     TOPIC_ROOT,
     FieldPayloadError,
+    clock_topic,
+    decode_tick,
     encode_service_status,
-    service_status_topic,
-    subscriptions,
+    service_topic,
 )
+from citybrain.field.shards import is_primary, pick_signals, shard_of
 from citybrain.mqtt.address import BrokerSettings, unique_client_id
 from citybrain.mqtt.backoff import Backoff
 from citybrain.mqtt.paho import make_client
@@ -52,8 +63,13 @@ def load_core(
     settings: Settings | None = None,
     field: FieldSettings | None = None,
     root: str = TOPIC_ROOT,
+    service_id: str = DEFAULT_SERVICE,
+    standby: bool = False,
+    signals: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> FieldCore:
-    """The core for the signals of a net (a ``.net.xml``, or the net of a ``.sumocfg``)."""
+    """The core for the signals of a net (a ``.net.xml``, or the net of a ``.sumocfg``):
+    all of them, the named ``signals``, or ``shard`` (i, N) (``citybrain.field.shards``)."""
     from citybrain.netmodel.corridors import NetCorridors
     from citybrain.netmodel.layout import build_layout
     from citybrain.netmodel.net import NetGeometry, intersections_from_net, net_file_of, read_net
@@ -64,12 +80,27 @@ def load_core(
     except ValueError:
         choices = ", ".join(m.value for m in EscortMode)
         raise ConfigError(f"unknown escort mode {escort!r}; choose one of: {choices}") from None
+    if signals is not None and shard is not None:
+        raise ConfigError("give --signals or --shard, not both")
     net_path = net_file_of(net_path)
     net = read_net(net_path)
     xs = intersections_from_net(net)
     if not xs:
         raise ScenarioError(f"{net_path}: the network has no traffic lights to control")
-    layout = build_layout(xs, NetGeometry(net), settings.detectors)
+    ids = [x.id for x in xs]
+    mine: Sequence[str] = ids
+    if signals is not None:
+        mine = pick_signals(ids, signals)
+    elif shard is not None:
+        mine = shard_of(ids, *shard)
+        if not mine:
+            raise ConfigError(
+                f"shard {shard[0]}/{shard[1]} of {net_path.name} is empty: "
+                f"the net has {len(ids)} signal(s)"
+            )
+    chosen = set(mine)
+    shard_xs = tuple(x for x in xs if x.id in chosen)
+    layout = build_layout(shard_xs, NetGeometry(net), settings.detectors)
     base = make_controller(controller, layout, settings)
     try:
         return FieldCore(
@@ -81,6 +112,10 @@ def load_core(
             escort_settings=settings.escort,
             settings=field,
             root=root,
+            service_id=service_id,
+            standby=standby,
+            primary=is_primary(ids, chosen),
+            sharded=len(chosen) < len(ids),
         )
     except ValueError as exc:  # a bad topic root
         raise ConfigError(str(exc)) from None
@@ -102,36 +137,67 @@ class ScaledClock:
 class ServiceStats:
     ticks: int = 0
     skipped_s: int = 0
-    """Seconds that were not ticked because the service fell behind."""
+    """Seconds that were not ticked because the service fell behind (wall clock)."""
+    lockstep_ticks: int = 0
+    """Ticks of a SUMO-in-the-loop run's clock (included in ``ticks``)."""
+    ignored_ticks: int = 0
+    """Clock ticks of another run, or repeated."""
     published: int = 0
     unpublished: int = 0
-    """States not published because the broker was not connected."""
+    """Messages not published because the broker was not connected."""
     rejected: int = 0
     connections: int = 0
+    run: str | None = None
+    """The lockstep run followed, if any."""
+
+
+class _RejectLog:
+    """One log line per rejected message, at most ``burst`` lines per ``window_s``."""
+
+    def __init__(self, burst: int = 20, window_s: float = 10.0) -> None:
+        self.burst, self.window_s = burst, window_s
+        self.start = -math.inf
+        self.lines = self.hidden = 0
+
+    def __call__(self, topic: str, exc: FieldPayloadError) -> None:
+        now = time.monotonic()
+        if now - self.start > self.window_s:
+            if self.hidden:
+                log.warning("%d more message(s) rejected in %g s", self.hidden, self.window_s)
+            self.start, self.lines, self.hidden = now, 0, 0
+        if self.lines < self.burst:
+            self.lines += 1
+            log.warning("message on %s rejected: %s", topic, exc)
+        else:
+            self.hidden += 1
 
 
 def run_service(
     core: FieldCore,
     broker: BrokerSettings,
     *,
-    client_id: str = "citybrain-control",
+    client_id: str = DEFAULT_SERVICE,
     stop: threading.Event | None = None,
     clock: Clock = time.time,
     ready: threading.Event | None = None,
     keepalive: int = 30,
+    start_after_s: float = 2.0,
 ) -> ServiceStats:
-    """Serve until ``stop`` is set. Reconnects by itself; while disconnected the signals'
-    states are not published (the retained state keeps its old ``ts``: a signal that sees it
-    age falls back to its own plan)."""
+    """Serve until ``stop`` is set; then release every lease held. Reconnects by itself;
+    while disconnected nothing is published (the cabinets' watchdogs then fall back to their
+    local plans). Raises ``CitybrainError`` (after going offline) when, without standby,
+    another live service holds the whole shard."""
     stop = stop if stop is not None else threading.Event()
     stats = ServiceStats()
     inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
     client: Client = make_client(
         broker, client_id, clean_session=True, reconnect=Backoff(1.0, 10.0)
     )
-    status_topic = service_status_topic(core.root)
-    client.will_set(status_topic, encode_service_status(False), qos=1, retain=True)
-    wanted = subscriptions(core.root)
+    status_topic = service_topic(core.service_id, core.root)
+    client.will_set(
+        status_topic, encode_service_status(False, service=core.service_id), qos=1, retain=True
+    )
+    wanted = core.subscriptions()
     sub_mid = [-1]
 
     def on_connect(
@@ -144,12 +210,8 @@ def run_service(
         log.info("connected to %s as %s", broker.address.url, client_id)
         _, mid = c.subscribe(list(wanted))
         sub_mid[0] = -1 if mid is None else mid
-        c.publish(
-            status_topic,
-            encode_service_status(True, clock(), signals=len(core.layout.intersections)),
-            qos=1,
-            retain=True,
-        )
+        live = core.liveness(clock())
+        c.publish(live.topic, live.payload, qos=live.qos, retain=live.retain)
 
     def on_subscribe(
         _c: Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Properties | None
@@ -174,59 +236,130 @@ def run_service(
     except OSError as exc:
         raise CitybrainError(f"cannot reach the broker at {address.url}: {exc}") from None
     client.loop_start()
+    loop = _Loop(core, client, inbox, stop, clock, stats, start_after_s)
     try:
-        _serve(core, client, inbox, stop, clock, stats)
+        loop.serve()
     finally:
         if client.is_connected():
-            info = client.publish(status_topic, encode_service_status(False, clock()), 1, True)
-            info.wait_for_publish(timeout=2.0)
+            infos = [
+                client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+                for m in [*core.release_all(loop.now()), core.liveness(clock(), online=False)]
+            ]
+            for info in infos:
+                info.wait_for_publish(timeout=2.0)
         client.disconnect()
         client.loop_stop()
+    if core.taken is not None:
+        raise CitybrainError(f"service {core.service_id}: {core.taken}")
     return stats
 
 
-def _serve(
-    core: FieldCore,
-    client: Client,
-    inbox: queue.SimpleQueue[tuple[str, bytes]],
-    stop: threading.Event,
-    clock: Clock,
-    stats: ServiceStats,
-) -> None:
-    next_tick = float(math.floor(clock()) + 1)
-    while not stop.is_set():
-        while True:
+class _Loop:
+    """The service's thread: messages in order, ticks by the wall clock or the lockstep one."""
+
+    def __init__(
+        self,
+        core: FieldCore,
+        client: Client,
+        inbox: queue.SimpleQueue[tuple[str, bytes]],
+        stop: threading.Event,
+        clock: Clock,
+        stats: ServiceStats,
+        start_after_s: float,
+    ) -> None:
+        self.core, self.client, self.inbox, self.stop = core, client, inbox, stop
+        self.clock, self.stats, self.start_after_s = clock, stats, start_after_s
+        self.clock_topic = clock_topic(core.root)
+        self.lockstep = ClockFollower()
+        self.heard_at: float | None = None
+        """Wall time the first cabinet was heard."""
+        self.next_tick: float | None = None
+        self.reject = _RejectLog()
+
+    def now(self) -> float:
+        """The service's time: the lockstep run's last second, or the wall clock."""
+        t = self.lockstep.last_t
+        return self.clock() if t is None else t
+
+    def serve(self) -> None:
+        while not self.stop.is_set() and self.core.taken is None:
             try:
-                topic, payload = inbox.get_nowait()
+                topic, payload = self.inbox.get(timeout=0.01)
             except queue.Empty:
-                break
-            try:
-                out = core.handle(topic, payload, clock())
-            except FieldPayloadError as exc:
-                stats.rejected += 1
-                log.warning("message on %s rejected: %s", topic, exc)
+                self._wall_tick()
                 continue
-            _publish(client, out, stats)
-        now = clock()
-        if now < next_tick:
-            stop.wait(0.01)
-            continue
-        if now - next_tick >= 1.0:  # fell behind: tick the current second only
-            behind = math.floor(now - next_tick)
-            stats.skipped_s += behind
-            next_tick += behind
-        _publish(client, core.tick(next_tick), stats)
-        stats.ticks += 1
-        next_tick += 1.0
+            if topic == self.clock_topic:
+                self._lockstep_tick(payload)
+            else:
+                self._message(topic, payload)
+            self._wall_tick(busy=not self.inbox.empty())
 
+    def _message(self, topic: str, payload: bytes) -> None:
+        try:
+            out = self.core.handle(topic, payload, self.now())
+        except FieldPayloadError as exc:
+            self.stats.rejected += 1
+            self.reject(topic, exc)
+            return
+        if self.heard_at is None and self.core.heard_field:
+            self.heard_at = self.clock()
+        self._publish(out)
 
-def _publish(client: Client, messages: list[Publish], stats: ServiceStats) -> None:
-    for m in messages:
-        if not client.is_connected():
-            stats.unpublished += 1
-            continue
-        client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
-        stats.published += 1
+    def _lockstep_tick(self, payload: bytes) -> None:
+        try:
+            tick = decode_tick(payload)
+        except FieldPayloadError as exc:
+            self.stats.rejected += 1
+            self.reject(self.clock_topic, exc)
+            return
+        first = self.lockstep.run is None
+        if not self.lockstep.accept(tick):
+            self.stats.ignored_ticks = self.lockstep.ignored
+            if tick.run != self.lockstep.run and self.lockstep.ignored == 1:
+                log.warning(
+                    "clock ticks of run %s ignored: this service follows run %s",
+                    tick.run,
+                    self.lockstep.run,
+                )
+            return
+        if first:
+            self.stats.run = tick.run
+            log.info("following the lockstep clock of run %s from %g s", tick.run, tick.t)
+            if self.core.driver is not None:
+                self.core.restart_clock(tick.t)
+        self._publish(self.core.tick(tick.t))
+        self._publish([self.core.liveness(tick.t, tick=tick.t, run=tick.run)])
+        self.stats.ticks += 1
+        self.stats.lockstep_ticks += 1
+
+    def _wall_tick(self, busy: bool = False) -> None:
+        """Tick on the wall clock when a second is due (with messages waiting: once it is
+        overdue by a tenth of a second)."""
+        if self.lockstep.run is not None:
+            return
+        now = self.clock()
+        if self.next_tick is None:
+            if self.heard_at is None or now - self.heard_at < self.start_after_s:
+                return
+            self.next_tick = float(math.floor(now))
+        if now < self.next_tick + (0.1 if busy else 0.0):
+            return
+        if now - self.next_tick >= 1.0:  # fell behind: tick the current second only
+            behind = math.floor(now - self.next_tick)
+            self.stats.skipped_s += behind
+            self.next_tick += behind
+        self._publish(self.core.tick(self.next_tick))
+        self.stats.ticks += 1
+        self.next_tick += 1.0
+
+    def _publish(self, messages: list[Publish]) -> None:
+        client = self.client
+        for m in messages:
+            if not client.is_connected():
+                self.stats.unpublished += 1
+                continue
+            client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            self.stats.published += 1
 
 
 def publish_once(
