@@ -9,7 +9,7 @@ intersection's model (``LampRules``):
 - ``green_to_red``: a link that loses green without showing yellow;
 - ``short_yellow``: a yellow shorter than the shortest one a change interval gives that link;
 - ``short_all_red``: a link turning green sooner after a conflicting link's yellow ended than
-  the shortest such all-red of any change interval;
+  any change interval lets that pair of links follow each other;
 - ``short_green``: a green shorter than its minimum;
 - ``long_green``: a phase green beyond its maximum without a declared hold (reported by
   ``observe``; it is not a reason to refuse a state).
@@ -21,6 +21,7 @@ SUMO showed and by the field cabinet (``citybrain/field/cabinet.py``) on every c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from citybrain.control.envelope import EnvelopeTiming, SignalRules, signal_rules
@@ -53,9 +54,10 @@ class LampRules:
     """Per link: the shortest minimum green of the phases that show it green."""
     min_yellow_s: tuple[float, ...]
     """Per link: the shortest yellow any change interval shows it (0 if none)."""
-    min_all_red_s: float
-    """The shortest time any change interval leaves between a link's yellow ending and a
-    conflicting link's green (0 if no interval separates such a pair)."""
+    min_all_red_s: Mapping[tuple[int, int], float]
+    """By (link turning red, conflicting link turning green): the shortest time any change
+    interval leaves between the first's yellow ending and the second's green (pairs no
+    interval makes follow each other are absent: no requirement)."""
     max_green_s: tuple[float, ...]
     """Per phase (as the envelope's ``SignalRules``)."""
 
@@ -115,8 +117,8 @@ class LampWatch:
         if look is None:
             if len(state) != len(self.x.links):
                 raise ValueError(
-                    f"signal {self.x.id}: state {state!r} has the wrong length ({len(state)} links, "
-                    f"not {len(self.x.links)})"
+                    f"signal {self.x.id}: state {state!r} has the wrong length "
+                    f"({len(state)} links, not {len(self.x.links)})"
                 )
             look = _Look(
                 frozenset(i for i, c in enumerate(state) if c in GREEN),
@@ -159,10 +161,13 @@ class LampWatch:
                             f"link {i} yellow {time_s - start:g} s, min {need:g} s",
                         )
                     )
-            need = self.rules.min_all_red_s
-            if need > 0:
+            all_red = self.rules.min_all_red_s
+            if all_red:
                 for j in sorted(look.green - before.green):
                     for i in self.x.conflicts[j]:
+                        need = all_red.get((i, j), 0.0)
+                        if need <= 0:
+                            continue
                         red = self.red_from[i]
                         if i in before.yellow and i not in look.yellow and i not in look.green:
                             red = time_s  # its yellow ends now
@@ -246,11 +251,11 @@ def _shortest_yellows(n: int, rules: SignalRules) -> tuple[float, ...]:
     return tuple(0.0 if v is None else v for v in shortest)
 
 
-def _shortest_all_red(x: Intersection, rules: SignalRules) -> float:
-    """The shortest gap any change interval leaves between a link's yellow ending and a
-    conflicting link's green starting (pairs the stored plan shows together excepted)."""
+def _shortest_all_red(x: Intersection, rules: SignalRules) -> dict[tuple[int, int], float]:
+    """By (i, j): the shortest gap any change interval leaves between link i's yellow ending
+    and conflicting link j's green starting (pairs the stored plan shows together excepted)."""
     approved = x.plan_approved_pairs
-    shortest: float | None = None
+    shortest: dict[tuple[int, int], float] = {}
     for (a, b), steps in rules.intervals.items():
         states = [x.phases[a].state, *(s.state for s in steps), x.phases[b].state]
         starts = [0.0]
@@ -271,5 +276,5 @@ def _shortest_all_red(x: Intersection, rules: SignalRules) -> float:
                         if c == "g" and i in x.yields_to[j]:
                             continue
                         gap = at - at_i
-                        shortest = gap if shortest is None else min(shortest, gap)
-    return 0.0 if shortest is None else shortest
+                        shortest[(i, j)] = min(shortest.get((i, j), gap), gap)
+    return {pair: gap for pair, gap in shortest.items() if gap > 0}
