@@ -26,9 +26,10 @@ cabinet's command topic as it arrives, ``tick`` once per second gives the state 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -64,7 +65,6 @@ from citybrain.field.protocol import (
     shown_topic,
 )
 
-LocalPlanKind = Literal["own", "actuated"]
 LOCAL_PLANS: tuple[str, ...] = ("own", "actuated")
 _LOCAL_CONTROLLER = {"own": "plan", "actuated": "actuated"}
 
@@ -76,7 +76,7 @@ class CabinetSettings:
     handover_after_s: float = 2.0
     """A holder silent this long may lose the lease to another service's claim; a change
     interval it left unfinished this long is finished by the cabinet."""
-    local_plan: LocalPlanKind = "own"
+    local_plan: str = "own"
     """``own``: the signal's stored program; ``actuated``: our actuated control, own loops."""
 
     def __post_init__(self) -> None:
@@ -180,6 +180,11 @@ class CabinetCore:
     @property
     def state(self) -> str:
         return self.watch.state
+
+    @property
+    def last_command_ts(self) -> float:
+        """``ts`` of the last command taken under the current lease (-inf if none)."""
+        return self._last_ts
 
     @property
     def green_since(self) -> float | None:
@@ -480,3 +485,53 @@ def cabinet_layouts(layout: Layout) -> dict[str, Layout]:
         lengths = {k: v for k, v in layout.lane_length_m.items() if k in lanes}
         out[x.id] = Layout((x,), loops, cameras, lengths)
     return out
+
+
+class CabinetHost:
+    """Many cabinets in one process: routes each command message to its cabinet and runs
+    their seconds. Pure like ``CabinetCore``; the caller owns the broker, clock and lamps."""
+
+    def __init__(self, cabinets: Iterable[CabinetCore], root: str = TOPIC_ROOT) -> None:
+        self.root = check_root(root)
+        self.cabinets = {c.id: c for c in cabinets}
+        self._prefix = f"{self.root}/signals/"
+
+    def intersection_of(self, topic: str) -> str | None:
+        """The cabinet a command topic is for, or None for a topic of no hosted cabinet."""
+        if not (topic.startswith(self._prefix) and topic.endswith("/command")):
+            return None
+        key = topic[len(self._prefix) : -len("/command")]
+        return key if key in self.cabinets else None
+
+    def handle(self, topic: str, payload: bytes, now_s: float) -> tuple[str | None, list[Publish]]:
+        """One incoming message: the cabinet it went to (None if none) and what to publish."""
+        key = self.intersection_of(topic)
+        if key is None:
+            return None, []
+        return key, self.cabinets[key].handle(payload, now_s)
+
+    def second(
+        self,
+        now_s: float,
+        readings: Mapping[str, tuple[DetectorReport | None, CabinetReadings | None]],
+    ) -> tuple[dict[str, str], list[Publish]]:
+        """Every cabinet's second: the state each shows from ``now_s`` on, and the messages
+        (events, detector reports, what each shows). ``readings`` by intersection (a cabinet
+        missing from it reads nothing)."""
+        states = {}
+        out: list[Publish] = []
+        for key, cab in self.cabinets.items():
+            report, values = readings.get(key, (None, None))
+            state, events = cab.tick(now_s, values)
+            states[key] = state
+            out.extend(events)
+            out.extend(cab.report(now_s, report))
+        return states, out
+
+    def totals(self) -> CabinetStats:
+        """The stats of every hosted cabinet, summed."""
+        total = CabinetStats()
+        for cab in self.cabinets.values():
+            for f in dataclasses.fields(CabinetStats):
+                setattr(total, f.name, getattr(total, f.name) + getattr(cab.stats, f.name))
+        return total
