@@ -275,6 +275,13 @@ def test_a_second_service_is_denied_then_takes_over_when_the_first_falls_silent(
     assert refused.reason.startswith("not the holder")
 
 
+def test_a_claim_from_the_holder_keeps_its_lease(single: Layout) -> None:
+    cab, svc, t = _held(single)
+    (again,) = svc.claim(t)  # a restarted service with the same id
+    assert (again.kind, again.epoch) == ("granted", 1) and cab.holder == "svc"
+    assert svc.command(t + 1, None) == [] and cab.stats.grants == 1
+
+
 def test_a_release_hands_the_signal_back_at_once(single: Layout) -> None:
     cab, _, t = _held(single)
     (event,) = _events(cab.handle(encode_command(Release(cab.id, "svc", 1, t)), t))

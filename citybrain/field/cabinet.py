@@ -10,9 +10,10 @@ contract (``citybrain/field/protocol.py``):
 
 - in ``local`` mode the cabinet runs its local plan (the city's stored program replayed
   through its own safety envelope, or our actuated control from its own loops);
-- a claim is granted while the cabinet shows a phase's green, when it has no live holder (or
-  the claim comes from the holder itself, restarted); the green is then kept as it is until
-  the holder's first command, which switches the cabinet to ``remote``;
+- a claim is granted while the cabinet shows a phase's green, when it has no live holder; the
+  green is then kept as it is until the holder's first command, which switches the cabinet to
+  ``remote``; a claim from the holder itself (restarted, or repeating) is answered with the
+  same lease;
 - in ``remote`` mode it shows the holder's commands; a command no newer than the last one
   taken is dropped (duplicates, reordering); a change interval the holder leaves unfinished for
   ``handover_after_s`` is finished by the cabinet itself;
@@ -309,6 +310,8 @@ class CabinetCore:
         if self.mode == "local" and self._local is None:
             return []  # still settling into the local plan
         service, self._claim = self._claim, None
+        if service == self.holder:  # its own holder again (a restart, a repeat): same lease
+            return [self._event(now_s, "granted", service, self.epoch)]
         self.holder = service
         self.epoch += 1
         self._valid_s = now_s
@@ -318,6 +321,11 @@ class CabinetCore:
         self.hold = False
         self.stats.grants += 1
         return [self._event(now_s, "granted", service, self.epoch)]
+
+    @property
+    def claimed(self) -> bool:
+        """Whether a service holds the lease or waits for its grant."""
+        return self.holder is not None or self._claim is not None
 
     # ------------------------------------------------------------------ every second
 
