@@ -1,4 +1,4 @@
-"""The ``citybrain`` command: ``sim``, ``control``, ``escort``, ``parking`` and ``demo``."""
+"""The ``citybrain`` command: ``sim``, ``control``, ``escort``, ``cabinet``, ``parking`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_control_serve(control_cmds)
     add_escort(top)
+    from citybrain.cabinet_cli import add_cabinet
+
+    add_cabinet(top)
 
     from citybrain.parking_cli import add_parser as add_parking
 

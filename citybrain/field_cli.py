@@ -63,7 +63,7 @@ def add_control_serve(
         "--shard",
         metavar="I/N",
         help="control shard I of N (I from 0 to N-1): the net's signal ids sorted, cut into "
-        "N consecutive blocks",
+        "N consecutive blocks (the same split as citybrain cabinet run --shard)",
     )
     _credentials(serve)
     serve.set_defaults(handler=_serve)
@@ -123,7 +123,7 @@ def _broker(args: argparse.Namespace) -> BrokerSettings:
 
 def _serve(args: argparse.Namespace) -> int:
     from citybrain.field.service import load_core, run_service
-    from citybrain.field.shards import parse_shard
+    from citybrain.field.shards import Shard
     from citybrain.settings import load_settings
 
     broker = _broker(args)
@@ -136,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         service_id=args.service_id or args.client_id,
         standby=args.standby,
         signals=args.signals,
-        shard=None if args.shard is None else parse_shard(args.shard),
+        shard=None if args.shard is None else Shard.parse(args.shard),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()

@@ -19,6 +19,7 @@ from citybrain.control.actuated import ActuatedTiming
 from citybrain.control.envelope import EnvelopeTiming
 from citybrain.control.escort import EscortSettings
 from citybrain.errors import ConfigError
+from citybrain.field.cabinet import CabinetSettings
 from citybrain.netmodel.layout import DetectorPlacement
 from citybrain.sensornoise import GpsSettings, SensorSettings
 from citybrain.tomlfile import read_toml
@@ -34,6 +35,7 @@ class Settings:
     detectors: DetectorPlacement = field(default_factory=DetectorPlacement)
     escort: EscortSettings = field(default_factory=EscortSettings)
     gps: GpsSettings = field(default_factory=GpsSettings)
+    cabinet: CabinetSettings = field(default_factory=CabinetSettings)
 
 
 def load_settings(path: Path | None) -> Settings:

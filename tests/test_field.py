@@ -37,23 +37,25 @@ from citybrain.field.protocol import (
     EscortStatus,
     FieldPayloadError,
     LoopReading,
-    SignalState,
+    clock_topic,
+    command_topic,
     decode_detectors,
     decode_escort,
     decode_gps,
-    decode_state,
     decode_status,
     detectors_topic,
     encode_call,
     encode_cancel,
     encode_detectors,
     encode_gps,
-    encode_state,
     encode_status,
+    events_topic,
     gps_topic,
     parse_topic,
     requests_topic,
-    state_topic,
+    service_topic,
+    shown_topic,
+    subscriptions,
 )
 from citybrain.field.service import ScaledClock, ServiceStats, load_core, run_service
 from citybrain.mqtt.address import BrokerSettings
@@ -72,15 +74,27 @@ EAST = ("left0A0", "left0A0.240.00", "A0right0")
 def test_topics() -> None:
     root = "cbtest/x"
     assert detectors_topic("A0", root) == "cbtest/x/signals/A0/detectors"
-    assert state_topic("A0") == "citybrain/signals/A0/state"
+    assert shown_topic("A0") == "citybrain/signals/A0/shown"
     assert parse_topic("cbtest/x/signals/A0/detectors", root) == ("detectors", "A0")
+    assert parse_topic(shown_topic("A0", root), root) == ("shown", "A0")
+    assert parse_topic(events_topic("A0", root), root) == ("events", "A0")
     assert parse_topic(gps_topic("amb 1", root), root) == ("gps", "amb 1")
     assert parse_topic(requests_topic(root), root) == ("requests", "")
-    assert parse_topic("cbtest/x/signals/A0/state", root) is None
+    assert parse_topic(service_topic("svc-2", root), root) == ("service", "svc-2")
+    assert parse_topic(clock_topic(root), root) == ("clock", "")
+    assert parse_topic("cbtest/x/signals/A0/state", root) is None  # the old open-loop topic
+    assert parse_topic(command_topic("A0", root), root) is None  # services do not read it
     assert parse_topic("elsewhere/signals/A0/detectors", root) is None
     for bad in ("", "a/b", "a+", "#"):
         with pytest.raises(ValueError):
-            state_topic(bad)
+            shown_topic(bad)
+    # every signal by wildcard, or a shard's signals by name
+    topics = dict(subscriptions(root))
+    assert topics[f"{root}/signals/+/shown"] == 1 and topics[f"{root}/signals/+/detectors"] == 0
+    assert topics[f"{root}/control/services/+"] == 1 and topics[clock_topic(root)] == 1
+    named = dict(subscriptions(root, ("A0", "B0")))
+    assert {shown_topic("B0", root), events_topic("A0", root)} <= named.keys()
+    assert not any("+" in t for t in named if "/signals/" in t)
 
 
 def test_round_trips() -> None:
@@ -98,18 +112,9 @@ def test_round_trips() -> None:
     assert decode_escort(encode_call(EscortCall("amb1", ("e1",)))) == EscortCall("amb1", ("e1",))
     cancel = EscortCancel("amb1", 1767225603.0)
     assert decode_escort(encode_cancel(cancel)) == cancel
-    state = SignalState("A0", 1767225604.0, "GGrryy", 2, True, True)
-    assert decode_state(encode_state(state), "A0") == state
     status = EscortStatus("amb1", 1767225605.0, "active", ("A0", "B0"))
     assert decode_status(encode_status(status)) == status
     # the documented shape, field by field
-    assert json.loads(encode_state(state)) == {
-        "ts": 1767225604.0,
-        "state": "GGrryy",
-        "phase": 2,
-        "hold": True,
-        "clearance": True,
-    }
     assert json.loads(encode_call(call)) == {
         "vehicle": "amb1",
         "route": ["e1", "e2", "e3"],

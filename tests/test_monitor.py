@@ -56,7 +56,7 @@ def test_the_stored_plan_is_clean() -> None:
 
 def test_conflicting_greens_are_caught_once_per_appearance() -> None:
     runs: Runs = [("GGrr", 10), ("yyrr", 3), ("GrGr", 5), ("yryr", 3), ("rrGG", 10)]
-    (v,) = watch(runs)
+    (v,) = [v for v in watch(runs) if v.rule == "conflict"]
     assert (v.time_s, v.signal, v.rule) == (13, "x", "conflict")
     assert "[(0, 2)]" in v.detail and "'GrGr'" in v.detail
 
@@ -77,6 +77,16 @@ def test_green_straight_to_red_is_caught() -> None:
 def test_short_yellow_is_caught() -> None:
     runs: Runs = [("GGrr", 10), ("yyrr", 2), ("rrrr", 2), ("rrGG", 10)]
     assert rules(watch(runs)) == [(12, "short_yellow")] * 2
+
+
+def test_short_all_red_is_caught_per_pair_of_links() -> None:
+    # the plan clears links 0 and 1 for 2 s before 2 and 3 get green, but goes from 2 and 3
+    # straight back to 0 and 1: only the first order of the pair needs an all-red
+    runs: Runs = [("GGrr", 10), ("yyrr", 3), ("rrrr", 1), ("rrGG", 10), ("rryy", 3), ("GGrr", 5)]
+    found = watch(runs)
+    assert rules(found) == [(14, "short_all_red")] * 4
+    assert "link 2 green 1 s after conflicting link 0 went red, min 2 s" in found[0].detail
+    assert watch([(s, d + 1 if s == "rrrr" else d) for s, d in runs]) == []
 
 
 def test_short_green_is_caught() -> None:
@@ -107,7 +117,9 @@ def test_raise_if_any_fails_the_run_with_one_line() -> None:
         monitor.raise_if_any()
     text = str(info.value)
     assert "\n" not in text
-    assert text.startswith("signal monitor: 3 violation(s) (conflict x1, green_to_red x2)")
+    assert text.startswith(
+        "signal monitor: 5 violation(s) (conflict x1, green_to_red x2, short_all_red x2)"
+    )
     assert "first at 10 s on x: green_to_red: link 0 G->r" in text
 
 

@@ -44,7 +44,7 @@ from citybrain.field.protocol import (
     encode_service_status,
     service_topic,
 )
-from citybrain.field.shards import is_primary, pick_signals, shard_of
+from citybrain.field.shards import Shard, is_primary, select_signals
 from citybrain.mqtt.address import BrokerSettings, unique_client_id
 from citybrain.mqtt.backoff import Backoff
 from citybrain.mqtt.paho import make_client
@@ -66,10 +66,10 @@ def load_core(
     service_id: str = DEFAULT_SERVICE,
     standby: bool = False,
     signals: Sequence[str] | None = None,
-    shard: tuple[int, int] | None = None,
+    shard: Shard | None = None,
 ) -> FieldCore:
     """The core for the signals of a net (a ``.net.xml``, or the net of a ``.sumocfg``):
-    all of them, the named ``signals``, or ``shard`` (i, N) (``citybrain.field.shards``)."""
+    all of them, the named ``signals``, or a ``shard`` (``citybrain.field.shards``)."""
     from citybrain.netmodel.corridors import NetCorridors
     from citybrain.netmodel.layout import build_layout
     from citybrain.netmodel.net import NetGeometry, intersections_from_net, net_file_of, read_net
@@ -80,24 +80,13 @@ def load_core(
     except ValueError:
         choices = ", ".join(m.value for m in EscortMode)
         raise ConfigError(f"unknown escort mode {escort!r}; choose one of: {choices}") from None
-    if signals is not None and shard is not None:
-        raise ConfigError("give --signals or --shard, not both")
     net_path = net_file_of(net_path)
     net = read_net(net_path)
     xs = intersections_from_net(net)
     if not xs:
         raise ScenarioError(f"{net_path}: the network has no traffic lights to control")
     ids = [x.id for x in xs]
-    mine: Sequence[str] = ids
-    if signals is not None:
-        mine = pick_signals(ids, signals)
-    elif shard is not None:
-        mine = shard_of(ids, *shard)
-        if not mine:
-            raise ConfigError(
-                f"shard {shard[0]}/{shard[1]} of {net_path.name} is empty: "
-                f"the net has {len(ids)} signal(s)"
-            )
+    mine = select_signals(ids, signals, shard)
     chosen = set(mine)
     shard_xs = tuple(x for x in xs if x.id in chosen)
     layout = build_layout(shard_xs, NetGeometry(net), settings.detectors)

@@ -1,0 +1,290 @@
+"""The cabinet agent's I/O: cabinets on a broker, each with its lamps and detectors, at 1 Hz.
+
+``run_cabinets`` connects the cabinets of a ``CabinetHost`` to the broker (one connection per
+cabinet when each has its own credentials, as in the field; else one shared connection),
+hands every command to its cabinet the moment it arrives (a state the monitor allows is
+shown at once), and once per second of ``clock`` reads each cabinet's detectors, runs its
+second (watchdog, local plan) and publishes what it reads and shows. paho's network threads
+only queue messages: the cabinets run on the caller's thread alone.
+
+The lamps and detectors are the caller's (``Lamps``, ``Detectors``): a cabinet's field I/O
+(or a simulation of it, ``citybrain/field/simfield.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from citybrain.errors import CitybrainError, ConfigError, ScenarioError
+from citybrain.field.cabinet import CabinetCore, CabinetHost, CabinetReadings, cabinet_layouts
+from citybrain.field.core import Publish
+from citybrain.field.protocol import COMMAND_QOS, TOPIC_ROOT, DetectorReport, command_topic
+from citybrain.field.shards import Shard, select_signals
+from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.backoff import Backoff
+from citybrain.mqtt.paho import make_client
+from citybrain.settings import Settings
+
+log = logging.getLogger("citybrain.cabinet")
+
+CABINET_USER_PREFIX = "cab-"
+"""A cabinet's broker user is ``cab-{intersection}``."""
+
+Clock = Callable[[], float]
+
+
+class Lamps(Protocol):
+    """A cabinet's signal heads: show ``state`` (SUMO's link letters) at one intersection."""
+
+    def show(self, intersection: str, state: str, now_s: float) -> None: ...
+
+
+class Detectors(Protocol):
+    """A cabinet's detector inputs: one second of one intersection's loops and cameras (the
+    message to publish and the values its local plan reads), or ``(None, None)``."""
+
+    def read(
+        self, intersection: str, now_s: float
+    ) -> tuple[DetectorReport | None, CabinetReadings | None]: ...
+
+
+@dataclass
+class AgentStats:
+    seconds: int = 0
+    skipped_s: int = 0
+    """Seconds not run because the agent fell behind its clock."""
+    messages: int = 0
+    published: int = 0
+    unpublished: int = 0
+    """Messages not published because the broker was not connected."""
+    connections: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+    """Per command shown: from its ``ts`` (the service's clock) to the moment the cabinet
+    took it (the agent's clock): meaningful where both clocks agree."""
+
+
+@dataclass(frozen=True)
+class CabinetLogin:
+    """The credentials of one cabinet (``cab-{intersection}`` by the credentials tool)."""
+
+    username: str
+    password: str
+
+
+def run_cabinets(
+    host: CabinetHost,
+    detectors: Detectors,
+    lamps: Lamps,
+    broker: BrokerSettings,
+    *,
+    logins: Mapping[str, CabinetLogin] | None = None,
+    client_id: str = "citybrain-cabinet",
+    stop: threading.Event | None = None,
+    clock: Clock = time.time,
+    ready: threading.Event | None = None,
+    keepalive: int = 10,
+) -> AgentStats:
+    """Run until ``stop`` is set. With ``logins`` every cabinet has a connection of its own
+    under its own user (it must have one); without, one connection serves all."""
+    stop = stop if stop is not None else threading.Event()
+    stats = AgentStats()
+    inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+    keys = list(host.cabinets)
+    if logins is not None:
+        missing = [k for k in keys if k not in logins]
+        if missing:
+            raise CitybrainError(f"no credentials for cabinet(s) {', '.join(missing[:5])}")
+        groups = {k: [k] for k in keys}
+    else:
+        groups = {"": keys}
+    clients: dict[str, Client] = {}
+    route: dict[str, Client] = {}
+    subscribed: set[str] = set()
+
+    def on_message(_c: Client, _u: Any, message: MQTTMessage) -> None:
+        inbox.put((message.topic, bytes(message.payload)))
+
+    for name, members in groups.items():
+        settings = broker
+        if logins is not None:
+            login = logins[name]
+            address = replace(broker.address, username=login.username, password=login.password)
+            settings = replace(broker, address=address)
+        cid = f"{client_id}-{name}" if name else client_id
+        client = make_client(settings, cid, clean_session=True, reconnect=Backoff(1.0, 10.0))
+        client.on_message = on_message
+        client.on_connect = _on_connect(members, host.root, stats, subscribed, ready, len(groups))
+        clients[name] = client
+        for k in members:
+            route[k] = client
+    address = broker.address
+    try:
+        for client in clients.values():
+            client.connect(address.host, address.port, keepalive=keepalive)
+            client.loop_start()
+        _run(host, detectors, lamps, inbox, route, stop, clock, stats)
+    except OSError as exc:
+        raise CitybrainError(f"cannot reach the broker at {address.url}: {exc}") from None
+    finally:
+        for client in clients.values():
+            client.disconnect()
+            client.loop_stop()
+    return stats
+
+
+def _on_connect(
+    members: Sequence[str],
+    root: str,
+    stats: AgentStats,
+    subscribed: set[str],
+    ready: threading.Event | None,
+    groups: int,
+) -> Callable[[Client, Any, ConnectFlags, ReasonCode, Properties | None], None]:
+    lock = threading.Lock()
+
+    def on_connect(
+        c: Client, _u: Any, _f: ConnectFlags, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            log.error("the broker refused the cabinet connection (%s): %s", members[0], rc)
+            return
+        stats.connections += 1
+        topics = [(command_topic(k, root), COMMAND_QOS) for k in members]
+        for start in range(0, len(topics), 500):
+            c.subscribe(topics[start : start + 500])
+        with lock:
+            subscribed.add(members[0] if members else "")
+            if ready is not None and len(subscribed) >= groups:
+                ready.set()
+
+    return on_connect
+
+
+def _run(
+    host: CabinetHost,
+    detectors: Detectors,
+    lamps: Lamps,
+    inbox: queue.SimpleQueue[tuple[str, bytes]],
+    route: Mapping[str, Client],
+    stop: threading.Event,
+    clock: Clock,
+    stats: AgentStats,
+) -> None:
+    shown: dict[str, str] = {}
+    counted: dict[str, int] = {}
+    next_s = float(math.floor(clock()) + 1)
+    while not stop.is_set():
+        while True:
+            try:
+                topic, payload = inbox.get_nowait()
+            except queue.Empty:
+                break
+            now = clock()
+            key, out = host.handle(topic, payload, now)
+            stats.messages += 1
+            if key is None:
+                continue
+            cab = host.cabinets[key]
+            taken = cab.stats.commands
+            if taken != counted.get(key, 0):
+                counted[key] = taken
+                stats.latency_ms.append((now - cab.last_command_ts) * 1000.0)
+            if cab.state != shown.get(key):
+                shown[key] = cab.state
+                lamps.show(key, cab.state, now)
+            if out:  # an event (a grant, a refusal): say at once what the cabinet shows
+                out.extend(cab.report(now))
+            _publish(route, key, out, stats)
+        now = clock()
+        if now < next_s:
+            stop.wait(min(0.01, next_s - now))
+            continue
+        if now - next_s >= 1.0:
+            behind = math.floor(now - next_s)
+            stats.skipped_s += behind
+            next_s += behind
+        reads = {k: detectors.read(k, next_s) for k in host.cabinets}
+        states, out = host.second(next_s, reads)
+        for key, state in states.items():
+            if state != shown.get(key):
+                shown[key] = state
+                lamps.show(key, state, next_s)
+        for p in out:
+            _publish(route, p.topic.split("/")[-2], [p], stats)
+        stats.seconds += 1
+        next_s += 1.0
+
+
+def _publish(
+    route: Mapping[str, Client], key: str, messages: list[Publish], stats: AgentStats
+) -> None:
+    client = route.get(key)
+    for m in messages:
+        if client is None or not client.is_connected():
+            stats.unpublished += 1
+            continue
+        client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+        stats.published += 1
+
+
+def load_cabinets(
+    net_path: Path,
+    settings: Settings,
+    start_s: float,
+    *,
+    signals: Sequence[str] | None = None,
+    shard: Shard | None = None,
+    root: str = TOPIC_ROOT,
+) -> CabinetHost:
+    """The cabinets of a net's signals (all, a list, or a shard), each with its own detectors
+    as the detector layout places them, starting on its local plan at ``start_s``."""
+    from citybrain.netmodel.layout import build_layout
+    from citybrain.netmodel.net import NetGeometry, intersections_from_net, net_file_of, read_net
+
+    net_path = net_file_of(net_path)
+    net = read_net(net_path)
+    xs = intersections_from_net(net)
+    if not xs:
+        raise ScenarioError(f"{net_path}: the network has no traffic lights")
+    chosen = set(select_signals([x.id for x in xs], signals, shard))
+    xs = tuple(x for x in xs if x.id in chosen)
+    layouts = cabinet_layouts(build_layout(xs, NetGeometry(net), settings.detectors))
+    try:
+        cabinets = [
+            CabinetCore(layout, settings.envelope, settings, start_s, settings.cabinet, root=root)
+            for layout in layouts.values()
+        ]
+    except ValueError as exc:  # a bad topic root or intersection id
+        raise ConfigError(str(exc)) from None
+    return CabinetHost(cabinets, root)
+
+
+def read_logins(path: Path) -> dict[str, CabinetLogin]:
+    """The cabinets' credentials from a ``user:password`` file (the credentials tool's):
+    ``cab-{intersection}`` lines, by intersection."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the credentials file {path}: {exc.strerror}") from None
+    found = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise ConfigError(f"{path}:{n}: expected user:password")
+        if user.startswith(CABINET_USER_PREFIX):
+            found[user[len(CABINET_USER_PREFIX) :]] = CabinetLogin(user, password)
+    return found
