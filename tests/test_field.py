@@ -31,6 +31,7 @@ from citybrain.errors import ConfigError
 from citybrain.field.core import FieldCore
 from citybrain.field.protocol import (
     CameraReading,
+    Command,
     DetectorReport,
     EscortCall,
     EscortCancel,
@@ -39,6 +40,7 @@ from citybrain.field.protocol import (
     LoopReading,
     clock_topic,
     command_topic,
+    decode_command,
     decode_detectors,
     decode_escort,
     decode_gps,
@@ -60,7 +62,7 @@ from citybrain.field.protocol import (
 from citybrain.field.service import ScaledClock, ServiceStats, load_core, run_service
 from citybrain.mqtt.address import BrokerSettings
 from citybrain.mqtt.paho import make_client
-from citybrain.sim.monitor import SignalMonitor
+from citybrain.settings import Settings
 
 from .brokers import shared_broker
 
@@ -223,9 +225,9 @@ def test_core_assembles_one_reading_per_second(single_cfg: Path) -> None:
     assert seen[-1].loop_count[0] == 3  # counts add up within the second
     assert seen[-1].camera_count[0] == 0  # cameras: the latest message
     assert core.counts["stale"] == 1
-    (state,) = [m for m in out if m.topic == state_topic(loop.intersection, "r")]
-    assert state.retain and state.qos == 1
-    assert decode_state(state.payload, loop.intersection).state == core.states[loop.intersection]
+    # no cabinet has reported: the controller decides, nothing is commanded or claimed
+    assert not [m for m in out if m.topic.endswith("/command")]
+    assert core.states[loop.intersection] and core.statuses[loop.intersection] == "unknown"
     core.tick(t + 1)  # no message: no counts
     assert seen[-1].loop_count.sum() == 0 and seen[-1].time_s == t + 1
     # a detector of another intersection, or an unknown one: the message is refused whole
@@ -374,33 +376,68 @@ class Collector:
         self.client.loop_stop()
 
 
+class NoDetectors:
+    """A cabinet's detector inputs when the test publishes the readings itself."""
+
+    def read(self, intersection: str, now_s: float) -> tuple[None, None]:
+        return None, None
+
+
+class Lamps:
+    """Every lamp change of the cabinets, (time, intersection, state)."""
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[float, str, str]] = []
+
+    def show(self, intersection: str, state: str, now_s: float) -> None:
+        self.shown.append((now_s, intersection, state))
+
+
 def test_field_service_escorts_an_ambulance(single_cfg: Path, mqtt_url: str) -> None:
+    from citybrain.field.cabinet_agent import load_cabinets, run_cabinets
+
     root = f"cbtest/{uuid.uuid4().hex[:10]}"
     core = load_core(single_cfg, "actuated", escort="corridor", root=root)
     (x,) = core.layout.intersections
     corridors = {r: core.escort.corridor_of(EscortRequest("amb", r)) for r in (SOUTH, EAST)}
     assert all(len(c.signals) == 1 for c in corridors.values())
-    clock = ScaledClock(rate=4.0)
-    stop, ready = threading.Event(), threading.Event()
+    clock = ScaledClock(rate=2.0)
+    broker = BrokerSettings.from_url(mqtt_url)
+    host = load_cabinets(single_cfg, Settings(), clock(), root=root)
+    lamps = Lamps()
+    stop, ready, cabinets_ready = threading.Event(), threading.Event(), threading.Event()
     result: list[ServiceStats] = []
     client_id = f"cbtest-control-{uuid.uuid4().hex[:8]}"
-    thread = threading.Thread(
-        target=lambda: result.append(
-            run_service(
-                core,
-                BrokerSettings.from_url(mqtt_url),
-                client_id=client_id,
-                stop=stop,
-                clock=clock,
-                ready=ready,
-            )
+    threads = [
+        threading.Thread(
+            target=lambda: result.append(
+                run_service(core, broker, client_id=client_id, stop=stop, clock=clock, ready=ready)
+            ),
+            daemon=True,
         ),
-        daemon=True,
+        threading.Thread(
+            target=run_cabinets,
+            args=(host, NoDetectors(), lamps, broker),
+            kwargs={
+                "client_id": f"cbtest-cab-{uuid.uuid4().hex[:8]}",
+                "stop": stop,
+                "clock": clock,
+                "ready": cabinets_ready,
+            },
+            daemon=True,
+        ),
+    ]
+    watch = Collector(
+        mqtt_url, f"{root}/signals/+/command", f"{root}/signals/+/shown", f"{root}/escort/+/status"
     )
-    watch = Collector(mqtt_url, f"{root}/signals/+/state", f"{root}/escort/+/status")
-    thread.start()
+    for thread in threads:
+        thread.start()
     try:
-        assert ready.wait(15), "the service did not subscribe"
+        assert ready.wait(15) and cabinets_ready.wait(15), "no subscription"
+        deadline = time.monotonic() + 30
+        while host.cabinets[x.id].mode != "remote" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert host.cabinets[x.id].holder == "citybrain-control", "the service took no lease"
         rng = np.random.default_rng(7)
         t0 = math.floor(clock()) + 1
         speed, start_k = 12.0, 3
@@ -415,8 +452,7 @@ def test_field_service_escorts_an_ambulance(single_cfg: Path, mqtt_url: str) -> 
             watch.publish(detectors_topic(x.id, root), _report(core, x.id, t, counts))
             if k == 2:
                 # escort the road that is not green now: the signal has to change for it
-                now_phase = decode_state(watch.on(state_topic(x.id, root))[-1], x.id).phase
-                if now_phase in sig.phases:
+                if host.cabinets[x.id].phase in sig.phases:
                     route, corridor = EAST, corridors[EAST]
                     (sig,) = corridor.signals
                     s0 = sig.stop_m - 180.0
@@ -430,37 +466,46 @@ def test_field_service_escorts_an_ambulance(single_cfg: Path, mqtt_url: str) -> 
         time.sleep(0.5)
     finally:
         stop.set()
-        thread.join(15)
+        for thread in threads:
+            thread.join(15)
         watch.close()
-    assert not thread.is_alive() and result
+    assert not any(thread.is_alive() for thread in threads) and result
     stats = result[0]
     assert stats.rejected >= 1 and stats.ticks >= 30
-    states = sorted(
-        (decode_state(p, x.id) for p in watch.on(state_topic(x.id, root))), key=lambda s: s.ts
+    commands = sorted(
+        (
+            m
+            for p in watch.on(command_topic(x.id, root))
+            if isinstance(m := decode_command(p, x.id), Command)
+        ),
+        key=lambda c: c.ts,
     )
-    assert len(states) >= 30
-    # safe: the lamps the service published keep every envelope rule
-    monitor = SignalMonitor(core.layout.intersections, EnvelopeTiming())
-    for st in states:
-        monitor.observe(st.ts, x.id, st.state, st.hold)
-    assert monitor.violations == []
+    assert len(commands) >= 30
+    # safe: the cabinet took every command, showed nothing unsafe, never fell back
+    totals = host.totals()
+    assert (totals.refusals, totals.unsafe, totals.fallbacks) == (0, 0, 0)
+    assert totals.commands >= 30
+    # the stop released the lease: the cabinet runs its own plan again
+    assert host.cabinets[x.id].holder is None
     # the signal changed for the ambulance: its movement is green and held well before it
     # reaches the stop line, and stays green until it is there
     arrive = t0 + start_k + 180.0 / speed
-    requested = [st for st in states if t0 + 2 <= st.ts <= t0 + 3]
-    timeline = [(st.ts - t0, st.state, st.phase, st.hold) for st in states]
+    requested = [c for c in commands if t0 + 2 <= c.ts <= t0 + 3]
+    timeline = [(c.ts - t0, c.state, c.phase, c.hold) for c in commands]
     assert requested and requested[0].phase not in sig.phases, timeline
-    green = [st for st in states if all(st.state[i] in "Gg" for i in sig.links)]
-    held = [st for st in green if st.hold and st.phase in sig.phases and st.ts > t0 + 2]
+    green = [c for c in commands if all(c.state[i] in "Gg" for i in sig.links)]
+    held = [c for c in green if c.hold and c.phase in sig.phases and c.ts > t0 + 2]
     assert held and held[0].ts < arrive - 3, timeline
-    last = [st for st in states if held[0].ts <= st.ts <= arrive - 1]
-    assert last and all(all(st.state[i] in "Gg" for i in sig.links) for st in last)
+    last = [c for c in commands if held[0].ts <= c.ts <= arrive - 1]
+    assert last and all(all(c.state[i] in "Gg" for i in sig.links) for c in last)
+    shown = [(t, st) for t, key, st in lamps.shown if held[0].ts <= t <= arrive - 1]
+    assert all(all(st[i] in "Gg" for i in sig.links) for _, st in shown)
     statuses = [decode_status(p).status for p in watch.on(f"{root}/escort/amb/status")]
     assert statuses[0] == "active" and "ended" in statuses
     # leave nothing retained behind on a shared broker
     cleaner = Collector(mqtt_url, f"{root}/#")
-    cleaner.publish(state_topic(x.id, root), b"", 1, retain=True)
-    cleaner.publish(f"{root}/control/status", b"", 1, retain=True)
+    cleaner.publish(shown_topic(x.id, root), b"", 1, retain=True)
+    cleaner.publish(service_topic("citybrain-control", root), b"", 1, retain=True)
     time.sleep(0.2)
     cleaner.close()
 

@@ -38,6 +38,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -235,6 +236,9 @@ class FieldCore:
         self.last: DriveStep | None = None
         self.statuses: dict[str, LeaseStatus] = {}
         """Each intersection's lease status at the last tick."""
+        self.clock: Literal["none", "wall", "lockstep"] = "none"
+        """The service's clock: none before its first tick, then the wall clock or a SUMO
+        run's lockstep one (reports then carry the same clock: no offset to correct)."""
         self.ever_held = False
         self.taken: str | None = None
         """Set (without ``standby``) when another live service holds our whole shard."""
@@ -264,9 +268,10 @@ class FieldCore:
                 self._detectors(decode_detectors(payload, key))
             elif kind == "shown":
                 if payload:
-                    self._shown(decode_shown(payload, key), now_s)
+                    return self._shown(decode_shown(payload, key), now_s)
             elif kind == "events":
                 self._event(decode_event(payload, key))
+                return self._releases(now_s)
             elif kind == "service":
                 if payload and key != self.service_id:
                     self.book.service_status(key, decode_service_status(payload))
@@ -298,19 +303,24 @@ class FieldCore:
         self._reports.append(report)
         self.counts["detectors"] += 1
 
-    def _shown(self, shown: Shown, now_s: float) -> None:
+    def _shown(self, shown: Shown, now_s: float) -> list[Publish]:
         x = self.xs.get(shown.intersection)
         if x is None:
             self.counts["foreign"] += 1
-            return
+            return []
         if len(shown.state) != len(x.links):
             raise FieldPayloadError(
                 "state", f"has {len(shown.state)} link states, {x.id} has {len(x.links)} links"
             )
         if shown.phase is not None and shown.phase >= len(x.phases):
             raise FieldPayloadError("phase", f"{x.id} has no phase {shown.phase}")
-        self.book.shown(shown, now_s)
         self.counts["shown"] += 1
+        offset = now_s - shown.ts if self.clock == "wall" else 0.0
+        if not self.book.shown(shown, now_s, offset):
+            return []
+        self.book.claimed_now(self.book.leases[x.id], now_s)
+        claim = Claim(x.id, self.service_id, now_s)
+        return [Publish(command_topic(x.id, self.root), encode_command(claim), COMMAND_QOS)]
 
     def _event(self, event: CabinetEvent) -> None:
         if event.intersection not in self.xs:
@@ -363,7 +373,6 @@ class FieldCore:
         driver, book = self.driver, self.book
         leases = book.leases
         ready: list[int] = []
-        claims: list[Publish] = []
         for i, x in enumerate(self.layout.intersections):
             lease = leases[x.id]
             status = book.update(lease, t)
@@ -371,31 +380,23 @@ class FieldCore:
             if status is LeaseStatus.UNKNOWN:
                 view = driver.envelopes[x.id]
             elif status is LeaseStatus.HELD:
-                shown = lease.shown
-                assert shown is not None
-                if lease.last_ts == NEVER:  # granted: resume from the green it shows
-                    if shown.phase is not None and _in_green(shown):
-                        envelope = SafetyEnvelope.resume(
-                            x, self.timing, shown.phase, lease.view.green_since
-                        )
-                        driver.envelopes[x.id] = view = envelope
-                        ready.append(i)
+                if lease.resumable:  # granted: resume from the green it shows
+                    shown = lease.shown
+                    assert shown is not None and shown.phase is not None
+                    envelope = SafetyEnvelope.resume(
+                        x, self.timing, shown.phase, lease.view.green_since
+                    )
+                    driver.envelopes[x.id] = view = envelope
+                    ready.append(i)
+                elif lease.last_ts == NEVER:
+                    pass  # granted, its report not in yet: wait for it
                 elif t <= lease.last_ts:  # the clock went back: a new lease, from the report
-                    book.lose(lease, f"the service's clock went back to {t:g}")
-                    status = lease.status = LeaseStatus.LOCAL
+                    book.lose(lease, f"the service's clock went back to {t:g}", release=True)
+                    lease.status = LeaseStatus.LOCAL
                 else:
                     view = driver.envelopes[x.id]
                     ready.append(i)
             self.views[x.id] = view
-            if book.wants_claim(lease, t):
-                book.claimed_now(lease, t)
-                claims.append(
-                    Publish(
-                        command_topic(x.id, self.root),
-                        encode_command(Claim(x.id, self.service_id, t)),
-                        COMMAND_QOS,
-                    )
-                )
         readings = self._readings(t)
         step = driver.step(readings)
         self.last = step
@@ -417,7 +418,7 @@ class FieldCore:
             out.append(Publish(command_topic(o.intersection, self.root), encode_command(command)))
             book.commanded_now(lease, t, o.state)
         self.ever_held = self.ever_held or bool(ready)
-        out.extend(claims)
+        out.extend(self._releases(t))
         out.extend(self._end_escorts(t))
         self.statuses = {x_id: lease.status for x_id, lease in leases.items()}
         self.taken = self._taken(t)
@@ -507,23 +508,45 @@ class FieldCore:
 
     def release_all(self, ts: float) -> list[Publish]:
         """Give every lease we hold back (a service that stops): the cabinets go local."""
-        out = []
-        for x_id, lease in self.book.leases.items():
-            if lease.epoch is None:
-                continue
-            release = Release(x_id, self.service_id, lease.epoch, ts)
-            out.append(Publish(command_topic(x_id, self.root), encode_command(release)))
-            self.book.lose(lease, "released")
+        for lease in self.book.leases.values():
+            self.book.lose(lease, "the service stops", release=True)
+        return self._releases(ts)
+
+    def start_clock(self, t: float, lockstep: bool) -> list[Publish]:
+        """The service's ticks begin at ``t``, on the wall clock or a run's lockstep clock.
+        A lockstep run that begins after wall-clock ticks starts the driver again at its
+        first tick and gives every lease back (to claim it again under the run's clock)."""
+        mode: Literal["wall", "lockstep"] = "lockstep" if lockstep else "wall"
+        if self.clock == mode:
+            return []
+        out: list[Publish] = []
+        if self.clock == "none":
+            self.book.start_clock(t)
+        else:
+            log.warning("the service's clock changed to %s at %g s: leases given back", mode, t)
+            self.driver = None
+            self.book.restart_clock(t)
+            out = self._releases(t)
+            self._reports.clear()
+            self._gps.clear()
+        self.clock = mode
         return out
 
-    def restart_clock(self, t: float) -> None:
-        """The service now follows another clock (a lockstep run began): the driver starts
-        again at the next tick, every lease is claimed again."""
-        log.warning("the service's clock changed to %g s: every lease is claimed again", t)
-        self.driver = None
-        self.book.restart_clock(t)
-        self._reports.clear()
-        self._gps.clear()
+    def _releases(self, ts: float) -> list[Publish]:
+        """The releases the lease book asked for."""
+        book = self.book
+        if not book.releases:
+            return []
+        out = [
+            Publish(
+                command_topic(x_id, self.root),
+                encode_command(Release(x_id, self.service_id, epoch, ts)),
+                COMMAND_QOS,
+            )
+            for x_id, epoch in book.releases
+        ]
+        book.releases.clear()
+        return out
 
     def _end_escorts(self, t: float) -> list[Publish]:
         out = []

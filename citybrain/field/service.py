@@ -314,8 +314,7 @@ class _Loop:
         if first:
             self.stats.run = tick.run
             log.info("following the lockstep clock of run %s from %g s", tick.run, tick.t)
-            if self.core.driver is not None:
-                self.core.restart_clock(tick.t)
+            self._publish(self.core.start_clock(tick.t, lockstep=True))
         self._publish(self.core.tick(tick.t))
         self._publish([self.core.liveness(tick.t, tick=tick.t, run=tick.run)])
         self.stats.ticks += 1
@@ -331,6 +330,7 @@ class _Loop:
             if self.heard_at is None or now - self.heard_at < self.start_after_s:
                 return
             self.next_tick = float(math.floor(now))
+            self._publish(self.core.start_clock(self.next_tick, lockstep=False))
         if now < self.next_tick + (0.1 if busy else 0.0):
             return
         if now - self.next_tick >= 1.0:  # fell behind: tick the current second only
