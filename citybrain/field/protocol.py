@@ -25,10 +25,10 @@ claim from the holder itself (a restarted service with the same id) is answered 
 lease (event ``granted``, same epoch): it resumes from what the cabinet shows. Service ids
 must be unique. A claim while another service holds a live lease is answered by an event
 ``denied`` naming the holder, unless the holder sent no valid command for the cabinet's
-``handover_after_s`` (a hot standby then takes over). No valid command from the holder for the watchdog time (the
-cabinet's own clock, so a service's clock may be off) ends the lease: the cabinet falls back
-to its local plan through a change interval (event ``fallback``). A ``release`` ends it at
-once. Commands of another service or another epoch are ignored (event ``refused``, reason
+``handover_after_s`` (a hot standby then takes over). No valid command from the holder for
+the watchdog time (the cabinet's own clock, so a service's clock may be off) ends the lease:
+the cabinet falls back to its local plan through a change interval (event ``fallback``). A
+``release`` ends it at once. Commands of another service or another epoch are ignored (event ``refused``, reason
 ``not the holder``); a command no newer than the last one taken is dropped (duplicates,
 reordering).
 
