@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from citybrain.errors import CitybrainError
 
 if TYPE_CHECKING:
-    from citybrain.sim.fieldloop import FieldOptions
+    from citybrain.sim.fieldloop import FieldFaults, FieldOptions
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--username", help="with --field: the broker user hosting the cabinets")
     r.add_argument("--password")
     r.add_argument("--ca-file", help="with --field: CA certificate for mqtts:// brokers")
+    r.add_argument(
+        "--faults",
+        help="with --field, a drill: faults at the cabinets' network interface, e.g. "
+        "drop=0.05,duplicate=0.05,reorder=0.05,clock_offset_s=-7,seed=1",
+    )
     r.set_defaults(handler=_sim_run)
 
     c = sim_cmds.add_parser("compare", help="compare controllers over seeds, in parallel")
@@ -166,7 +171,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _field_options(args: argparse.Namespace) -> FieldOptions | None:
     if args.field is None:
-        for flag in ("username", "password", "ca_file"):
+        for flag in ("username", "password", "ca_file", "faults"):
             if getattr(args, flag) is not None:
                 raise CitybrainError(f"--{flag.replace('_', '-')} needs --field")
         return None
@@ -179,7 +184,30 @@ def _field_options(args: argparse.Namespace) -> FieldOptions | None:
         )
     except ValueError as exc:
         raise CitybrainError(str(exc)) from None
-    return FieldOptions(broker, args.clock, args.topic_root)
+    return FieldOptions(broker, args.clock, args.topic_root, faults=_faults(args.faults))
+
+
+def _faults(text: str | None) -> FieldFaults:
+    from citybrain.sim.fieldloop import FieldFaults
+
+    if not text:
+        return FieldFaults()
+    names = {"drop", "duplicate", "reorder", "clock_offset_s", "seed"}
+    values: dict[str, float] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in names:
+            raise CitybrainError(
+                f"--faults: expected NAME=VALUE with NAME one of {', '.join(sorted(names))}, "
+                f"not {item!r}"
+            )
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise CitybrainError(f"--faults: {key} must be a number, not {value!r}") from None
+    seed = values.pop("seed", 0.0)
+    return FieldFaults(**values, seed=int(seed))
 
 
 def _sim_run(args: argparse.Namespace) -> int:

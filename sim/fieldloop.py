@@ -22,6 +22,7 @@ to claim the cabinets; without one they run their local plans until one comes.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -72,6 +73,34 @@ CLOCK_MODES: tuple[str, ...] = ("lockstep", "realtime")
 
 
 @dataclass(frozen=True)
+class FieldFaults:
+    """Faults injected at the cabinets' network interface, for drills (seeded).
+
+    ``drop``: the fraction of messages lost, both ways (commands in; detector and shown reports
+    out); ``duplicate``: the fraction delivered twice; ``reorder``: the fraction of commands
+    held back and delivered after the next one; ``clock_offset_s``: every cabinet's clock is
+    off by this much (its reports carry its own time)."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    clock_offset_s: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "duplicate", "reorder"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"faults.{name} must be from 0 to below 1, not {value}")
+        if not math.isfinite(self.clock_offset_s):
+            raise ConfigError("faults.clock_offset_s must be a finite number")
+
+    @property
+    def any(self) -> bool:
+        return bool(self.drop or self.duplicate or self.reorder or self.clock_offset_s)
+
+
+@dataclass(frozen=True)
 class FieldOptions:
     """Run the controller in the field: over the broker, in a separate service."""
 
@@ -79,6 +108,7 @@ class FieldOptions:
     clock: str = "lockstep"
     root: str = TOPIC_ROOT
     client_id: str = "citybrain-fieldsim"
+    faults: FieldFaults = field(default_factory=FieldFaults)
 
     def __post_init__(self) -> None:
         if self.clock not in CLOCK_MODES:
@@ -148,10 +178,19 @@ class FieldLoop:
         cabinets = []
         self._loops: dict[str, tuple[list[int], list[str]]] = {}
         self._cams: dict[str, tuple[list[int], list[str]]] = {}
+        faults = options.faults
+        self._offset = faults.clock_offset_s
+        """The cabinets' clocks run this far from the simulation's."""
+        self._rng = np.random.default_rng(faults.seed)
         for key, part in cabinet_layouts(layout).items():
             cabinets.append(
                 CabinetCore(
-                    part, settings.envelope, settings, start_s, settings.cabinet, root=self.root
+                    part,
+                    settings.envelope,
+                    settings,
+                    start_s + self._offset,
+                    settings.cabinet,
+                    root=self.root,
                 )
             )
             self._loops[key] = ([loop_index[d.id] for d in part.loops], [d.id for d in part.loops])
@@ -169,7 +208,11 @@ class FieldLoop:
         self._wall0 = 0.0
         self._t0 = start_s
         self._detectors_wall: dict[str, float] = {}
-        self._answered: set[str] = set()
+        self._gone: dict[str, float] = {}
+        """By cabinet: ``ts`` of the newest command lost or held back by an injected fault."""
+        self._held: list[tuple[str, bytes, float]] = []
+        """Commands held back by an injected fault, delivered after the next one."""
+        self.injected = {"dropped": 0, "duplicated": 0, "reordered": 0}
 
     # ------------------------------------------------------------------ connection
 
@@ -236,7 +279,7 @@ class FieldLoop:
         wall = time.monotonic()
         out: list[Publish] = []
         for cab in self.host.cabinets.values():
-            out.extend(cab.report(t0))
+            out.extend(cab.report(t0 + self._offset))
         self._publish(out)
         deadline = wall + self.settings.cabinet.watchdog_s
         while time.monotonic() < deadline:
@@ -270,7 +313,7 @@ class FieldLoop:
             readings[key] = values
             report = DetectorReport(
                 key,
-                t,
+                t + self._offset,
                 {
                     d: LoopReading(int(c), float(o))
                     for d, c, o in zip(lids, values.loop_count, values.loop_occupancy, strict=True)
@@ -280,7 +323,7 @@ class FieldLoop:
                     for d, c, q in zip(cids, values.camera_count, values.camera_queue, strict=True)
                 },
             )
-            out.extend(cab.report(t, report))
+            out.extend(self._lossy(cab.report(t + self._offset, report)))
         if self.options.clock == "lockstep":
             self._publish(out)
             self._lockstep(t)
@@ -290,19 +333,35 @@ class FieldLoop:
         holds: dict[str, bool] = {}
         events: list[Publish] = []
         for key, cab in self.host.cabinets.items():
-            state, ev = cab.tick(t, readings[key])
+            state, ev = cab.tick(t + self._offset, readings[key])
             states[key] = state
             holds[key] = cab.hold
             events.extend(ev)
-        self._publish(events)
+        self._publish(self._lossy(events))
         self.stats.seconds += 1
         return states, holds
+
+    def _lossy(self, messages: list[Publish]) -> list[Publish]:
+        """``messages`` through the injected faults: some lost, some twice."""
+        faults = self.options.faults
+        if not (faults.drop or faults.duplicate):
+            return messages
+        out = []
+        for m in messages:
+            r = float(self._rng.random())
+            if r < faults.drop:
+                self.injected["dropped"] += 1
+                continue
+            out.append(m)
+            if r < faults.drop + faults.duplicate:
+                self.injected["duplicated"] += 1
+                out.append(m)
+        return out
 
     def _lockstep(self, t: float) -> None:
         sent = time.monotonic()
         self._publish([Publish(clock_topic(self.root), encode_tick(ClockTick(t, self.run_id)), 1)])
         deadline = sent + self.settings.cabinet.watchdog_s
-        self._answered.clear()
         while True:
             waiting = self._waiting_for(t)
             if not waiting:
@@ -325,7 +384,9 @@ class FieldLoop:
         return {
             c.holder
             for c in self.host.cabinets.values()
-            if c.holder is not None and c.holder not in self._silent and c.last_command_ts < t
+            if c.holder is not None
+            and c.holder not in self._silent
+            and max(c.last_command_ts, self._gone.get(c.id, -math.inf)) < t
         }
 
     def _realtime(self, t: float, out: list[Publish]) -> None:
@@ -348,7 +409,8 @@ class FieldLoop:
                 self.stats.missed_deadlines += 1
 
     def _drain(self, now_s: float, block_s: float, sent: float | None = None) -> None:
-        """Hand every queued command to its cabinet at simulated time ``now_s``."""
+        """Hand every queued command to its cabinet at simulated time ``now_s`` (the cabinets'
+        clocks: plus their offset), through the injected faults."""
         try:
             first = self._inbox.get(timeout=max(block_s, 0.0))
         except queue.Empty:
@@ -359,27 +421,51 @@ class FieldLoop:
                 batch.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
+        faults = self.options.faults
         out: list[Publish] = []
-        for topic, payload, arrived in batch:
-            key = self.host.intersection_of(topic)
+        for message in batch:
+            key = self.host.intersection_of(message[0])
             if key is None:
                 continue
-            cab = self.host.cabinets[key]
-            taken = cab.stats.commands
-            try:
-                service = decode_command(payload, key).service
-            except FieldPayloadError:
-                service = ""
+            ts, service = _sender(message[1], key)
             if service in self._silent:
                 self._silent.discard(service)  # it answers again
-            events = cab.handle(payload, now_s)
-            if cab.stats.commands != taken:
-                start = sent if sent is not None else self._detectors_wall.get(key, arrived)
-                self.stats.latency_ms.append((arrived - start) * 1000.0)
-            if events:
-                out.extend(events)
-                out.extend(cab.report(now_s))
-        self._publish(out)
+            deliver = [message]
+            if faults.any:
+                r = float(self._rng.random())
+                if r < faults.drop:
+                    self.injected["dropped"] += 1
+                    self._gone[key] = max(self._gone.get(key, -math.inf), ts)
+                    deliver = []
+                elif r < faults.drop + faults.duplicate:
+                    self.injected["duplicated"] += 1
+                    deliver = [message, message]
+                elif r < faults.drop + faults.duplicate + faults.reorder:
+                    self.injected["reordered"] += 1
+                    self._gone[key] = max(self._gone.get(key, -math.inf), ts)
+                    self._held.append(message)
+                    continue
+                deliver += self._held
+                self._held = []
+            for topic, payload, arrived in deliver:
+                out.extend(self._deliver(topic, payload, arrived, now_s, sent))
+        self._publish(self._lossy(out))
+
+    def _deliver(
+        self, topic: str, payload: bytes, arrived: float, now_s: float, sent: float | None
+    ) -> list[Publish]:
+        key = self.host.intersection_of(topic)
+        if key is None:
+            return []
+        cab = self.host.cabinets[key]
+        taken = cab.stats.commands
+        events = cab.handle(payload, now_s + self._offset)
+        if cab.stats.commands != taken:
+            start = sent if sent is not None else self._detectors_wall.get(key, arrived)
+            self.stats.latency_ms.append((arrived - start) * 1000.0)
+        if events:
+            return [*events, *cab.report(now_s + self._offset)]
+        return []
 
     # ------------------------------------------------------------------ the report
 
@@ -410,7 +496,17 @@ class FieldLoop:
             "denials": totals.denials,
             "self_cleared": totals.self_cleared,
             "preroll_s": self.stats.preroll_s,
+            "injected_faults": dict(self.injected),
             "holders_at_end": sorted(
                 {c.holder for c in self.host.cabinets.values() if c.holder is not None}
             ),
         }
+
+
+def _sender(payload: bytes, key: str) -> tuple[float, str]:
+    """The ``ts`` and service of a command message (-inf and '' for one that is malformed)."""
+    try:
+        message = decode_command(payload, key)
+    except FieldPayloadError:
+        return -math.inf, ""
+    return message.ts, message.service
