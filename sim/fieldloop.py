@@ -480,6 +480,7 @@ class FieldLoop:
             "cabinets": len(self.host.cabinets),
             "monitor_refusals": totals.refusals,
             "fallbacks": totals.fallbacks,
+            "fallback_after_s": totals.longest_silence_s,
             "unsafe_states": totals.unsafe + unsafe_shown,
             "latency_ms": {
                 "p50": float(np.percentile(lat, 50)) if lat.size else None,
