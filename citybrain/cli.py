@@ -1,4 +1,4 @@
-"""The ``citybrain`` command: ``sim``, ``control``, ``escort``, ``cabinet``, ``parking`` and ``demo``."""
+"""The ``citybrain`` command: sim, control, escort, cabinet, parking and demo."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from citybrain.errors import CitybrainError
+
+if TYPE_CHECKING:
+    from citybrain.sim.fieldloop import FieldFaults, FieldOptions
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,6 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write timeline.json and timeline.png (every signal's phases over time)",
     )
     _add_run_options(r)
+    r.add_argument(
+        "--field",
+        metavar="BROKER_URL",
+        help="SUMO-in-the-loop: SUMO is the field, a cabinet per signal on this broker; the "
+        "controller runs in citybrain control serve (--controller is then unused)",
+    )
+    r.add_argument(
+        "--clock",
+        choices=("lockstep", "realtime"),
+        default="lockstep",
+        help="with --field: lockstep (default; each second waits for its commands) or "
+        "realtime (one simulated second per wall second)",
+    )
+    r.add_argument("--topic-root", default="citybrain", help="with --field: first topic levels")
+    r.add_argument("--username", help="with --field: the broker user hosting the cabinets")
+    r.add_argument("--password")
+    r.add_argument("--ca-file", help="with --field: CA certificate for mqtts:// brokers")
+    r.add_argument(
+        "--faults",
+        help="with --field, a drill: faults at the cabinets' network interface, e.g. "
+        "drop=0.05,duplicate=0.05,reorder=0.05,clock_offset_s=-7,seed=1",
+    )
     r.set_defaults(handler=_sim_run)
 
     c = sim_cmds.add_parser("compare", help="compare controllers over seeds, in parallel")
@@ -143,6 +169,47 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return load_settings(args.config)
 
 
+def _field_options(args: argparse.Namespace) -> FieldOptions | None:
+    if args.field is None:
+        for flag in ("username", "password", "ca_file", "faults"):
+            if getattr(args, flag) is not None:
+                raise CitybrainError(f"--{flag.replace('_', '-')} needs --field")
+        return None
+    from citybrain.mqtt.address import BrokerSettings
+    from citybrain.sim.fieldloop import FieldOptions
+
+    try:
+        broker = BrokerSettings.from_url(
+            args.field, username=args.username, password=args.password, ca_file=args.ca_file
+        )
+    except ValueError as exc:
+        raise CitybrainError(str(exc)) from None
+    return FieldOptions(broker, args.clock, args.topic_root, faults=_faults(args.faults))
+
+
+def _faults(text: str | None) -> FieldFaults:
+    from citybrain.sim.fieldloop import FieldFaults
+
+    if not text:
+        return FieldFaults()
+    names = {"drop", "duplicate", "reorder", "clock_offset_s", "seed"}
+    values: dict[str, float] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in names:
+            raise CitybrainError(
+                f"--faults: expected NAME=VALUE with NAME one of {', '.join(sorted(names))}, "
+                f"not {item!r}"
+            )
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise CitybrainError(f"--faults: {key} must be a number, not {value!r}") from None
+    seed = values.pop("seed", 0.0)
+    return FieldFaults(**values, seed=int(seed))
+
+
 def _sim_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -150,10 +217,13 @@ def _sim_run(args: argparse.Namespace) -> int:
     from citybrain.sim.runner import RunOptions, run
     from citybrain.sim.scenario import load_scenario
 
-    check_controller(args.controller)
+    field = _field_options(args)
+    if field is None:
+        check_controller(args.controller)
     scenario = load_scenario(args.scenario)
     settings = _settings(args)
-    out = args.out or Path("runs") / f"{scenario.name}-{args.controller}-seed{args.seed}"
+    name = "field" if field is not None else args.controller
+    out = args.out or Path("runs") / f"{scenario.name}-{name}-seed{args.seed}"
     end = min(args.end or scenario.end_s, scenario.end_s)
     bar = tqdm(
         total=round(end - scenario.begin_s), unit="s", desc=scenario.name, disable=None, leave=False
@@ -177,6 +247,7 @@ def _sim_run(args: argparse.Namespace) -> int:
                 args.end,
                 args.timeline,
                 escort=args.escort,
+                field=field,
             ),
             progress,
         )
@@ -220,6 +291,19 @@ def _sim_run(args: argparse.Namespace) -> int:
         if diagram.is_file():
             print(f"  time-space diagram: {diagram}")
     print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'tripinfo.xml'}")
+    f = m.extra.get("field")
+    if isinstance(f, dict):
+        lat = f["latency_ms"]
+        p50 = "n/a" if lat["p50"] is None else f"{lat['p50']:.1f}"
+        p99 = "n/a" if lat["p99"] is None else f"{lat['p99']:.1f}"
+        print(
+            f"field ({f['clock']}): {f['cabinets']} cabinets, {f['commands_shown']} commands "
+            f"shown, {f['monitor_refusals']} refused, {f['fallbacks']} fallbacks, "
+            f"{f['unsafe_states']} unsafe states, latency p50 {p50} ms p99 {p99} ms, "
+            f"{f['missed_deadlines']} missed deadlines"
+        )
+        if f["unsafe_states"]:
+            raise CitybrainError(f"{f['unsafe_states']} unsafe state(s) shown: see metrics.json")
     return 0
 
 

@@ -28,8 +28,9 @@ from citybrain.sim import backend as sb
 from citybrain.sim.detectors import (
     write_additional,
 )
+from citybrain.sim.fieldloop import FieldLoop, FieldOptions, RemoteController
 from citybrain.sim.freeflow import free_flow_times
-from citybrain.sim.gps import EmergencyWatch
+from citybrain.sim.gps import EmergencyWatch, Escorter
 from citybrain.sim.loading import (
     Prepared,
     describe_detectors,
@@ -63,6 +64,11 @@ __all__ = [
     "sumo_args",
 ]
 
+UNSAFE_RULES = frozenset(
+    {"conflict", "green_to_red", "short_yellow", "short_all_red", "short_green"}
+)
+"""The monitor's rules whose breach is unsafe (``long_green`` is a timing finding)."""
+
 STANDING_S = 300.0
 """A vehicle that has not moved for this long at the end of a run is counted as gridlocked."""
 
@@ -86,6 +92,9 @@ class RunOptions:
     """Start later than the scenario's own begin (for short checks)."""
     escort_baseline: bool = True
     """With an escort, also run the same seed without one, for the civilian delay."""
+    field: FieldOptions | None = None
+    """SUMO-in-the-loop: SUMO is the field, one cabinet per signal on this broker, and the
+    controller runs in a separate ``citybrain control serve`` (``controller`` is unused)."""
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,23 @@ def run(
     scenario, net, layout = ready.scenario, ready.net, ready.layout
     if options.begin_s is not None and options.begin_s > scenario.begin_s:
         scenario = dataclasses.replace(scenario, begin_s=options.begin_s)
-    controller = make_controller(options.controller, layout, options.settings)
+    field_loop: FieldLoop | None = None
+    controller: Controller
+    if options.field is not None:
+        controller = RemoteController()
+        field_loop = FieldLoop(layout, options.settings, options.field, scenario.begin_s)
+    else:
+        controller = make_controller(options.controller, layout, options.settings)
     kinds = emergency_types([*scenario.route_files, *scenario.additional_files])
     escort: EscortController | None = None
-    if kinds and (mode is not EscortMode.NONE or controller.signal_program is None):
+    escorter: Escorter | None = None
+    if field_loop is not None:
+        if mode is not EscortMode.NONE:
+            raise ConfigError(
+                "--escort is the service's in a field run (citybrain control serve --escort)"
+            )
+        escorter = field_loop.escorter if kinds else None
+    elif kinds and (mode is not EscortMode.NONE or controller.signal_program is None):
         escort = EscortController(
             controller,
             mode,
@@ -138,6 +160,7 @@ def run(
             options.settings.escort,
         )
         controller = escort
+        escorter = escort
     elif mode is not EscortMode.NONE and controller.signal_program is not None:
         raise ConfigError(
             f"--escort needs a controller whose requests go through the envelope, "
@@ -165,7 +188,7 @@ def run(
         EmergencyWatch(
             backend,
             NetCorridors(net, layout.intersections),
-            escort,
+            escorter,
             options.settings.gps,
             options.seed,
         )
@@ -173,11 +196,28 @@ def run(
         else None
     )
     wall = time.perf_counter()
-    backend.start(args)
+    if field_loop is not None:
+        field_loop.start()
     try:
-        loop = _loop(backend, ready, scenario, controller, options, end, open_end, progress, watch)
+        backend.start(args)
+        try:
+            loop = _loop(
+                backend,
+                ready,
+                scenario,
+                controller,
+                options,
+                end,
+                open_end,
+                progress,
+                watch,
+                field_loop,
+            )
+        finally:
+            backend.close()
     finally:
-        backend.close()
+        if field_loop is not None:
+            field_loop.close()
     wall = time.perf_counter() - wall
     end = loop.end_s
     free_flow = free_flow_times(scenario, kinds, out_dir) if kinds else {}
@@ -207,8 +247,10 @@ def run(
             ready, options.settings.detectors.source, controller.uses_detectors
         ),
     }
-    if watch_only:
+    if watch_only or field_loop is not None:
         extra["monitor_findings"] = loop.findings
+    if field_loop is not None:
+        extra["field"] = field_loop.report(loop.unsafe_shown)
     metrics = Metrics(
         scenario=scenario.name,
         controller=controller.name,
@@ -277,6 +319,8 @@ class _LoopStats:
     timeline: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     findings: dict[str, Any] = field(default_factory=dict)
     standing: int = 0
+    unsafe_shown: int = 0
+    """Field runs: violations of the unsafe rules in what SUMO showed."""
 
     def decision_stats(self, intersections: int) -> dict[str, float]:
         """CPU cost of one controller decision per intersection, in milliseconds."""
@@ -320,6 +364,7 @@ def _loop(
     open_end: bool,
     progress: Progress | None,
     watch: EmergencyWatch | None = None,
+    field_loop: FieldLoop | None = None,
 ) -> _LoopStats:
     """Step SUMO until ``end`` (or, with ``open_end``, until no vehicle is left)."""
     layout = ready.layout
@@ -343,6 +388,8 @@ def _loop(
     cam_count = np.zeros(len(cam_ids), dtype=np.int64)
     cam_queue = np.zeros(len(cam_ids), dtype=np.int64)
     t = backend.time()
+    if field_loop is not None:
+        field_loop.preroll(t)
     while t < end - 1e-9:
         if open_end and t > scenario.begin_s and backend.expected_vehicles() == 0:
             break
@@ -367,13 +414,16 @@ def _loop(
         lc, lo = sensors.loops(loop_count, loop_occ)
         cc, cq = sensors.cameras(cam_count, cam_queue)
         gps = watch.before(t) if watch is not None else ()
-        step = driver.step(driver.readings(t, lc, lo, cc, cq, gps))  # shared with the field
-        stats.decisions_ns.append(step.decide_ns)
-        holds = step.holds
+        if field_loop is not None:  # the controller decides in the control service
+            wanted, holds = field_loop.step(t, lc, lo, cc, cq, gps)
+        else:
+            step = driver.step(driver.readings(t, lc, lo, cc, cq, gps))  # shared with the field
+            stats.decisions_ns.append(step.decide_ns)
+            wanted, holds = dict(step.states), dict(step.holds)
         if not own_program:
             states = backend.signal_states()
             for x in xs:
-                signals.apply(x.id, step.states[x.id], states[x.id])
+                signals.apply(x.id, wanted[x.id], states[x.id])
         backend.step()
         shown = backend.signal_states()  # what SUMO showed during [t, t + 1)
         if watch is not None:
@@ -399,6 +449,9 @@ def _loop(
     stats.standing = backend.standing_vehicles(STANDING_S)
     if own_program:
         stats.findings = monitor.findings()  # the city's program: reported, not citybrain's
+    elif field_loop is not None:  # reported: the field object says what was unsafe
+        stats.findings = monitor.findings()
+        stats.unsafe_shown = sum(1 for v in monitor.violations if v.rule in UNSAFE_RULES)
     else:
         monitor.raise_if_any()
     return stats

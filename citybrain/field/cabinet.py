@@ -117,6 +117,8 @@ class CabinetStats:
     """Change intervals the cabinet finished by itself."""
     unsafe: int = 0
     """States shown that broke a lamp rule (must stay 0: everything shown was judged first)."""
+    longest_silence_s: float = 0.0
+    """The longest a holder was silent before a fallback (the watchdog time, on time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +350,7 @@ class CabinetCore:
                 )
             )
             self.stats.fallbacks += 1
+            self.stats.longest_silence_s = max(self.stats.longest_silence_s, silent_s)
             self._to_local(now_s)
         if self.mode == "remote":
             if silent_s >= self.settings.handover_after_s - 1e-9 and self.watch.phase is None:
@@ -537,9 +540,11 @@ class CabinetHost:
         return states, out
 
     def totals(self) -> CabinetStats:
-        """The stats of every hosted cabinet, summed."""
+        """The stats of every hosted cabinet, summed (the longest silence: the longest)."""
         total = CabinetStats()
         for cab in self.cabinets.values():
             for f in dataclasses.fields(CabinetStats):
-                setattr(total, f.name, getattr(total, f.name) + getattr(cab.stats, f.name))
+                mine, theirs = getattr(total, f.name), getattr(cab.stats, f.name)
+                both = max(mine, theirs) if f.name == "longest_silence_s" else mine + theirs
+                setattr(total, f.name, both)
         return total

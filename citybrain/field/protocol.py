@@ -16,21 +16,21 @@ Topics (``root`` defaults to ``citybrain``)::
 
 The lease (one controller per signal). A cabinet obeys one service at a time, named with an
 epoch that grows by one at every grant. A service that wants a signal sends a claim; a
-cabinet with no live holder grants it when it shows a phase's green (a claim that arrives in a
-change interval waits for the green), reports the grant (``shown``: ``holder``, ``epoch``;
-``mode`` stays what it was) and an event ``granted``, and keeps that green as it is until the
-holder's first command. The service resumes from the shown phase and its green start and
+cabinet with no live holder grants it when it shows a phase's green (a claim that arrives in
+a change interval waits for the green), reports the grant (``shown``: ``holder``, ``epoch``;
+``mode`` stays what it was) and an event ``granted``, and keeps that green as it is until
+the holder's first command. The service resumes from the shown phase and its green start and
 sends commands with that epoch; the first valid one puts the cabinet in ``mode: remote``. A
-claim from the holder itself (a restarted service with the same id) is answered with the same
-lease (event ``granted``, same epoch): it resumes from what the cabinet shows. Service ids
-must be unique. A claim while another service holds a live lease is answered by an event
+claim from the holder itself (a restarted service with the same id) is answered with the
+same lease (event ``granted``, same epoch): it resumes from what the cabinet shows. Service
+ids must be unique. A claim while another service holds a live lease is answered by an event
 ``denied`` naming the holder, unless the holder sent no valid command for the cabinet's
-``handover_after_s`` (a hot standby then takes over). No valid command from the holder for the watchdog time (the
-cabinet's own clock, so a service's clock may be off) ends the lease: the cabinet falls back
-to its local plan through a change interval (event ``fallback``). A ``release`` ends it at
-once. Commands of another service or another epoch are ignored (event ``refused``, reason
-``not the holder``); a command no newer than the last one taken is dropped (duplicates,
-reordering).
+``handover_after_s`` (a hot standby then takes over). No valid command from the holder for
+the watchdog time (the cabinet's own clock, so a service's clock may be off) ends the lease:
+the cabinet falls back to its local plan through a change interval (event ``fallback``). A
+``release`` ends it at once. Commands of another service or another epoch are ignored (event
+``refused``, reason ``not the holder``); a command no newer than the last one taken is
+dropped (duplicates, reordering).
 
 Every payload is one JSON object (UTF-8); ``ts`` is seconds since the Unix epoch (a number;
 in SUMO-in-the-loop, the simulated second). Unknown extra fields are ignored. A payload that
