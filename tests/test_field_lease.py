@@ -14,7 +14,7 @@ import pytest
 
 from citybrain.control.drive import SignalDriver
 from citybrain.control.envelope import signal_rules
-from citybrain.control.port import Readings
+from citybrain.control.port import Decision, PhaseRequest, Readings
 from citybrain.errors import ConfigError
 from citybrain.field.cabinet import CabinetHost
 from citybrain.field.cabinet_agent import load_cabinets
@@ -456,8 +456,10 @@ class Bus:
     in order, at once; retained reports reach a service when it joins. ``svc_now`` and
     ``cab_now`` are the two sides' clocks."""
 
-    def __init__(self, host: CabinetHost) -> None:
+    def __init__(self, host: CabinetHost, skew_s: float = 0.0) -> None:
         self.host = host
+        self.skew_s = skew_s
+        """How far the cabinets' clock is ahead of the services' (``second``)."""
         self.services: list[FieldCore] = []
         self.retained: dict[str, bytes] = {}
         self.states: dict[str, list[str]] = {k: [] for k in host.cabinets}
@@ -490,13 +492,13 @@ class Bus:
     def second(self, t: float, readings: dict[str, DetectorReport] | None = None) -> None:
         """One wall-clock second: every cabinet's second and report, then every service's
         (its commands reach the cabinets 10 ms later)."""
-        self.svc_now = self.cab_now = t
+        self.svc_now, self.cab_now = t, t + self.skew_s
         for key, cab in self.host.cabinets.items():
-            state, events = cab.tick(t)
+            state, events = cab.tick(self.cab_now)
             self.states[key].append(state)
             report = (readings or {}).get(key)
-            self.to_services([*events, *cab.report(t, report)])
-        self.cab_now = t + 0.01
+            self.to_services([*events, *cab.report(self.cab_now, report)])
+        self.cab_now += 0.01
         for core in list(self.services):
             self.to_cabinets(core.start_clock(t, lockstep=False))
             self.to_cabinets(core.tick(t))
@@ -510,8 +512,8 @@ class Bus:
         return self.host.totals().unsafe
 
 
-def _bus(cfg: Path, start: float = T0) -> Bus:
-    return Bus(load_cabinets(cfg, Settings(), start, root=ROOT))
+def _bus(cfg: Path, start: float = T0, skew_s: float = 0.0) -> Bus:
+    return Bus(load_cabinets(cfg, Settings(), start + skew_s, root=ROOT), skew_s)
 
 
 def _busy(core: FieldCore, t: float, rng: random.Random) -> dict[str, DetectorReport]:
@@ -544,6 +546,53 @@ def test_the_closed_loop_holds_every_signal_and_every_command_is_accepted(
     assert sum(len(set(s)) for s in bus.states.values()) > 10  # the signals did change
 
 
+class Impatient:
+    """A controller that asks every signal for its next phase all the time: each green ends
+    exactly at its minimum, as the service counts it."""
+
+    name = "impatient"
+    uses_detectors = False
+    signal_program: str | None = None
+
+    def __init__(self, core: FieldCore) -> None:
+        self.phases = {x.id: len(x.phases) for x in core.layout.intersections}
+
+    def decide(self, readings: Readings) -> Decision:
+        return Decision(
+            tuple(
+                PhaseRequest(x_id, (view.phase + 1) % self.phases[x_id])
+                for x_id, view in readings.signals.items()
+            )
+        )
+
+
+def _impatient(cfg: Path) -> FieldCore:
+    core = _core(cfg)
+    core.escort.base = Impatient(core)
+    return core
+
+
+@pytest.mark.parametrize("skew_s", [-7.0, -0.4, 7.0])
+def test_cabinet_clocks_off_by_seconds_refuse_nothing(arterial_cfg: Path, skew_s: float) -> None:
+    """A cabinet whose clock is behind reports greens that look older than they are: the
+    service corrects them by the report's lag, so no green it resumes is cut below its
+    minimum (restarts every few seconds, a controller that ends every green at once)."""
+    bus = _bus(arterial_cfg, skew_s=skew_s)
+    core = _impatient(arterial_cfg)
+    bus.join(core)
+    for k in range(240):
+        t = T0 + k
+        if k % 7 == 6 and k < 200:
+            bus.services.remove(core)
+            core = _impatient(arterial_cfg)
+            bus.svc_now, bus.cab_now = t - 0.5, t - 0.5 + skew_s
+            bus.join(core)
+        bus.second(t)
+    assert set(core.statuses.values()) == {LeaseStatus.HELD}
+    assert bus.refusals == 0 and bus.unsafe == 0
+    assert sum(len(set(s)) for s in bus.states.values()) > 10
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_restarted_service_resumes_through_change_intervals(
     arterial_cfg: Path, seed: int
@@ -573,10 +622,12 @@ def test_a_restarted_service_resumes_through_change_intervals(
     assert commands > 380 * len(core.xs) and not restarts and mid_change > 0
 
 
-def test_a_standby_takes_over_within_the_watchdog_time(arterial_cfg: Path) -> None:
-    bus = _bus(arterial_cfg)
-    first = _core(arterial_cfg, "actuated")
-    standby = _core(arterial_cfg, "actuated", service_id="svc-b", standby=True)
+@pytest.mark.parametrize("skew_s", [0.0, -7.0])
+def test_a_standby_takes_over_within_the_watchdog_time(arterial_cfg: Path, skew_s: float) -> None:
+    bus = _bus(arterial_cfg, skew_s=skew_s)
+    first = _impatient(arterial_cfg)
+    standby = _core(arterial_cfg, service_id="svc-b", standby=True)
+    standby.escort.base = Impatient(standby)
     bus.join(first)
     bus.join(standby)
     for k in range(30):
@@ -585,13 +636,13 @@ def test_a_standby_takes_over_within_the_watchdog_time(arterial_cfg: Path) -> No
     assert set(standby.statuses.values()) == {LeaseStatus.HELD_BY_OTHER}
     assert standby.book.counts["denied"] > 0 and standby.taken is None
     bus.services.remove(first)  # it dies: no release, no more commands
-    died = T0 + 29.01  # its last commands
+    died = T0 + skew_s + 29.01  # its last commands, cabinet clock
     took: dict[str, float] = {}
     for k in range(30, 60):
         bus.second(T0 + k)
         for key, cab in bus.host.cabinets.items():
             if cab.holder == "svc-b" and cab.mode == "remote":
-                took.setdefault(key, T0 + k)
+                took.setdefault(key, bus.cab_now)
     assert set(took) == set(standby.xs)
     # within the watchdog time: never back to the local plan in between
     assert max(took.values()) - died < Settings().cabinet.watchdog_s
@@ -620,7 +671,7 @@ def test_lockstep_decides_as_the_in_process_run(arterial_cfg: Path) -> None:
         t = t0 + k
         bus.cab_now = t
         if k:
-            bus.svc_now = t - 1  # the service's time between ticks: its last tick
+            bus.svc_now = t  # the service's time between ticks: the next tick's second
         counts = rng.integers(0, 3, len(layout.loops)).astype(np.int64)
         occ = rng.random(len(layout.loops)) * 0.6
         for key, cab in host.cabinets.items():

@@ -238,7 +238,9 @@ class FieldCore:
         """Each intersection's lease status at the last tick."""
         self.clock: Literal["none", "wall", "lockstep"] = "none"
         """The service's clock: none before its first tick, then the wall clock or a SUMO
-        run's lockstep one (reports then carry the same clock: no offset to correct)."""
+        run's lockstep one. A report's green start is corrected by how far its ``ts`` lags
+        the service's time when it arrives (in lockstep the caller's time between ticks is
+        the next tick's second, the one the reports are of)."""
         self.ever_held = False
         self.taken: str | None = None
         """Set (without ``standby``) when another live service holds our whole shard."""
@@ -315,7 +317,7 @@ class FieldCore:
         if shown.phase is not None and shown.phase >= len(x.phases):
             raise FieldPayloadError("phase", f"{x.id} has no phase {shown.phase}")
         self.counts["shown"] += 1
-        offset = now_s - shown.ts if self.clock == "wall" else 0.0
+        offset = 0.0 if self.clock == "none" else now_s - shown.ts
         if not self.book.shown(shown, now_s, offset):
             return []
         self.book.claimed_now(self.book.leases[x.id], now_s)
@@ -521,7 +523,7 @@ class FieldCore:
             return []
         out: list[Publish] = []
         if self.clock == "none":
-            self.book.start_clock(t)
+            self.book.start_clock(t, lockstep=lockstep)
         else:
             log.warning("the service's clock changed to %s at %g s: leases given back", mode, t)
             self.driver = None

@@ -337,11 +337,17 @@ class LeaseBook:
         counts as heard now."""
         for lease in self.leases.values():
             self.lose(lease, "the service's clock changed", release=True)
-        self.start_clock(now_s)
+        self.start_clock(now_s, lockstep=True)
 
-    def start_clock(self, now_s: float) -> None:
-        """The service's ticks begin at ``now_s`` (its time before may be another clock's)."""
+    def start_clock(self, now_s: float, *, lockstep: bool) -> None:
+        """The service's ticks begin at ``now_s``. Reports heard before had no clock to be
+        compared with: on the wall clock they were heard at wall times already; in lockstep
+        the last report of each cabinet is the one of ``now_s``. Their views are corrected
+        by how far the cabinet's clock is behind."""
         for lease in self.leases.values():
-            if lease.shown is not None:
-                lease.heard_s = now_s
+            shown = lease.shown
+            if shown is not None:
+                if lockstep:
+                    lease.heard_s = now_s
+                lease.view.update(shown, lease.heard_s - shown.ts)
             lease.claimed_s = NEVER

@@ -266,9 +266,10 @@ class _Loop:
         self.reject = _RejectLog()
 
     def now(self) -> float:
-        """The service's time: the lockstep run's last second, or the wall clock."""
+        """The service's time: in lockstep the second the next tick will run (the reports
+        arriving between ticks are of that second), else the wall clock."""
         t = self.lockstep.last_t
-        return self.clock() if t is None else t
+        return self.clock() if t is None else t + 1.0
 
     def serve(self) -> None:
         while not self.stop.is_set() and self.core.taken is None:
