@@ -35,8 +35,10 @@ from citybrain.field.protocol import (
     Shown,
     decode_command,
     decode_status,
+    detectors_topic,
     encode_call,
     encode_cancel,
+    encode_detectors,
     encode_event,
     encode_service_status,
     encode_shown,
@@ -421,6 +423,42 @@ def test_malformed_reports_are_refused_and_counted(
     with pytest.raises(FieldPayloadError, match="no phase 9"):
         core.handle(shown_topic("A0", ROOT), encode_shown(bad_phase), T0)
     assert core.handle(shown_topic("A0", ROOT), b"", T0) == []  # a cleared retained report
+
+
+@pytest.mark.parametrize("skew_s", [-7.0, 0.0, 7.0])
+def test_detectors_of_a_cabinet_whose_clock_is_off_are_heard(
+    single_cfg: Path, skew_s: float
+) -> None:
+    core = _core(single_cfg)
+    seen: list[int] = []
+    decide = core.escort.base.decide
+
+    def spy(readings: Readings) -> Decision:
+        seen.append(int(readings.loop_count.sum()))
+        return decide(readings)
+
+    core.escort.base.decide = spy  # type: ignore[method-assign]
+    core.start_clock(T0, lockstep=False)
+    loop = core.layout.loops[0]
+    for k in range(1, 4):
+        t = T0 + k
+        green = core.xs["A0"].phases[0].state
+        shown = Shown("A0", t - 0.5 + skew_s, green, 0, False, T0, "remote", "svc-b", 1)
+        core.handle(shown_topic("A0", ROOT), encode_shown(shown), t - 0.5)
+        core.handle(
+            detectors_topic("A0", ROOT),
+            encode_detectors(
+                DetectorReport("A0", t - 0.5 + skew_s, {loop.id: LoopReading(2, 0.3)})
+            ),
+            t - 0.5,
+        )
+        core.tick(t)
+    assert seen == [2, 2, 2] and core.counts["stale"] == 0
+    # a backlog after a reconnection is still dropped
+    old = DetectorReport("A0", T0 - 30 + skew_s, {loop.id: LoopReading(5, 0.3)})
+    core.handle(detectors_topic("A0", ROOT), encode_detectors(old), T0 + 4.5)
+    core.tick(T0 + 5)
+    assert seen[-1] == 0 and core.counts["stale"] == 1
 
 
 def test_the_clock_follows_one_run_second_by_second() -> None:

@@ -21,7 +21,8 @@ since the previous tick, its occupancy and each camera's counts are the latest m
 detector without a message in that second reads zero (the detector layer then sees it as
 quiet, and as dead if it stays so). A detector message whose ``ts`` is more than
 ``stale_after_s`` before the tick is dropped (a backlog after a reconnection says nothing
-about this second).
+about this second); its ``ts`` is first moved by how far its cabinet's clock lags the
+service's (measured on the cabinet's reports), so a cabinet whose clock is off is heard.
 
 Shards. The core's layout holds its shard's intersections only; escort corridors are cut to
 them (each service acts on its own shard's signals, and its ``active`` answer lists them). A
@@ -36,7 +37,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -178,6 +179,7 @@ class FieldCore:
         standby: bool = False,
         primary: bool = True,
         sharded: bool = False,
+        remake: Callable[[], Controller] | None = None,
     ) -> None:
         if controller.signal_program is not None:
             raise ConfigError(
@@ -203,14 +205,16 @@ class FieldCore:
         self.sharded = sharded
         """Only some of the net's signals are ours: subscribe to them by name."""
         self.full_corridors = corridor_of
-        self.escort = EscortController(
-            controller,
+        self._remake = remake
+        """A fresh controller, for a lockstep run that begins after wall-clock ticks."""
+        self._escort_args = (
             escort,
             layout,
             ShardCorridors(corridor_of, frozenset(self.xs)),
             self.timing,
             escort_settings,
         )
+        self.escort = EscortController(controller, *self._escort_args)
         self.book = LeaseBook(self.service_id, self.xs, self.settings.lease(), standby=standby)
         self.driver: SignalDriver | None = None
         """Created at the first tick (the envelopes start from its time)."""
@@ -241,6 +245,8 @@ class FieldCore:
         run's lockstep one. A report's green start is corrected by how far its ``ts`` lags
         the service's time when it arrives (in lockstep the caller's time between ticks is
         the next tick's second, the one the reports are of)."""
+        self.report_ts: float | None = None
+        """``ts`` of the last cabinet report or detector message taken (its clock)."""
         self.ever_held = False
         self.taken: str | None = None
         """Set (without ``standby``) when another live service holds our whole shard."""
@@ -253,7 +259,7 @@ class FieldCore:
     @property
     def heard_field(self) -> bool:
         """Whether a cabinet (a report or detectors) has been heard."""
-        return bool(self.counts["shown"] or self.counts["detectors"])
+        return self.report_ts is not None
 
     # ------------------------------------------------------------------ incoming messages
 
@@ -303,6 +309,7 @@ class FieldCore:
             if found is None or found[1] != x_id:
                 raise FieldPayloadError(f"cameras.{key}", f"not a camera of intersection {x_id}")
         self._reports.append(report)
+        self.report_ts = report.ts
         self.counts["detectors"] += 1
 
     def _shown(self, shown: Shown, now_s: float) -> list[Publish]:
@@ -317,6 +324,7 @@ class FieldCore:
         if shown.phase is not None and shown.phase >= len(x.phases):
             raise FieldPayloadError("phase", f"{x.id} has no phase {shown.phase}")
         self.counts["shown"] += 1
+        self.report_ts = shown.ts
         offset = 0.0 if self.clock == "none" else now_s - shown.ts
         if not self.book.shown(shown, now_s, offset):
             return []
@@ -432,8 +440,9 @@ class FieldCore:
 
     def _readings(self, t: float) -> Readings:
         stale_before = t - self.settings.stale_after_s
+        leases = self.book.leases
         for report in self._reports:
-            if report.ts < stale_before:
+            if report.ts + leases[report.intersection].offset_s < stale_before:
                 self.counts["stale"] += 1
                 continue
             for key, loop in report.loops.items():
@@ -526,6 +535,8 @@ class FieldCore:
             self.book.start_clock(t, lockstep=lockstep)
         else:
             log.warning("the service's clock changed to %s at %g s: leases given back", mode, t)
+            if self._remake is not None:  # a controller keeps time: start a fresh one
+                self.escort = EscortController(self._remake(), *self._escort_args)
             self.driver = None
             self.book.restart_clock(t)
             out = self._releases(t)

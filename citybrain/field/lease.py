@@ -114,6 +114,7 @@ class SignalLease:
         "intersection",
         "last_ts",
         "mismatches",
+        "offset_s",
         "shown",
         "status",
         "view",
@@ -127,6 +128,8 @@ class SignalLease:
         self.fresh = False
         """A report arrived since the last tick."""
         self.view = ShownView()
+        self.offset_s = 0.0
+        """The service's clock minus the cabinet's, as its last report showed (0 unknown)."""
         self.epoch: int | None = None
         """Our lease, once granted."""
         self.granted_ts = NEVER
@@ -196,6 +199,7 @@ class LeaseBook:
         lease.shown = shown
         lease.heard_s = now_s
         lease.fresh = True
+        lease.offset_s = offset_s
         lease.view.update(shown, offset_s)
         holder = shown.holder
         judged = lease.epoch is not None and shown.ts >= lease.granted_ts
@@ -349,5 +353,6 @@ class LeaseBook:
             if shown is not None:
                 if lockstep:
                     lease.heard_s = now_s
-                lease.view.update(shown, lease.heard_s - shown.ts)
+                lease.offset_s = lease.heard_s - shown.ts
+                lease.view.update(shown, lease.offset_s)
             lease.claimed_s = NEVER

@@ -11,9 +11,12 @@ follow that run's seconds: the core is ticked at exactly ``tick.t`` once every m
 received before the tick is handled (the host publishes the cabinets' detectors and reports
 of ``t``, then the tick, on one connection), and the liveness message that follows the
 commands of ``t`` carries ``"tick": t``. Without ticks the service runs on the wall clock, one
-tick per whole second, starting ``start_after_s`` after it first hears a cabinet (so a
-lockstep run's first tick finds a controller that has not run yet). Before that it does not
-tick: with no cabinet there is nothing to command.
+tick per whole second, starting ``start_after_s`` after it first hears a cabinet whose
+clock agrees with its own within ``WALL_CLOCK_SLACK_S`` (so a lockstep run's first tick finds
+a controller that has not run yet: a simulated field's reports carry the simulation's seconds).
+Before that it does not tick: with no cabinet there is nothing to command. Claims do not wait
+for ticks: they follow the reports. Should a lockstep run begin after wall-clock ticks all the
+same, the core starts a fresh controller and claims every signal again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +57,10 @@ from citybrain.settings import Settings
 log = logging.getLogger("citybrain.field")
 
 Clock = Callable[[], float]
+
+WALL_CLOCK_SLACK_S = 3600.0
+"""Cabinet reports whose ``ts`` is further than this from the wall clock come from a simulated
+field (SUMO-in-the-loop): the service then ticks on that run's clock only."""
 
 
 def load_core(
@@ -105,6 +113,7 @@ def load_core(
             standby=standby,
             primary=is_primary(ids, chosen),
             sharded=len(chosen) < len(ids),
+            remake=lambda: make_controller(controller, layout, settings),
         )
     except ValueError as exc:  # a bad topic root
         raise ConfigError(str(exc)) from None
@@ -197,6 +206,7 @@ def run_service(
             return
         stats.connections += 1
         log.info("connected to %s as %s", broker.address.url, client_id)
+        _no_delay(c)
         _, mid = c.subscribe(list(wanted))
         sub_mid[0] = -1 if mid is None else mid
         live = core.liveness(clock())
@@ -243,6 +253,14 @@ def run_service(
     return stats
 
 
+def _no_delay(client: Client) -> None:
+    """Send small packets at once (no Nagle): a command must not wait for the TCP
+    acknowledgement of the previous packet (a PUBACK), which costs tens of milliseconds."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Loop:
     """The service's thread: messages in order, ticks by the wall clock or the lockstep one."""
 
@@ -261,7 +279,8 @@ class _Loop:
         self.clock_topic = clock_topic(core.root)
         self.lockstep = ClockFollower()
         self.heard_at: float | None = None
-        """Wall time the first cabinet was heard."""
+        """Wall time a cabinet was first heard on the wall clock."""
+        self.far_clock = False
         self.next_tick: float | None = None
         self.reject = _RejectLog()
 
@@ -291,8 +310,18 @@ class _Loop:
             self.stats.rejected += 1
             self.reject(topic, exc)
             return
-        if self.heard_at is None and self.core.heard_field:
-            self.heard_at = self.clock()
+        if self.heard_at is None and self.core.report_ts is not None:
+            now = self.clock()
+            if abs(self.core.report_ts - now) < WALL_CLOCK_SLACK_S:
+                self.heard_at = now
+            elif not self.far_clock:
+                self.far_clock = True
+                log.info(
+                    "cabinet reports carry a clock %.0f s away from this machine's: a "
+                    "simulated field; waiting for its clock ticks on %s",
+                    self.core.report_ts - now,
+                    self.clock_topic,
+                )
         self._publish(out)
 
     def _lockstep_tick(self, payload: bytes) -> None:
