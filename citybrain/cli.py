@@ -1,4 +1,5 @@
-"""The ``citybrain`` command: ``sim``, ``control``, ``escort``, ``parking`` and ``demo``."""
+"""The ``citybrain`` command: ``sim``, ``control``, ``escort``, ``parking``, ``broker`` and
+``demo``."""
 
 from __future__ import annotations
 
@@ -110,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     from citybrain.parking_cli import add_parser as add_parking
 
     add_parking(top)
+
+    from citybrain.broker_cli import add_parser as add_broker
+
+    add_broker(top)
 
     demo = top.add_parser(
         "demo", help="the arterial under fixed, actuated and adaptive control, escort, parking"

@@ -43,8 +43,10 @@ def run_demo(out: Path, seeds: Sequence[int]) -> int:
         title=f"arterial, seed {seed}: signal phases at the peak",
     )
     print(f"\nwrote {path}\nchart: {chart}\nphase timeline: {timeline}")
-    print("\nescort: the arterial's ambulance under adaptive, without and with the corridor "
-          f"(seeds {', '.join(map(str, seeds))}) ...")
+    print(
+        "\nescort: the arterial's ambulance under adaptive, without and with the corridor "
+        f"(seeds {', '.join(map(str, seeds))}) ..."
+    )
     run_escort_demo(out, seeds)
     return run_parking_demo(out / "parking")
 
