@@ -38,8 +38,8 @@ class RefusedByBroker(CitybrainError):
     def __init__(self, settings: BrokerSettings, what: str, reason: str) -> None:
         self.user = settings.address.username
         self.reason = reason
-        who = f"user {self.user!r}" if self.user else "an anonymous client"
-        super().__init__(f"the broker at {settings.address.url} refused {who} {what}: {reason}")
+        who = f"user {self.user!r}" if self.user else "no user name"
+        super().__init__(f"the broker at {settings.address.url} refused {what} ({who}): {reason}")
 
 
 class NoAnswer(CitybrainError):
@@ -127,7 +127,7 @@ def publish_confirmed(
     finally:
         client.on_publish = previous
     if code.is_failure:
-        raise RefusedByBroker(settings, f"to publish to {topic}", str(code))
+        raise RefusedByBroker(settings, f"a publish to {topic}", str(code))
     return code
 
 
@@ -172,7 +172,7 @@ def subscribe_confirmed(
         client.on_subscribe = previous
     for (topic, _), code in zip(topics, codes, strict=False):
         if code.is_failure:
-            raise RefusedByBroker(settings, f"to subscribe to {topic}", str(code))
+            raise RefusedByBroker(settings, f"a subscription to {topic}", str(code))
 
 
 def _require_v5(client: Client) -> None:
