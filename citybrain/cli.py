@@ -1,5 +1,4 @@
-"""The ``citybrain`` command: ``sim``, ``control``, ``escort``, ``parking``, ``broker`` and
-``demo``."""
+"""The ``citybrain`` command: ``sim``, ``control``, ``escort``, ``parking`` and ``demo``."""
 
 from __future__ import annotations
 
