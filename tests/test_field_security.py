@@ -226,7 +226,9 @@ def test_make_credentials_script_delegates(tmp_path: Path) -> None:
     env = {**os.environ, "TOPIC_ROOT": "city/parking", "SERVICE_USER": "parker"}
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if not (Path(p) / "citybrain").exists()
-    )  # found next to the script, as under sudo
+    )  # not on PATH, as under sudo: the script finds the checkout's .venv/bin/citybrain
+    if not (ROOT / ".venv" / "bin" / "citybrain").exists():  # a venv elsewhere
+        env["CITYBRAIN"] = str(Path(sys.executable).parent / "citybrain")
     done = subprocess.run(
         ["bash", str(CONFIG_DIR / "make-credentials.sh"), str(out), "lot-a"],
         env=env,
