@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parking(top)
 
+    from citybrain.broker_cli import add_parser as add_broker
+
+    add_broker(top)
+
     demo = top.add_parser(
         "demo", help="the arterial under fixed, actuated and adaptive control, escort, parking"
     )

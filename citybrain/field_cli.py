@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from citybrain.errors import CitybrainError
 
 if TYPE_CHECKING:
+    from citybrain.field.protocol import EscortCall, EscortCancel, EscortStatus
     from citybrain.mqtt.address import BrokerSettings
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -81,13 +82,36 @@ def add_escort(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--priority", type=int, default=1, help="higher wins a contested signal (default 1)"
     )
     cancel = cmds.add_parser("cancel", help="cancel a vehicle's escort")
+    for p in (req, cancel):
+        p.description = (
+            "Publish, then wait for the control service's answer on the vehicle's status "
+            "topic: exit 0 when the escort is active (printing the corridor's signals) or "
+            "cancelled; exit 2 with one line when the broker refuses the message, the service "
+            "rejects it (with its reason) or no answer comes within --timeout."
+        )
     cancel.add_argument("--vehicle", required=True)
     for p in (req, cancel):
         p.add_argument("--broker", default=DEFAULT_BROKER)
         p.add_argument("--topic-root", default="citybrain")
+        p.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=10.0,
+            help="seconds to wait for the broker and for the service's answer (default 10)",
+        )
         _credentials(p)
     req.set_defaults(handler=_request)
     cancel.set_defaults(handler=_cancel)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
+    return value
 
 
 def _edges(text: str) -> list[str]:
@@ -158,21 +182,46 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace) -> int:
-    from citybrain.field.protocol import EscortCall, encode_call, requests_topic
+    from citybrain.field.protocol import EscortCall
 
     call = EscortCall(_vehicle(args.vehicle), tuple(args.route), args.priority, time.time())
-    _publish(args, requests_topic(args.topic_root), encode_call(call))
-    print(f"requested an escort for {call.vehicle} along {len(call.route)} edge(s)")
+    status = _ask(args, call)
+    if status.status == "rejected":
+        raise CitybrainError(
+            f"the service rejected the escort of {call.vehicle}: {status.reason or 'no reason'}"
+        )
+    signals = ", ".join(status.signals) if status.signals else "no signal on the route"
+    print(f"escorting {call.vehicle}: {signals}")
     return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from citybrain.field.protocol import EscortCancel, encode_cancel, requests_topic
+    from citybrain.field.protocol import EscortCancel
 
     cancel = EscortCancel(_vehicle(args.vehicle), time.time())
-    _publish(args, requests_topic(args.topic_root), encode_cancel(cancel))
-    print(f"cancelled the escort of {cancel.vehicle}")
+    status = _ask(args, cancel)
+    if status.status == "rejected":
+        raise CitybrainError(
+            f"the service refused to cancel the escort of {cancel.vehicle}: "
+            f"{status.reason or 'no reason'}"
+        )
+    if status.reason:
+        print(f"{cancel.vehicle}: {status.reason}")
+    else:
+        print(f"cancelled the escort of {cancel.vehicle}")
     return 0
+
+
+def _ask(args: argparse.Namespace, message: EscortCall | EscortCancel) -> EscortStatus:
+    """Send ``message`` and wait for the service's answer (citybrain.field.dispatch)."""
+    from citybrain.field.dispatch import ask
+    from citybrain.field.protocol import check_root
+
+    try:
+        root = check_root(args.topic_root)
+    except ValueError as exc:
+        raise CitybrainError(str(exc)) from None
+    return ask(_broker(args), message, root=root, timeout_s=args.timeout)
 
 
 def _vehicle(name: str) -> str:
@@ -182,14 +231,3 @@ def _vehicle(name: str) -> str:
         return check_level(name, "vehicle id")
     except ValueError as exc:
         raise CitybrainError(str(exc)) from None
-
-
-def _publish(args: argparse.Namespace, topic: str, payload: bytes) -> None:
-    from citybrain.field.protocol import REQUEST_QOS, check_root
-    from citybrain.field.service import publish_once
-
-    try:
-        check_root(args.topic_root)
-    except ValueError as exc:
-        raise CitybrainError(str(exc)) from None
-    publish_once(_broker(args), topic, payload, qos=REQUEST_QOS)

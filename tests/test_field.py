@@ -513,16 +513,28 @@ def test_field_service_escorts_an_ambulance(single_cfg: Path, mqtt_url: str) -> 
     cleaner.close()
 
 
-def test_escort_commands_publish_requests(mqtt_url: str) -> None:
+def test_escort_commands_publish_requests(
+    mqtt_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands publish the documented requests and wait for the answer (a stand-in
+    service here, answering every request ``active`` and every cancellation)."""
     root = f"cbtest/{uuid.uuid4().hex[:10]}"
     watch = Collector(mqtt_url, requests_topic(root))
+
+    def answer(_c: Any, _u: Any, message: MQTTMessage) -> None:
+        watch._on_message(_c, _u, message)
+        got = decode_escort(bytes(message.payload))
+        kind = "cancelled" if isinstance(got, EscortCancel) else "active"
+        status = EscortStatus(got.vehicle, time.time(), kind, ("A0", "B1"))
+        watch.publish(f"{root}/escort/{got.vehicle}/status", encode_status(status), qos=1)
+
+    watch.client.on_message = answer
     try:
         base = ["--broker", mqtt_url, "--topic-root", root, "--vehicle", "amb7"]
         assert main(["escort", "request", *base, "--route", "e1,e2, e3", "--priority", "2"]) == 0
+        assert capsys.readouterr().out == "escorting amb7: A0, B1\n"
         assert main(["escort", "cancel", *base]) == 0
-        deadline = time.monotonic() + 10
-        while len(watch.on(requests_topic(root))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert capsys.readouterr().out == "cancelled the escort of amb7\n"
     finally:
         watch.close()
     call, cancel = (decode_escort(p) for p in watch.on(requests_topic(root)))

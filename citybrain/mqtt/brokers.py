@@ -60,6 +60,7 @@ def default_config(port: int, workdir: Path) -> str:
         f"persistence_location {workdir}/\n"
         "autosave_interval 1\n"
         "max_queued_messages 100000\n"
+        "set_tcp_nodelay true\n"
     )
 
 

@@ -4,7 +4,8 @@ The polyline follows, edge by edge, the shape of a lane that continues onto the 
 edge (the junction between two edges is crossed in a straight line). Every signalised link
 from one route edge onto the next marks an intersection of the corridor: its stop line is the
 end of the approach lane, its phases those that show the movement green (priority green
-preferred). Nothing here looks at vehicles.
+preferred). A route must be connected: each edge leads onto the next one (a lane of it has
+a connection there), else it has a gap and is refused. Nothing here looks at vehicles.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def corridor_of(
     for e in edges:
         if not net.hasEdge(e):
             raise ScenarioError(f"escort {vehicle}: route edge {e!r} is not in the net")
+    for here, there in itertools.pairwise(edges):
+        if not net.getEdge(here).getConnections(net.getEdge(there)):
+            raise ScenarioError(
+                f"escort {vehicle}: the route has a gap: no lane of edge {here!r} leads onto "
+                f"{there!r}"
+            )
     points: list[tuple[float, float]] = []
     speed_from: list[float] = []
     speeds: list[float] = []
