@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -206,7 +205,6 @@ def run_service(
             return
         stats.connections += 1
         log.info("connected to %s as %s", broker.address.url, client_id)
-        _no_delay(c)
         _, mid = c.subscribe(list(wanted))
         sub_mid[0] = -1 if mid is None else mid
         live = core.liveness(clock())
@@ -251,14 +249,6 @@ def run_service(
     if core.taken is not None:
         raise CitybrainError(f"service {core.service_id}: {core.taken}")
     return stats
-
-
-def _no_delay(client: Client) -> None:
-    """Send small packets at once (no Nagle): a command must not wait for the TCP
-    acknowledgement of the previous packet (a PUBACK), which costs tens of milliseconds."""
-    sock = client.socket()
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _Loop:
