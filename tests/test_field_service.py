@@ -318,3 +318,31 @@ def test_a_second_service_without_standby_is_refused_with_a_clear_message(
     assert field.held_by("svc-a")  # the first one kept its signals
     # a second service sent no command
     assert {c.service for c in field.commands} == {"svc-a"}
+
+
+@pytest.mark.sumo
+def test_a_lockstep_field_run_equals_the_in_process_run(
+    mqtt_url: str, single_cfg: Path, tmp_path: Path
+) -> None:
+    """``citybrain sim run --field`` with the controller in a ``control serve`` process: the
+    same delay as the controller in process, every second commanded, nothing refused."""
+    from citybrain.sim.fieldloop import FieldOptions
+    from citybrain.sim.runner import RunOptions, run
+
+    field = Field(mqtt_url, single_cfg, tmp_path)
+    try:
+        field.serve("svc-a", "--escort", "none")
+        time.sleep(3)  # the service is there before the run starts: it claims in the pre-roll
+        options = FieldOptions(BrokerSettings.from_url(mqtt_url), root=field.root)
+        remote = run(
+            single_cfg, tmp_path / "field", RunOptions("actuated", end_s=600, field=options)
+        )
+    finally:
+        field.close()
+    alone = run(single_cfg, tmp_path / "alone", RunOptions("actuated", end_s=600)).metrics
+    report = remote.metrics.extra["field"]
+    assert remote.metrics.mean_delay_s == alone.mean_delay_s
+    assert remote.metrics.vehicles == alone.vehicles
+    assert report["monitor_refusals"] == 0 and report["fallbacks"] == 0
+    assert report["unsafe_states"] == 0 and report["silent_services"] == []
+    assert report["commands_shown"] >= 590 and report["holders_at_end"] == ["svc-a"]
