@@ -332,6 +332,23 @@ def test_a_standby_claims_a_held_signal_and_a_plain_service_does_not(single_cfg:
     assert len(_messages(held(plain, T0 + 1.5))) == 1
 
 
+def test_a_standby_started_with_a_primary_leaves_it_the_signals(arterial_cfg: Path) -> None:
+    standby = _core(arterial_cfg, standby=True)
+    wait = standby.settings.standby_wait_s
+    assert _messages(_shown(standby, T0, 0)) == []  # nobody holds it: the primary's first
+    assert _messages(_shown(standby, T0 + wait - 0.5, 0)) == []
+    assert len(_messages(_shown(standby, T0 + wait, 0))) == 1  # no primary came
+    # both start at once on real cabinet cores: the primary holds everything
+    bus = _bus(arterial_cfg)
+    primary, standby = _core(arterial_cfg), _core(arterial_cfg, service_id="svc-b", standby=True)
+    bus.join(standby)
+    bus.join(primary)
+    for k in range(15):
+        bus.second(T0 + k)
+    assert set(primary.statuses.values()) == {LeaseStatus.HELD} and primary.taken is None
+    assert set(standby.statuses.values()) == {LeaseStatus.HELD_BY_OTHER}
+
+
 def test_a_shard_held_by_a_live_service_stops_a_plain_service(arterial_cfg: Path) -> None:
     plain = _core(arterial_cfg)
     standby = _core(arterial_cfg, standby=True)

@@ -112,6 +112,8 @@ class FieldSettings:
     """At most one claim per intersection in this time."""
     mismatch_reports: int = 2
     """Reports in a row showing something else than we commanded before we resynchronise."""
+    standby_wait_s: float = 3.0
+    """A standby claims a signal nobody holds once it has been so for this long."""
 
     def __post_init__(self) -> None:
         for name in ("stale_after_s", "request_max_age_s", "escort_expire_s"):
@@ -121,7 +123,9 @@ class FieldSettings:
         self.lease()
 
     def lease(self) -> LeaseSettings:
-        return LeaseSettings(self.silent_after_s, self.claim_every_s, self.mismatch_reports)
+        return LeaseSettings(
+            self.silent_after_s, self.claim_every_s, self.mismatch_reports, self.standby_wait_s
+        )
 
 
 class ClockFollower:

@@ -16,7 +16,9 @@ The states of one intersection (``LeaseStatus``):
 Claims go out when a report arrives (at most one per ``claim_every_s`` per intersection), for
 every intersection not held by us, nor by another service (unless this one is a standby, or
 that service said it went offline). So a service claims as soon as it hears a cabinet, before
-its first tick (a SUMO-in-the-loop run waits for the claims before its first second).
+its first tick (a SUMO-in-the-loop run waits for the claims before its first second). A
+standby leaves a signal nobody holds to others for ``standby_wait_s`` first: started together
+with a primary, it is the primary that gets the signals.
 
 A grant is the cabinet's event ``granted`` for our claim (the same epoch when the cabinet
 still named us: a restarted service gets its lease back), or a report naming us holder under
@@ -65,9 +67,12 @@ class LeaseSettings:
     """At most one claim per intersection in this time."""
     mismatch_reports: int = 2
     """Reports in a row that differ from what we commanded before we stop commanding."""
+    standby_wait_s: float = 3.0
+    """A standby claims a signal nobody holds only once it has been so for this long (a
+    primary started at the same time takes it first)."""
 
     def __post_init__(self) -> None:
-        for name in ("silent_after_s", "claim_every_s"):
+        for name in ("silent_after_s", "claim_every_s", "standby_wait_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"field.{name} must be a positive number, not {value}")
@@ -113,6 +118,7 @@ class SignalLease:
         "heard_s",
         "intersection",
         "last_ts",
+        "local_since",
         "mismatches",
         "offset_s",
         "shown",
@@ -136,6 +142,8 @@ class SignalLease:
         """The grant's time on the cabinet's clock: older reports do not judge the lease."""
         self.disowned: int | None = None
         """An epoch in our name that this process does not hold (a previous run's, a lost one)."""
+        self.local_since: float | None = None
+        """Service time since which the cabinet has reported no holder (None: it has one)."""
         self.claimed = False
         """A claim sent since the lease was last granted or lost."""
         self.claimed_s = NEVER
@@ -202,6 +210,10 @@ class LeaseBook:
         lease.offset_s = offset_s
         lease.view.update(shown, offset_s)
         holder = shown.holder
+        if holder is not None:
+            lease.local_since = None
+        elif lease.local_since is None:
+            lease.local_since = now_s
         judged = lease.epoch is not None and shown.ts >= lease.granted_ts
         if judged and (holder != self.service or shown.epoch != lease.epoch):
             if holder is None:
@@ -266,7 +278,10 @@ class LeaseBook:
         if lease.epoch is not None or now_s - lease.claimed_s < self.settings.claim_every_s:
             return False
         holder = lease.holder
-        if holder is None or holder == self.service:
+        if holder is None:
+            since = lease.local_since if lease.local_since is not None else now_s
+            return not self.standby or now_s - since >= self.settings.standby_wait_s
+        if holder == self.service:
             return True
         return self.standby or self.services.get(holder) is False
 
@@ -355,4 +370,6 @@ class LeaseBook:
                     lease.heard_s = now_s
                 lease.offset_s = lease.heard_s - shown.ts
                 lease.view.update(shown, lease.offset_s)
+            if lease.local_since is not None:
+                lease.local_since = now_s
             lease.claimed_s = NEVER
