@@ -282,16 +282,22 @@ class _Loop:
 
     def serve(self) -> None:
         while not self.stop.is_set() and self.core.taken is None:
+            wait = 0.01
+            if self.next_tick is not None and self.lockstep.run is None:
+                wait = min(wait, max(self.next_tick - self.clock(), 0.0))
             try:
-                topic, payload = self.inbox.get(timeout=0.01)
+                topic, payload = self.inbox.get(timeout=wait)
             except queue.Empty:
                 self._wall_tick()
                 continue
-            if topic == self.clock_topic:
-                self._lockstep_tick(payload)
-            else:
-                self._message(topic, payload)
-            self._wall_tick(busy=not self.inbox.empty())
+            self._dispatch(topic, payload)
+            self._wall_tick()
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        if topic == self.clock_topic:
+            self._lockstep_tick(payload)
+        else:
+            self._message(topic, payload)
 
     def _message(self, topic: str, payload: bytes) -> None:
         try:
@@ -340,9 +346,13 @@ class _Loop:
         self.stats.ticks += 1
         self.stats.lockstep_ticks += 1
 
-    def _wall_tick(self, busy: bool = False) -> None:
-        """Tick on the wall clock when a second is due (with messages waiting: once it is
-        overdue by a tenth of a second)."""
+    def _following(self) -> bool:
+        """Whether the service follows a lockstep run's clock."""
+        return self.lockstep.run is not None
+
+    def _wall_tick(self) -> None:
+        """Tick on the wall clock as soon as a second is due, after the messages that
+        arrived before it (those queued then; later ones count in the next second)."""
         if self.lockstep.run is not None:
             return
         now = self.clock()
@@ -351,8 +361,15 @@ class _Loop:
                 return
             self.next_tick = float(math.floor(now))
             self._publish(self.core.start_clock(self.next_tick, lockstep=False))
-        if now < self.next_tick + (0.1 if busy else 0.0):
+        if now < self.next_tick:
             return
+        for _ in range(self.inbox.qsize()):
+            try:
+                self._dispatch(*self.inbox.get_nowait())
+            except queue.Empty:
+                break
+            if self._following():  # a lockstep run began meanwhile
+                return
         if now - self.next_tick >= 1.0:  # fell behind: tick the current second only
             behind = math.floor(now - self.next_tick)
             self.stats.skipped_s += behind
