@@ -7,14 +7,15 @@ Every second of the simulation:
 
 1. each cabinet publishes what its detectors read (SUMO's detectors through the run's sensor
    model) and what it shows; escorted vehicles publish their GPS fixes and escort requests;
-2. ``lockstep`` (the default): the host publishes the clock tick and waits, wall clock, until
-   every online service has finished that second (its liveness message names the tick; what
-   it sent before, commands and claims, has then arrived) and every cabinet's holder has sent
-   its command; a service that does not answer within the cabinets' watchdog time counts as
-   silent from then on (the run goes on, the cabinets' watchdogs, in simulated time, take
-   them to their local plans), one that goes offline (its will) at once; ``realtime``:
-   the simulation runs at one simulated second per wall second, commands are taken as they
-   arrive, and a held cabinet that got no command in a second counts a missed deadline;
+2. ``lockstep`` (the default): the host publishes the clock tick and waits, wall clock,
+   until every online service has finished that second (its liveness message names the tick;
+   what it sent before, commands and claims, has then arrived; a held cabinet without a
+   command then counts a missed deadline); a service that does not answer within the
+   cabinets' watchdog time counts as silent from then on (the run goes on, the cabinets'
+   watchdogs, in simulated time, take them to their local plans), one that goes offline (its
+   will) at once; ``realtime``: the simulation runs at one simulated second per wall second,
+   commands are taken as they arrive, and a held cabinet that got no command in a second
+   counts a missed deadline;
 3. each cabinet takes its commands through its monitor and gives the state SUMO shows.
 
 Before the first second, the host waits (up to the watchdog time, wall clock) for a service
@@ -390,30 +391,25 @@ class FieldLoop:
                     log.warning("service %s did not answer second %g in time: silent", service, t)
                     self._silent.add(service)
                     self.stats.silent_services.append(service)
-                self.stats.missed_deadlines += sum(
-                    1
-                    for c in self.host.cabinets.values()
-                    if c.holder in waiting and c.last_command_ts < t
-                )
                 break
             self._drain(t, block_s=0.05, sent=sent)
         self._drain(t, block_s=0.0)  # what came with the last answers (claims, releases)
+        self.stats.missed_deadlines += sum(  # held, and no command for this second
+            1
+            for c in self.host.cabinets.values()
+            if c.holder is not None
+            and max(c.last_command_ts, self._gone.get(c.id, -math.inf)) < t
+            and c.stats.commands > 0
+        )
 
     def _waiting_for(self, t: float) -> set[str]:
-        """The services whose answer to second ``t`` has not come yet: online ones that have
-        not finished the tick, and live holders whose command has not come."""
-        waiting = {
+        """The online services that have not finished second ``t`` yet (once one has, all it
+        sent for ``t``, commands and claims, has arrived: one connection keeps the order)."""
+        return {
             service
             for service in self._online
             if service not in self._silent and self._done.get(service, -math.inf) < t
         }
-        for c in self.host.cabinets.values():
-            holder = c.holder
-            if holder is None or holder in self._silent or holder not in self._online:
-                continue
-            if max(c.last_command_ts, self._gone.get(c.id, -math.inf)) < t:
-                waiting.add(holder)
-        return waiting
 
     def _realtime(self, t: float, out: list[Publish]) -> None:
         due = self._wall0 + (t - self._t0)
@@ -478,6 +474,9 @@ class FieldLoop:
                 self._held = []
             for topic, payload, arrived in deliver:
                 out.extend(self._deliver(topic, payload, arrived, now_s, sent))
+        for cab in self.host.cabinets.values():  # commands held back a moment (realtime)
+            if cab.deferred_due is not None:
+                out.extend(cab.poll(now_s + self._offset))
         self._publish(self._lossy(out))
 
     def _liveness(self, service: str, payload: bytes) -> None:

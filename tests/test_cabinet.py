@@ -344,3 +344,27 @@ def test_cabinet_layouts_give_each_cabinet_its_own_detectors(arterial_cfg: Path)
     assert sum(len(p.loops) for p in parts.values()) == len(layout.loops)
     for xid, part in parts.items():
         assert all(d.intersection == xid for d in (*part.loops, *part.cameras))
+
+
+def test_a_command_a_moment_early_is_held_until_due_and_never_shown_early(
+    single: Layout,
+) -> None:
+    cab, _, t = _held(single)
+    x = cab.x
+    current = cab.state
+    yellow = "".join("y" if c in "Gg" else c for c in current)
+    all_red = "r" * len(x.links)
+    assert _send(cab, yellow, t) == []
+    # 3 ms before the yellow has run its time (it crossed a network faster than the last one)
+    early = t + x.yellow_s - 0.003
+    assert _send(cab, all_red, early) == []
+    assert cab.state == yellow and cab.deferred_due is not None
+    assert cab.poll(early + 0.001) == [] and cab.state == yellow
+    assert cab.poll(t + x.yellow_s + 0.01) == []
+    assert cab.state == all_red and cab.watch.since_s >= t + x.yellow_s - 1e-9
+    assert cab.stats.deferred == 1 and cab.stats.refusals == 0 and cab.stats.unsafe == 0
+    # a whole second early is refused
+    cab2, _, t2 = _held(single)
+    assert _send(cab2, yellow, t2) == []
+    (event,) = _send(cab2, all_red, t2 + x.yellow_s - 1.0)
+    assert event.kind == "refused" and event.reason.startswith("short_yellow:")

@@ -67,6 +67,11 @@ from citybrain.field.protocol import (
 )
 
 LOCAL_PLANS: tuple[str, ...] = ("own", "actuated")
+TIMING_RULES = frozenset({"short_yellow", "short_all_red", "short_green"})
+DEFER_MAX_S = 0.25
+"""A command that breaks only timing rules, and would not a moment later (up to this long),
+is held back and shown when due: commands cross a network, so one can arrive a few
+milliseconds before its change is due."""
 _LOCAL_CONTROLLER = {"own": "plan", "actuated": "actuated"}
 
 
@@ -113,6 +118,8 @@ class CabinetStats:
     fallbacks: int = 0
     grants: int = 0
     denials: int = 0
+    deferred: int = 0
+    """Commands held back a moment for a timing rule (early by under ``DEFER_MAX_S``)."""
     self_cleared: int = 0
     """Change intervals the cabinet finished by itself."""
     unsafe: int = 0
@@ -169,6 +176,9 @@ class CabinetCore:
         """Whether the current lease has had a command shown."""
         self._claim: str | None = None
         """A claim waiting for the cabinet to show a phase's green."""
+        self._deferred: Command | None = None
+        """A command held back until a timing rule allows it (at ``_deferred_due``)."""
+        self._deferred_due = 0.0
         self.hold = False
         self.phase: int = 0
         """The green phase shown, or the one a change interval leads to."""
@@ -262,6 +272,16 @@ class CabinetCore:
         if cmd.ts <= self._last_ts:
             self.stats.dropped += 1
             return []
+        self._last_ts = cmd.ts
+        if self._deferred is not None:  # superseded by a newer command
+            self._deferred = None
+            self.stats.dropped += 1
+        return self._take(cmd, now_s, defer=True)
+
+    def _take(self, cmd: Command, now_s: float, *, defer: bool) -> list[Publish]:
+        """Show ``cmd`` if the monitor allows it now; a command early by less than
+        ``DEFER_MAX_S`` for a timing rule (it left the service that long before the change
+        was due, or its predecessor came late) is held until it is due, never shown early."""
         if not 0 <= cmd.phase < len(self.x.phases):
             return self._refuse(cmd, now_s, f"no phase {cmd.phase}")
         try:
@@ -269,6 +289,13 @@ class CabinetCore:
         except ValueError as exc:
             return self._refuse(cmd, now_s, str(exc))
         if findings:
+            if defer and all(f.rule in TIMING_RULES for f in findings):
+                wait = self._due_in(now_s, cmd.state)
+                if wait is not None:
+                    self._deferred = cmd
+                    self._deferred_due = now_s + wait
+                    self.stats.deferred += 1
+                    return []
             first = findings[0]
             return self._refuse(cmd, now_s, f"{first.rule}: {first.detail} in {cmd.state!r}")
         out = []
@@ -278,16 +305,35 @@ class CabinetCore:
             self._local = None
             out.append(self._event(now_s, "remote", cmd.service, cmd.epoch))
         self._valid_s = now_s
-        self._last_ts = cmd.ts
         self.hold = cmd.hold
         self.stats.commands += 1
         self._show(now_s, cmd.state)
         self.phase = cmd.phase if self.watch.phase is None else self.watch.phase
         return out
 
+    def _due_in(self, now_s: float, state: str) -> float | None:
+        """How long until ``state`` breaks no rule, if that is at most ``DEFER_MAX_S``."""
+        step = DEFER_MAX_S / 25
+        for k in range(1, 26):
+            if not self.watch.check(now_s + k * step, state):
+                return k * step
+        return None
+
+    @property
+    def deferred_due(self) -> float | None:
+        """When a command held back for a timing rule is due (None if none is)."""
+        return None if self._deferred is None else self._deferred_due
+
+    def poll(self, now_s: float) -> list[Publish]:
+        """Show a held-back command once it is due; call often (the agent: every loop)."""
+        cmd = self._deferred
+        if cmd is None or now_s < self._deferred_due - 1e-9:
+            return []
+        self._deferred = None
+        return self._take(cmd, max(now_s, self._deferred_due), defer=False)
+
     def _refuse(self, cmd: Command, now_s: float, reason: str) -> list[Publish]:
         self.stats.refusals += 1
-        self._last_ts = max(self._last_ts, cmd.ts)
         return [self._event(now_s, "refused", cmd.service, cmd.epoch, reason)]
 
     def _on_claim(self, service: str, now_s: float) -> list[Publish]:
@@ -318,6 +364,7 @@ class CabinetCore:
         self.epoch += 1
         self._valid_s = now_s
         self._last_ts = -math.inf
+        self._deferred = None
         self._used = False
         self.phase = self.watch.phase
         self.hold = False
@@ -337,7 +384,7 @@ class CabinetCore:
         """The state to show from ``now_s`` on, and the events of this second.
 
         Call once per second, after the commands of that second (``handle``)."""
-        out: list[Publish] = []
+        out: list[Publish] = self.poll(now_s)
         silent_s = now_s - self._valid_s
         if self.holder is not None and silent_s >= self.settings.watchdog_s - 1e-9:
             out.append(
@@ -364,6 +411,7 @@ class CabinetCore:
         """End the lease and go to the local plan (through a change interval if needed)."""
         self.holder = None
         self._claim = None
+        self._deferred = None
         self._used = False
         self.mode = "local"
         self.hold = False

@@ -184,6 +184,8 @@ def _run(
 ) -> None:
     shown: dict[str, str] = {}
     counted: dict[str, int] = {}
+    held: set[str] = set()
+    """Cabinets holding a command back a moment (see ``CabinetCore.poll``)."""
     next_s = float(math.floor(clock()) + 1)
     while not stop.is_set():
         while True:
@@ -197,6 +199,8 @@ def _run(
             if key is None:
                 continue
             cab = host.cabinets[key]
+            if cab.deferred_due is not None:
+                held.add(key)
             taken = cab.stats.commands
             if taken != counted.get(key, 0):
                 counted[key] = taken
@@ -208,8 +212,25 @@ def _run(
                 out.extend(cab.report(now))
             _publish(route, key, out, stats)
         now = clock()
+        for key in sorted(held):  # commands held back a moment for a timing rule
+            cab = host.cabinets[key]
+            due = cab.deferred_due
+            if due is None:
+                held.discard(key)
+            elif now >= due:
+                out = cab.poll(now)
+                held.discard(key)
+                if cab.state != shown.get(key):
+                    shown[key] = cab.state
+                    lamps.show(key, cab.state, now)
+                if cab.stats.commands != counted.get(key, 0):
+                    counted[key] = cab.stats.commands
+                    stats.latency_ms.append((now - cab.last_command_ts) * 1000.0)
+                if out:
+                    out.extend(cab.report(now))
+                _publish(route, key, out, stats)
         if now < next_s:
-            stop.wait(min(0.01, next_s - now))
+            stop.wait(min(0.005 if held else 0.01, next_s - now))
             continue
         if now - next_s >= 1.0:
             behind = math.floor(now - next_s)
