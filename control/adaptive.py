@@ -139,9 +139,7 @@ class AdaptiveController(EstimatingController):
         self._lane_green[table.lanes[cur]] = now_s
         est = self.estimator
         queue, demand = est.queue, self._demand
-        blocked_lane = (demand / self.capacity >= t.full_density) | (
-            self._short & ~self._green_now
-        )
+        blocked_lane = (demand / self.capacity >= t.full_density) | (self._short & ~self._green_now)
         waited = now_s - self._lane_green
         stuck = now_s - self._stalled_at < t.stuck_memory_s
         n = len(table.lanes)

@@ -216,6 +216,18 @@ class LampWatch:
             found.append(Finding("conflict", f"links {list(look.conflicts)} go together"))
         return found
 
+    def assume(self, state: str, since_s: float) -> None:
+        """Start from ``state``, shown since ``since_s``: its greens and yellows count from
+        then, its reds as red since then (a cabinet that knows what its lamps show)."""
+        look = self.look_of(state)
+        for i in range(len(state)):
+            self.green_from[i] = since_s if i in look.green else None
+            self.yellow_from[i] = since_s if i in look.yellow else None
+            self.red_from[i] = None if i in look.green or i in look.yellow else since_s
+        self.state, self._look = state, look
+        self.since_s = since_s
+        self._long_reported = False
+
     def observe(self, time_s: float, state: str, hold: bool = False) -> list[Finding]:
         """Record that ``state`` is shown from ``time_s``; what it broke.
 

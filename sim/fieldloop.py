@@ -196,6 +196,7 @@ class FieldLoop:
                     start_s + self._offset,
                     settings.cabinet,
                     root=self.root,
+                    plan_running=True,  # SUMO's signals run their programs until the start
                 )
             )
             self._loops[key] = ([loop_index[d.id] for d in part.loops], [d.id for d in part.loops])
