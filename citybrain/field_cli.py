@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -42,11 +43,17 @@ def add_control_serve(
     )
     serve.add_argument("--config", type=Path, help="settings TOML (see configs/citybrain.toml)")
     serve.add_argument("--topic-root", default="citybrain", help="first topic levels")
-    serve.add_argument("--client-id", default="citybrain-control")
+    serve.add_argument(
+        "--client-id",
+        help="MQTT client id (default: the service id and a random suffix; two connections "
+        "with one client id knock each other off the broker)",
+    )
     serve.add_argument(
         "--service-id",
-        help="the name cabinets grant their lease to (default: the client id); "
-        "a restarted service takes its signals back under the same name",
+        default="citybrain-control",
+        help="the name cabinets grant their lease to (default citybrain-control; one per "
+        "service: a second process under a live one's id stops with an error); a restarted "
+        "service takes its signals back under the same name",
     )
     serve.add_argument(
         "--standby",
@@ -151,14 +158,17 @@ def _serve(args: argparse.Namespace) -> int:
     from citybrain.settings import load_settings
 
     broker = _broker(args)
+    instance = uuid.uuid4().hex[:12]
     core = load_core(
         args.net,
         args.controller,
         escort=args.escort,
         settings=load_settings(args.config),
         root=args.topic_root,
-        service_id=args.service_id or args.client_id,
+        service_id=args.service_id,
         standby=args.standby,
+        instance=instance,
+        started_s=time.time(),
         signals=args.signals,
         shard=None if args.shard is None else Shard.parse(args.shard),
     )
@@ -176,7 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
         f"{args.controller} (escort {args.escort}) on {broker.address.url}",
         file=sys.stderr,
     )
-    stats = run_service(core, broker, client_id=args.client_id, stop=stop)
+    client_id = args.client_id or f"{args.service_id}-{instance[:6]}"
+    stats = run_service(core, broker, client_id=client_id, stop=stop)
     print(f"stopped: {stats}", file=sys.stderr)
     return 0
 

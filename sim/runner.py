@@ -403,7 +403,8 @@ def _loop(
                 seen = last_ids[i]
                 loop_count[i] = sum(1 for vid in ids if vid not in seen) if ids else 0
                 last_ids[i] = ids
-                loop_occ[i] = float(v[sb.LAST_STEP_OCCUPANCY]) / 100.0
+                # a fraction of the step; SUMO can report above 100 % (two vehicles in a step)
+                loop_occ[i] = min(1.0, float(v[sb.LAST_STEP_OCCUPANCY]) / 100.0)
             cams = backend.camera_values()
             for i, d in enumerate(cam_ids):
                 v = cams.get(d)

@@ -72,6 +72,7 @@ from citybrain.field.protocol import (
     decode_escort,
     decode_event,
     decode_gps,
+    decode_liveness,
     decode_service_status,
     decode_shown,
     encode_command,
@@ -181,6 +182,8 @@ class FieldCore:
         root: str = TOPIC_ROOT,
         service_id: str = DEFAULT_SERVICE,
         standby: bool = False,
+        instance: str = "",
+        started_s: float = 0.0,
         primary: bool = True,
         sharded: bool = False,
         remake: Callable[[], Controller] | None = None,
@@ -193,6 +196,9 @@ class FieldCore:
         self.root = check_root(root)
         try:
             self.service_id = check_level(service_id, "service id")
+            self.instance = instance
+            """This process's nonce: two processes under one service id refuse to run."""
+            self.started_s = started_s
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.layout = layout
@@ -253,6 +259,8 @@ class FieldCore:
         """``ts`` of the last cabinet report or detector message taken (its clock)."""
         self.ever_held = False
         self.taken: str | None = None
+        self.duplicate: str | None = None
+        """Set when another process runs under this service id."""
         """Set (without ``standby``) when another live service holds our whole shard."""
         self._reported: tuple[LeaseStatus, ...] = ()
 
@@ -287,6 +295,17 @@ class FieldCore:
             elif kind == "service":
                 if payload and key != self.service_id:
                     self.book.service_status(key, decode_service_status(payload))
+                elif payload and self.instance:
+                    live = decode_liveness(payload, key)
+                    if live.online and live.instance and live.instance != self.instance:
+                        other = (live.started or 0.0, live.instance)
+                        if other < (self.started_s, self.instance):  # it was there first
+                            self.duplicate = self.taken = (
+                                f"another instance ({live.instance}) of service {key} is "
+                                "online; give each service its own --service-id"
+                            )
+                        else:  # a younger one announced itself over ours: it will stop
+                            self._reported = ()
             elif kind == "gps":
                 fix = decode_gps(payload, key)
                 self._gps.append(fix)
@@ -435,7 +454,7 @@ class FieldCore:
         out.extend(self._releases(t))
         out.extend(self._end_escorts(t))
         self.statuses = {x_id: lease.status for x_id, lease in leases.items()}
-        self.taken = self._taken(t)
+        self.taken = self.duplicate or self._taken(t)
         now = tuple(self.statuses.values())
         if now != self._reported:
             self._reported = now
@@ -510,6 +529,8 @@ class FieldCore:
                 True,
                 ts,
                 service=self.service_id,
+                instance=self.instance,
+                started=self.started_s,
                 standby=self.standby,
                 signals=len(self.xs),
                 counts={k: len(v) for k, v in by.items()},

@@ -74,6 +74,8 @@ def load_core(
     standby: bool = False,
     signals: Sequence[str] | None = None,
     shard: Shard | None = None,
+    instance: str = "",
+    started_s: float = 0.0,
 ) -> FieldCore:
     """The core for the signals of a net (a ``.net.xml``, or the net of a ``.sumocfg``):
     all of them, the named ``signals``, or a ``shard`` (``citybrain.field.shards``)."""
@@ -110,6 +112,8 @@ def load_core(
             root=root,
             service_id=service_id,
             standby=standby,
+            instance=instance,
+            started_s=started_s,
             primary=is_primary(ids, chosen),
             sharded=len(chosen) < len(ids),
             remake=lambda: make_controller(controller, layout, settings),
@@ -237,7 +241,7 @@ def run_service(
     try:
         loop.serve()
     finally:
-        if client.is_connected():
+        if client.is_connected() and core.duplicate is None:  # a duplicate leaves all alone
             infos = [
                 client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
                 for m in [*core.release_all(loop.now()), core.liveness(clock(), online=False)]
