@@ -417,3 +417,27 @@ def test_a_cabinet_started_in_a_yellow_shows_it_for_its_full_time(single: Layout
     shown = [cab.tick(T0 + k * 0.5)[0] for k in range(int(2 * x.yellow_s))]
     assert all(s == yellow for s in shown)
     assert cab.stats.unsafe == 0
+
+
+def test_a_standby_takes_over_a_change_interval_left_unfinished_without_a_fallback(
+    single: Layout,
+) -> None:
+    """The holder dies right after starting a yellow; the cabinet finishes the change and
+    grants the standby's claim at the green, before its watchdog would fire."""
+    cab = _cabinet(single, watchdog_s=4.0, handover_after_s=1.5)
+    t = _green_now(cab, T0)
+    svc = Service(cab)
+    svc.claim(t)
+    for k in range(1, 30):
+        svc.command(t + k, None)
+        cab.tick(t + k)
+    assert svc.env is not None
+    svc.command(t + 30, (svc.env.phase + 1) % len(cab.x.phases))  # the yellow starts
+    cab.tick(t + 30)
+    standby = Service(cab, "standby")
+    for k in range(31, 40):
+        standby.claim(t + k)
+        cab.tick(t + k)
+        if cab.holder == "standby":
+            break
+    assert cab.holder == "standby" and cab.stats.fallbacks == 0 and cab.stats.unsafe == 0

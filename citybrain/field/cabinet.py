@@ -410,6 +410,11 @@ class CabinetCore:
         Call once per second, after the commands of that second (``handle``)."""
         out: list[Publish] = self.poll(now_s)
         silent_s = now_s - self._valid_s
+        if self.mode == "remote" and silent_s >= self.settings.handover_after_s - 1e-9:
+            if self.watch.phase is None:  # a change interval the holder left unfinished
+                self._settle(now_s, self.phase)
+            out.extend(self._grant_if_green(now_s))  # a standby's claim, before the watchdog
+            silent_s = now_s - self._valid_s
         if self.holder is not None and silent_s >= self.settings.watchdog_s - 1e-9:
             out.append(
                 self._event(
@@ -423,18 +428,17 @@ class CabinetCore:
             self.stats.fallbacks += 1
             self.stats.longest_silence_s = max(self.stats.longest_silence_s, silent_s)
             self._to_local(now_s)
-        if self.mode == "remote":
-            if silent_s >= self.settings.handover_after_s - 1e-9 and self.watch.phase is None:
-                self._settle(now_s, self.phase)  # a change interval the holder left unfinished
-        elif self.holder is None or self._used:
+        if self.mode != "remote" and (self.holder is None or self._used):
             self._run_local(now_s, readings)
         out.extend(self._grant_if_green(now_s))
         return self.state, out
 
     def _to_local(self, now_s: float) -> None:
-        """End the lease and go to the local plan (through a change interval if needed)."""
+        """End the lease and go to the local plan (through a change interval if needed); a
+        claim of another service waits on, for the local plan's next green."""
+        if self._claim == self.holder:
+            self._claim = None
         self.holder = None
-        self._claim = None
         self._deferred = None
         self._used = False
         self.mode = "local"
