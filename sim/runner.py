@@ -166,6 +166,8 @@ def run(
             f"--escort needs a controller whose requests go through the envelope, "
             f"not {controller.name!r}"
         )
+    if field_loop is not None:
+        field_loop.start()  # before anything is written: a broker that is not there fails clean
     make_run_dirs(out_dir)
     end = min(options.end_s or scenario.end_s, scenario.end_s)
     if end <= scenario.begin_s:
@@ -196,8 +198,6 @@ def run(
         else None
     )
     wall = time.perf_counter()
-    if field_loop is not None:
-        field_loop.start()
     try:
         backend.start(args)
         try:

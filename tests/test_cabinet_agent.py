@@ -175,6 +175,7 @@ def test_cabinet_run_fails_in_one_line_on_bad_input(single_cfg: Path, tmp_path: 
                 "run",
                 "--net",
                 str(single_cfg),
+                *("--detectors", "synthetic"),
                 *args,
             ],
             capture_output=True,
@@ -186,6 +187,8 @@ def test_cabinet_run_fails_in_one_line_on_bad_input(single_cfg: Path, tmp_path: 
         (("--signals", "NOPE"), "no signal 'NOPE' in the net"),
         (("--shard", "2/2"), "shard '2/2'"),
         (("--broker", "http://x"), "broker URL must start with mqtt://"),
+        (("--flow-vph", "nan"), "--flow-vph must be a number >= 0"),
+        (("--ca-file", "/nonexistent/ca.crt"), "no CA certificate file"),
     ):
         done = run(*args)
         assert done.returncode != 0

@@ -125,6 +125,7 @@ class Field:
             "run",
             *("--broker", self.url, "--net", str(self.cfg), "--topic-root", self.root),
             *("--config", str(self.config), "--client-id", f"cbtest-cab-{uuid.uuid4().hex[:6]}"),
+            *("--detectors", "synthetic"),
             name="cabinets",
         )
 
