@@ -387,3 +387,32 @@ def test_a_realtime_field_run_is_commanded(mqtt_url: str, single_cfg: Path, tmp_
     assert report["unsafe_states"] == 0 and report["clock"] == "realtime"
     assert report["commands_shown"] >= 10 and report["holders_at_end"] == ["svc-a"]
     assert report["latency_ms"]["p99"] is not None
+
+
+@pytest.mark.sumo
+def test_a_service_follows_the_next_lockstep_run(
+    mqtt_url: str, single_cfg: Path, tmp_path: Path
+) -> None:
+    """One ``control serve`` for two field runs, one after the other: once the first run's
+    ticks have stopped, the service follows the second from its start."""
+    from citybrain.field.service import RUN_ENDED_AFTER_S
+    from citybrain.sim.fieldloop import FieldOptions
+    from citybrain.sim.runner import RunOptions, run
+
+    field = Field(mqtt_url, single_cfg, tmp_path)
+    reports = []
+    try:
+        field.serve("svc-a", "--escort", "none")
+        time.sleep(3)
+        options = FieldOptions(BrokerSettings.from_url(mqtt_url), root=field.root)
+        for k in range(2):
+            result = run(
+                single_cfg, tmp_path / f"run{k}", RunOptions("actuated", end_s=120, field=options)
+            )
+            reports.append(result.metrics.extra["field"])
+            time.sleep(RUN_ENDED_AFTER_S + 1)
+    finally:
+        field.close()
+    for report in reports:
+        assert report["commands_shown"] >= 100 and report["holders_at_end"] == ["svc-a"]
+        assert report["unsafe_states"] == 0 and report["monitor_refusals"] == 0

@@ -560,14 +560,24 @@ class FieldCore:
             self.book.start_clock(t, lockstep=lockstep)
         else:
             log.warning("the service's clock changed to %s at %g s: leases given back", mode, t)
-            if self._remake is not None:  # a controller keeps time: start a fresh one
-                self.escort = EscortController(self._remake(), *self._escort_args)
-            self.driver = None
-            self.book.restart_clock(t)
-            out = self._releases(t)
-            self._reports.clear()
-            self._gps.clear()
+            out = self._restart(t)
         self.clock = mode
+        return out
+
+    def new_run(self, t: float) -> list[Publish]:
+        """Another lockstep run begins at ``t`` (the one followed has ended): start again as
+        at a clock change."""
+        log.info("a new lockstep run begins at %g s: leases given back", t)
+        return self._restart(t)
+
+    def _restart(self, t: float) -> list[Publish]:
+        if self._remake is not None:  # a controller keeps time: start a fresh one
+            self.escort = EscortController(self._remake(), *self._escort_args)
+        self.driver = None
+        self.book.restart_clock(t)
+        out = self._releases(t)
+        self._reports.clear()
+        self._gps.clear()
         return out
 
     def _releases(self, ts: float) -> list[Publish]:

@@ -55,6 +55,10 @@ from citybrain.settings import Settings
 
 log = logging.getLogger("citybrain.field")
 
+RUN_ENDED_AFTER_S = 5.0
+"""A lockstep run whose ticks stopped this long ago (wall clock) has ended: a service follows
+the next run that ticks."""
+
 Clock = Callable[[], float]
 
 WALL_CLOCK_SLACK_S = 3600.0
@@ -272,6 +276,8 @@ class _Loop:
         self.clock, self.stats, self.start_after_s = clock, stats, start_after_s
         self.clock_topic = clock_topic(core.root)
         self.lockstep = ClockFollower()
+        self.last_tick_wall = 0.0
+        """Wall (monotonic) time of the last lockstep tick run."""
         self.heard_at: float | None = None
         """Wall time a cabinet was first heard on the wall clock."""
         self.far_clock = False
@@ -332,7 +338,19 @@ class _Loop:
             self.reject(self.clock_topic, exc)
             return
         first = self.lockstep.run is None
-        if not self.lockstep.accept(tick):
+        now = time.monotonic()
+        if (
+            not first
+            and tick.run != self.lockstep.run
+            and now - self.last_tick_wall > RUN_ENDED_AFTER_S
+        ):  # the run followed has stopped ticking: follow the new one
+            log.info("run %s stopped ticking; following run %s", self.lockstep.run, tick.run)
+            self.lockstep = ClockFollower()
+            self.lockstep.accept(tick)
+            self.stats.run = tick.run
+            self._publish(self.core.new_run(tick.t))
+            first = False
+        elif not self.lockstep.accept(tick):
             self.stats.ignored_ticks = self.lockstep.ignored
             if tick.run != self.lockstep.run and self.lockstep.ignored == 1:
                 log.warning(
@@ -345,6 +363,7 @@ class _Loop:
             self.stats.run = tick.run
             log.info("following the lockstep clock of run %s from %g s", tick.run, tick.t)
             self._publish(self.core.start_clock(tick.t, lockstep=True))
+        self.last_tick_wall = now
         self._publish(self.core.tick(tick.t))
         self._publish([self.core.liveness(tick.t, tick=tick.t, run=tick.run)])
         self.stats.ticks += 1
