@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -40,7 +41,11 @@ def add_cabinet(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "cab-{intersection} (one connection per cabinet)",
     )
     run.add_argument("--username", help="one user for a shared connection (a host role)")
-    run.add_argument("--password")
+    run.add_argument(
+        "--password",
+        default=os.environ.get("CITYBRAIN_MQTT_PASSWORD"),
+        help="or CITYBRAIN_MQTT_PASSWORD (not visible in ps)",
+    )
     run.add_argument("--ca-file", help="CA certificate for mqtts:// brokers")
     run.add_argument(
         "--detectors",

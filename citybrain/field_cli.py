@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -137,7 +138,11 @@ def _ids(text: str) -> list[str]:
 
 def _credentials(p: argparse.ArgumentParser) -> None:
     p.add_argument("--username")
-    p.add_argument("--password")
+    p.add_argument(
+        "--password",
+        default=os.environ.get("CITYBRAIN_MQTT_PASSWORD"),
+        help="or CITYBRAIN_MQTT_PASSWORD (not visible in ps)",
+    )
     p.add_argument("--ca-file", help="CA certificate for mqtts:// brokers")
 
 
