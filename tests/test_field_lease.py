@@ -568,7 +568,7 @@ class Bus:
 
 
 def _bus(cfg: Path, start: float = T0, skew_s: float = 0.0) -> Bus:
-    return Bus(load_cabinets(cfg, Settings(), start + skew_s, root=ROOT), skew_s)
+    return Bus(load_cabinets(cfg, Settings(), start + skew_s, root=ROOT, plan_running=True), skew_s)
 
 
 def _busy(core: FieldCore, t: float, rng: random.Random) -> dict[str, DetectorReport]:
@@ -710,7 +710,7 @@ def test_lockstep_decides_as_the_in_process_run(arterial_cfg: Path) -> None:
     second t), after a pre-roll in which the service claims: every cabinet shows what the
     in-process driver shows, second by second, under the same readings."""
     t0 = 3600.0
-    host = load_cabinets(arterial_cfg, Settings(), t0, root=ROOT)
+    host = load_cabinets(arterial_cfg, Settings(), t0, root=ROOT, plan_running=True)
     bus = Bus(host)
     core = _core(arterial_cfg, "actuated")
     bus.svc_now, bus.cab_now = 1.7e9, t0  # the service hears the pre-roll on its wall clock

@@ -433,7 +433,7 @@ def test_mask_plate() -> None:
     assert mask_plate("··") == "<no plate>"
 
 
-def test_parse_broker_url() -> None:
+def test_parse_broker_url(tmp_path: Path) -> None:
     a = parse_broker_url("mqtt://broker.example:1884")
     assert (a.host, a.port, a.tls, a.username) == ("broker.example", 1884, False, None)
     b = parse_broker_url("mqtts://gw-lot-1:s%40cret@10.0.0.1")
@@ -443,8 +443,12 @@ def test_parse_broker_url() -> None:
     for bad in ("http://x", "mqtt://", "mqtt://x:99999", "mqtt://x/path"):
         with pytest.raises(ValueError):
             parse_broker_url(bad)
-    s = BrokerSettings.from_url("mqtt://u:p@h:1", username="gw", password="pw", ca_file="ca")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not checked here\n")
+    s = BrokerSettings.from_url("mqtt://u:p@h:1", username="gw", password="pw", ca_file=ca)
     assert (s.address.username, s.address.password, s.address.tls) == ("gw", "pw", True)
+    with pytest.raises(ValueError, match="no CA certificate file"):
+        BrokerSettings.from_url("mqtts://h", ca_file=tmp_path / "missing.crt")
 
 
 def test_plan_ack() -> None:

@@ -268,9 +268,11 @@ def load_cabinets(
     signals: Sequence[str] | None = None,
     shard: Shard | None = None,
     root: str = TOPIC_ROOT,
+    plan_running: bool = False,
 ) -> CabinetHost:
     """The cabinets of a net's signals (all, a list, or a shard), each with its own detectors
-    as the detector layout places them, starting on its local plan at ``start_s``."""
+    as the detector layout places them, starting at ``start_s`` with a start-up all-red (or,
+    with ``plan_running``, continuing the stored program the lamps ran until then)."""
     from citybrain.netmodel.layout import build_layout
     from citybrain.netmodel.net import NetGeometry, intersections_from_net, net_file_of, read_net
 
@@ -284,7 +286,15 @@ def load_cabinets(
     layouts = cabinet_layouts(build_layout(xs, NetGeometry(net), settings.detectors))
     try:
         cabinets = [
-            CabinetCore(layout, settings.envelope, settings, start_s, settings.cabinet, root=root)
+            CabinetCore(
+                layout,
+                settings.envelope,
+                settings,
+                start_s,
+                settings.cabinet,
+                root=root,
+                plan_running=plan_running,
+            )
             for layout in layouts.values()
         ]
     except ValueError as exc:  # a bad topic root or intersection id
