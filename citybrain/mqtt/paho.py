@@ -24,6 +24,11 @@ from citybrain.mqtt.backoff import Backoff
 
 MqttVersion = Literal["3.1.1", "5"]
 
+MAX_INFLIGHT = 65_535
+"""QoS 1 messages a client with many signals (a field service, a cabinet agent on one
+connection) sends before the broker's acknowledgements: paho's default is 20, and a second's
+thousand commands would wait for fifty round trips to the broker."""
+
 
 def make_client(
     settings: BrokerSettings,
