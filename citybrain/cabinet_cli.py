@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -107,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
     detectors = SyntheticDetectors(layouts, flow)
     lamps = LampLog(sys.stdout if args.lamps_log else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    gc.collect()  # the cabinets' tables live as long as the process: keep the collector
+    gc.freeze()  # from walking them again and again
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
