@@ -17,6 +17,12 @@ contract (``citybrain/field/protocol.py``):
 - in ``remote`` mode it shows the holder's commands; a command no newer than the last one
   taken is dropped (duplicates, reordering); a change interval the holder leaves unfinished for
   ``handover_after_s`` is finished by the cabinet itself;
+- a command that arrives a little early (``defer_early_s``): one that breaks only timing
+  minimums (a yellow, an all-red or a minimum green not yet over), and breaks nothing that
+  much later, is held and shown the moment it breaks nothing (``show_due``, or the next
+  ``tick``), as a controller times its own intervals: the service times them in whole seconds
+  and its commands arrive with the network's jitter, so a yellow whose command came 5 ms late
+  and whose successor came on time would otherwise be refused as 5 ms short;
 - no valid command for ``watchdog_s`` (the cabinet's own clock) and the cabinet falls back to
   its local plan, through a change interval when it was not showing a phase's green.
 
@@ -38,7 +44,7 @@ from citybrain.control.catalog import ControllerOptions, make_controller
 from citybrain.control.drive import SignalDriver
 from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope
 from citybrain.control.model import GREEN, YELLOW, Intersection
-from citybrain.control.monitor import LampRules, LampWatch
+from citybrain.control.monitor import Finding, LampRules, LampWatch
 from citybrain.control.port import FloatArray, IntArray, Layout
 from citybrain.errors import ConfigError
 from citybrain.field.core import Publish
@@ -67,6 +73,8 @@ from citybrain.field.protocol import (
 )
 
 LOCAL_PLANS: tuple[str, ...] = ("own", "actuated")
+TIMING_RULES = frozenset({"short_yellow", "short_all_red", "short_green"})
+"""The lamp rules a command that comes a little early breaks (``defer_early_s``)."""
 _LOCAL_CONTROLLER = {"own": "plan", "actuated": "actuated"}
 
 
@@ -79,12 +87,19 @@ class CabinetSettings:
     interval it left unfinished this long is finished by the cabinet."""
     local_plan: str = "own"
     """``own``: the signal's stored program; ``actuated``: our actuated control, own loops."""
+    defer_early_s: float = 0.5
+    """A command that breaks only timing minimums, and none this much later, is shown once it
+    breaks none (0: refused at once, like any other)."""
 
     def __post_init__(self) -> None:
         for name in ("watchdog_s", "handover_after_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"cabinet.{name} must be a positive number, not {value}")
+        if not 0.0 <= self.defer_early_s < 1.0:
+            raise ConfigError(
+                f"cabinet.defer_early_s must be from 0 to less than 1 s, not {self.defer_early_s}"
+            )
         if self.handover_after_s > self.watchdog_s:
             raise ConfigError(
                 f"cabinet.handover_after_s ({self.handover_after_s:g}) must not exceed "
@@ -109,6 +124,10 @@ class CabinetStats:
     """Commands of a service or epoch that does not hold the lease."""
     dropped: int = 0
     """Commands no newer than the last one taken (duplicates, reordering)."""
+    deferred: int = 0
+    """Commands that came early and were shown once their time came (``defer_early_s``)."""
+    superseded: int = 0
+    """Deferred commands a newer one replaced before their time came."""
     malformed: int = 0
     fallbacks: int = 0
     grants: int = 0
@@ -172,6 +191,8 @@ class CabinetCore:
         self.hold = False
         self.phase: int = 0
         """The green phase shown, or the one a change interval leads to."""
+        self._deferred: tuple[Command, float] | None = None
+        """A command that came early, and when it may be shown (cabinet clock)."""
         self._local: SignalDriver | None = None
         self._local = self._new_local(start_s)
         envelope = self._local.envelopes[self.x.id]
@@ -268,22 +289,72 @@ class CabinetCore:
             findings = self.watch.check(now_s, cmd.state)
         except ValueError as exc:
             return self._refuse(cmd, now_s, str(exc))
+        if self._deferred is not None:  # a newer command replaces one that waits
+            self._deferred = None
+            self.stats.superseded += 1
         if findings:
-            first = findings[0]
-            return self._refuse(cmd, now_s, f"{first.rule}: {first.detail} in {cmd.state!r}")
+            wait_s = self._early_by(now_s, cmd.state, findings)
+            if wait_s is None:
+                first = findings[0]
+                return self._refuse(cmd, now_s, f"{first.rule}: {first.detail} in {cmd.state!r}")
+            self._deferred = (cmd, now_s + wait_s)
+            self._valid_s = now_s
+            self._last_ts = cmd.ts
+            self.stats.deferred += 1
+            return []
+        self._valid_s = now_s
+        return self._take(cmd, now_s)
+
+    def _take(self, cmd: Command, now_s: float) -> list[Publish]:
+        """Show a command the monitor allows now (its arrival already counted as the
+        holder's sign of life)."""
         out = []
         if not self._used:
             self._used = True
             self.mode = "remote"
             self._local = None
             out.append(self._event(now_s, "remote", cmd.service, cmd.epoch))
-        self._valid_s = now_s
-        self._last_ts = cmd.ts
+        self._last_ts = max(self._last_ts, cmd.ts)
         self.hold = cmd.hold
         self.stats.commands += 1
         self._show(now_s, cmd.state)
         self.phase = cmd.phase if self.watch.phase is None else self.watch.phase
         return out
+
+    def _early_by(self, now_s: float, state: str, findings: list[Finding]) -> float | None:
+        """How long after ``now_s`` the monitor allows ``state``, if it breaks timing
+        minimums only and allows it within ``defer_early_s``; else None."""
+        limit = self.settings.defer_early_s
+        if limit <= 0.0 or any(f.rule not in TIMING_RULES for f in findings):
+            return None
+        check = self.watch.check
+        if check(now_s + limit, state):
+            return None
+        early, late = 0.0, limit  # a timing minimum, once met, stays met: bisect
+        while late - early > 1e-4:
+            middle = (early + late) / 2.0
+            if check(now_s + middle, state):
+                early = middle
+            else:
+                late = middle
+        return late
+
+    @property
+    def due_s(self) -> float | None:
+        """When a command that came early may be shown (None: none waits)."""
+        return None if self._deferred is None else self._deferred[1]
+
+    def show_due(self, now_s: float) -> list[Publish]:
+        """Show the command that came early if its time has come; the events to publish."""
+        if self._deferred is None or now_s < self._deferred[1]:
+            return []
+        cmd, _ = self._deferred
+        self._deferred = None
+        findings = self.watch.check(now_s, cmd.state)
+        if findings:  # cannot happen: the lamps have not changed since it was judged
+            first = findings[0]
+            return self._refuse(cmd, now_s, f"{first.rule}: {first.detail} in {cmd.state!r}")
+        return self._take(cmd, now_s)
 
     def _refuse(self, cmd: Command, now_s: float, reason: str) -> list[Publish]:
         self.stats.refusals += 1
@@ -316,6 +387,7 @@ class CabinetCore:
             return [self._event(now_s, "granted", service, self.epoch)]
         self.holder = service
         self.epoch += 1
+        self._deferred = None
         self._valid_s = now_s
         self._last_ts = -math.inf
         self._used = False
@@ -337,7 +409,7 @@ class CabinetCore:
         """The state to show from ``now_s`` on, and the events of this second.
 
         Call once per second, after the commands of that second (``handle``)."""
-        out: list[Publish] = []
+        out: list[Publish] = self.show_due(now_s)
         silent_s = now_s - self._valid_s
         if self.holder is not None and silent_s >= self.settings.watchdog_s - 1e-9:
             out.append(
@@ -368,6 +440,7 @@ class CabinetCore:
         self.mode = "local"
         self.hold = False
         self._local = None
+        self._deferred = None
 
     def _run_local(self, now_s: float, readings: CabinetReadings | None) -> None:
         if self._local is None:

@@ -21,6 +21,7 @@ The lamps and detectors are the caller's (``Lamps``, ``Detectors``): a cabinet's
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import queue
@@ -230,6 +231,9 @@ def _run(
     """Per second: when each cabinet's readings of it were published (agent clock)."""
     next_s = float(math.floor(clock()) + 1)
 
+    waiting: list[tuple[float, str]] = []
+    """(when, cabinet) of commands that came early (``CabinetCore.due_s``), a heap."""
+
     def take(topic: str, payload: bytes) -> None:
         now = clock()
         key, out = host.handle(topic, payload, now)
@@ -237,6 +241,19 @@ def _run(
         if key is None:
             return
         cab = host.cabinets[key]
+        if cab.due_s is not None:
+            heapq.heappush(waiting, (cab.due_s, key))
+        shown_now(key, cab, out, now)
+
+    def show_due() -> None:
+        now = clock()
+        while waiting and waiting[0][0] <= now:
+            key = heapq.heappop(waiting)[1]
+            cab = host.cabinets[key]
+            shown_now(key, cab, cab.show_due(now), now)
+
+    def shown_now(key: str, cab: CabinetCore, out: list[Publish], now: float) -> None:
+        """After a cabinet took a message: latency, lamps, and what it has to say."""
         taken = cab.stats.commands
         if taken != counted.get(key, 0):
             counted[key] = taken
@@ -261,10 +278,12 @@ def _run(
             except queue.Empty:
                 break
             take(topic, payload)
+        show_due()
         now = clock()
         if now < next_s:
+            wait = min(0.05, next_s - now, waiting[0][0] - now if waiting else math.inf)
             try:
-                topic, payload = inbox.get(timeout=min(0.05, next_s - now))
+                topic, payload = inbox.get(timeout=max(wait, 0.0))
             except queue.Empty:
                 continue
             take(topic, payload)
