@@ -162,7 +162,7 @@ class AdaptiveController(EstimatingController):
             if ins.size == 0:
                 continue
             blocked = (outs >= 0) & blocked_lane[np.maximum(outs, 0)]
-            free[p] = 1.0 - 0.8 * float(blocked.mean())
+            free[p] = 1.0 - 0.8 * (np.count_nonzero(blocked) / blocked.size)  # the mean
             lanes = table.lanes[p]
             moves = np.where(now_s - stalled_at[lanes] < t.stuck_memory_s, 0.2, 1.0)
             load[p] = free[p] * float((demand[lanes] * table.lane_share[p] * moves).sum())

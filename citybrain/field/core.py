@@ -47,7 +47,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -236,11 +236,6 @@ class FieldCore:
         self._links = {x.id: len(x.links) for x in layout.intersections}
         self._loop_index = {d.id: (i, d.intersection) for i, d in enumerate(layout.loops)}
         self._camera_index = {d.id: (i, d.intersection) for i, d in enumerate(layout.cameras)}
-        n_loops, n_cams = len(layout.loops), len(layout.cameras)
-        self._loop_count = np.zeros(n_loops, dtype=np.int64)
-        self._loop_occ = np.zeros(n_loops, dtype=np.float64)
-        self._cam_count = np.zeros(n_cams, dtype=np.int64)
-        self._cam_queue = np.zeros(n_cams, dtype=np.int64)
         self._reports: list[DetectorReport] = []
         self.awaited: set[str] = set()
         """Held intersections whose detector message of second ``awaited_t`` is not in yet."""
@@ -468,6 +463,12 @@ class FieldCore:
         late_before = t - 0.5
         leases = self.book.leases
         late = 0
+        # gathered in dicts, written to the arrays once (numpy item by item is slow)
+        counts: dict[int, int] = {}
+        occupancy: dict[int, float] = {}
+        seen: dict[int, int] = {}
+        queued: dict[int, int] = {}
+        loop_index, camera_index = self._loop_index, self._camera_index
         for report in self._reports:
             second = report.ts + leases[report.intersection].offset_s
             if second < stale_before:
@@ -476,32 +477,28 @@ class FieldCore:
             if second < late_before:
                 late += 1
             for key, loop in report.loops.items():
-                i = self._loop_index[key][0]
-                self._loop_count[i] += loop.count
-                self._loop_occ[i] = loop.occupancy
+                i = loop_index[key][0]
+                counts[i] = counts.get(i, 0) + loop.count
+                occupancy[i] = loop.occupancy
             for key, cam in report.cameras.items():
-                i = self._camera_index[key][0]
-                self._cam_count[i] = cam.count
-                self._cam_queue[i] = cam.queue
+                i = camera_index[key][0]
+                seen[i] = cam.count
+                queued[i] = cam.queue
         self._reports.clear()
         if late:
             self.counts["late"] += late
         gps = tuple(sorted(self._gps, key=lambda f: f.time_s))
         self._gps.clear()
-        readings = Readings(
+        n_loops, n_cams = len(self._loop_index), len(self._camera_index)
+        return Readings(
             t,
-            self._loop_count.copy(),
-            self._loop_occ.copy(),
-            self._cam_count.copy(),
-            self._cam_queue.copy(),
+            _array(counts, n_loops, np.int64),
+            _array(occupancy, n_loops, np.float64),
+            _array(seen, n_cams, np.int64),
+            _array(queued, n_cams, np.int64),
             self.views,
             gps,
         )
-        self._loop_count[:] = 0
-        self._loop_occ[:] = 0.0
-        self._cam_count[:] = 0
-        self._cam_queue[:] = 0
-        return readings
 
     def _taken(self, t: float) -> str | None:
         """Without ``standby``: a message when another live service holds our whole shard
@@ -631,6 +628,14 @@ class FieldCore:
     def states(self) -> Mapping[str, str]:
         """What each intersection's envelope shows since the last tick (commanded where held)."""
         return {} if self.last is None else self.last.states
+
+
+def _array(values: dict[int, Any], n: int, dtype: type[np.generic]) -> Any:
+    """An array of ``n`` zeros with ``values`` (by index) written in."""
+    out = np.zeros(n, dtype=dtype)
+    if values:
+        out[np.fromiter(values, dtype=np.int64, count=len(values))] = list(values.values())
+    return out
 
 
 def _in_green(shown: Shown) -> bool:
