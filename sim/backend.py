@@ -72,9 +72,11 @@ class Backend(Protocol):
     def expected_vehicles(self) -> int:
         """Vehicles in the network or still to come (0: SUMO would end a run without end)."""
         ...
+
     def standing_vehicles(self, min_s: float) -> int:
         """Vehicles in the network that have not moved for at least ``min_s`` (a gridlock)."""
         ...
+
     def align(self, signal: LoadedSignal) -> None:
         """Make ``signal`` run the program, step and remaining time the scenario starts with
         (where the run's files left out the WAUT that chose them)."""

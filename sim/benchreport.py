@@ -75,7 +75,10 @@ def delay_chart(
     stds = [statistics.stdev(delays[n]) if len(delays[n]) > 1 else 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
     colors = [
-        "#7f7f7f" if n in ("plain", "fixed") else "#d62728" if n.startswith(highlight)
+        "#7f7f7f"
+        if n in ("plain", "fixed")
+        else "#d62728"
+        if n.startswith(highlight)
         else "#1f77b4"
         for n in names
     ]

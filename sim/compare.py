@@ -92,8 +92,15 @@ def compare(
     settings = settings or Settings()
     jobs: list[Job] = [
         (
-            str(scenario), c, s, backend, str(out_dir / f"{c}-seed{s}"), settings, end_s,
-            timeline, escort,
+            str(scenario),
+            c,
+            s,
+            backend,
+            str(out_dir / f"{c}-seed{s}"),
+            settings,
+            end_s,
+            timeline,
+            escort,
         )
         for c in controllers
         for s in seeds

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from paho.mqtt.client import MQTTMessage
+
 from citybrain.errors import CitybrainError, ConfigError
-from citybrain.field.protocol import command_topic
+from citybrain.field.protocol import FieldPayloadError, command_topic, decode_liveness
 from citybrain.mqtt.address import BrokerSettings, unique_client_id
 from citybrain.mqtt.paho import make_client
 from citybrain.settings import load_settings
@@ -164,6 +167,41 @@ def _garbage(setup: DrillSetup, root: str, signals: Sequence[str]) -> None:
         client.loop_stop()
 
 
+def wait_online(url: str, root: str, services: Sequence[str], timeout_s: float = 60.0) -> None:
+    """Block until every one of ``services`` says it is online (its retained liveness);
+    ``CitybrainError`` naming the missing ones after ``timeout_s``."""
+    broker = BrokerSettings.from_url(url)
+    online: dict[str, bool] = {}
+    lock = threading.Lock()
+
+    def on_message(_c: Any, _u: Any, message: MQTTMessage) -> None:
+        service = message.topic.rsplit("/", 1)[-1]
+        try:
+            live = decode_liveness(bytes(message.payload), service)
+        except FieldPayloadError:
+            return
+        with lock:
+            online[service] = live.online
+
+    client = make_client(broker, unique_client_id("citybrain-drill"), clean_session=True)
+    client.on_message = on_message
+    client.connect(broker.address.host, broker.address.port, keepalive=10)
+    client.loop_start()
+    try:
+        client.subscribe(f"{root}/control/services/+", 1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with lock:
+                missing = [s for s in services if not online.get(s)]
+            if not missing:
+                return
+            time.sleep(0.05)
+        raise CitybrainError(f"service(s) {', '.join(missing)} not online in {timeout_s:g} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def run_drill(setup: DrillSetup, drill: str) -> DrillResult:
     """Run ``setup.scenario`` in the field with ``drill``; the service processes are started
     here (the first is ``svc-a``; the standby ``svc-b``)."""
@@ -188,8 +226,11 @@ def run_drill(setup: DrillSetup, drill: str) -> DrillResult:
     )
     services = _Services(setup, root, out)
     first = services.start("svc-a")
+    expected = ["svc-a"]
     if drill == "standby":
         services.start("svc-b", standby=True)
+        expected.append("svc-b")
+    wait_online(setup.broker_url, root, expected)
     struck: list[float] = []
     later: list[float] = []
 
@@ -200,10 +241,12 @@ def run_drill(setup: DrillSetup, drill: str) -> DrillResult:
             later.append(t + setup.restart_after_s)
         elif later and t >= later[0]:
             later.clear()
-            if drill == "restart":
+            if drill == "restart":  # simulated time stands still while it starts
                 services.start("svc-a")
+                wait_online(setup.broker_url, root, ["svc-a"])
             elif drill == "broker-restart" and setup.broker is not None:
                 setup.broker.start()
+                wait_online(setup.broker_url, root, expected)
 
     wall = time.perf_counter()
     try:

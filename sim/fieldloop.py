@@ -7,12 +7,15 @@ Every second of the simulation:
 
 1. each cabinet publishes what its detectors read (SUMO's detectors through the run's sensor
    model) and what it shows; escorted vehicles publish their GPS fixes and escort requests;
-2. ``lockstep`` (the default): the host publishes the clock tick and waits, wall clock, for
-   the command of that second from every cabinet's holder; a holder that does not answer
-   within the cabinets' watchdog time counts as silent from then on (the run goes on, the
-   cabinets' watchdogs, in simulated time, take them to their local plans); ``realtime``:
-   the simulation runs at one simulated second per wall second, commands are taken as they
-   arrive, and a held cabinet that got no command in a second counts a missed deadline;
+2. ``lockstep`` (the default): the host publishes the clock tick and waits, wall clock,
+   until every online service has finished that second (its liveness message names the tick;
+   what it sent before, commands and claims, has then arrived; a held cabinet without a
+   command then counts a missed deadline); a service that does not answer within the
+   cabinets' watchdog time counts as silent from then on (the run goes on, the cabinets'
+   watchdogs, in simulated time, take them to their local plans), one that goes offline (its
+   will) at once; ``realtime``: the simulation runs at one simulated second per wall second,
+   commands are taken as they arrive, and a held cabinet that got no command in a second
+   counts a missed deadline;
 3. each cabinet takes its commands through its monitor and gives the state SUMO shows.
 
 Before the first second, the host waits (up to the watchdog time, wall clock) for a service
@@ -55,6 +58,7 @@ from citybrain.field.protocol import (
     check_root,
     clock_topic,
     decode_command,
+    decode_liveness,
     encode_call,
     encode_cancel,
     encode_gps,
@@ -63,6 +67,7 @@ from citybrain.field.protocol import (
     requests_topic,
 )
 from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.backoff import Backoff
 from citybrain.mqtt.paho import make_client
 from citybrain.settings import Settings
 
@@ -213,13 +218,23 @@ class FieldLoop:
         self._held: list[tuple[str, bytes, float]] = []
         """Commands held back by an injected fault, delivered after the next one."""
         self.injected = {"dropped": 0, "duplicated": 0, "reordered": 0}
+        self._online: set[str] = set()
+        """Services whose liveness says online."""
+        self._done: dict[str, float] = {}
+        """By service: the last lockstep tick of this run it finished."""
+        self._services_prefix = f"{self.root}/control/services/"
 
     # ------------------------------------------------------------------ connection
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Connect and subscribe to the cabinets' command topics."""
         broker = self.options.broker
-        client = make_client(broker, f"{self.options.client_id}-{self.run_id}", clean_session=True)
+        client = make_client(
+            broker,
+            f"{self.options.client_id}-{self.run_id}",
+            clean_session=True,
+            reconnect=Backoff(1.0, 2.0),
+        )
         subscribed = threading.Event()
         refused: list[str] = []
 
@@ -230,7 +245,12 @@ class FieldLoop:
                 refused.append(str(rc))
                 subscribed.set()
                 return
-            c.subscribe(f"{self.root}/signals/+/command", COMMAND_QOS)
+            c.subscribe(
+                [
+                    (f"{self.root}/signals/+/command", COMMAND_QOS),
+                    (f"{self.root}/control/services/+", 1),
+                ]
+            )
 
         def on_subscribe(
             _c: Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Properties | None
@@ -371,22 +391,24 @@ class FieldLoop:
                     log.warning("service %s did not answer second %g in time: silent", service, t)
                     self._silent.add(service)
                     self.stats.silent_services.append(service)
-                self.stats.missed_deadlines += sum(
-                    1
-                    for c in self.host.cabinets.values()
-                    if c.holder in waiting and c.last_command_ts < t
-                )
                 break
             self._drain(t, block_s=0.05, sent=sent)
-
-    def _waiting_for(self, t: float) -> set[str]:
-        """The live holders whose command for ``t`` has not come yet."""
-        return {
-            c.holder
+        self._drain(t, block_s=0.0)  # what came with the last answers (claims, releases)
+        self.stats.missed_deadlines += sum(  # held, and no command for this second
+            1
             for c in self.host.cabinets.values()
             if c.holder is not None
-            and c.holder not in self._silent
             and max(c.last_command_ts, self._gone.get(c.id, -math.inf)) < t
+            and c.stats.commands > 0
+        )
+
+    def _waiting_for(self, t: float) -> set[str]:
+        """The online services that have not finished second ``t`` yet (once one has, all it
+        sent for ``t``, commands and claims, has arrived: one connection keeps the order)."""
+        return {
+            service
+            for service in self._online
+            if service not in self._silent and self._done.get(service, -math.inf) < t
         }
 
     def _realtime(self, t: float, out: list[Publish]) -> None:
@@ -424,6 +446,9 @@ class FieldLoop:
         faults = self.options.faults
         out: list[Publish] = []
         for message in batch:
+            if message[0].startswith(self._services_prefix):
+                self._liveness(message[0][len(self._services_prefix) :], message[1])
+                continue
             key = self.host.intersection_of(message[0])
             if key is None:
                 continue
@@ -449,7 +474,24 @@ class FieldLoop:
                 self._held = []
             for topic, payload, arrived in deliver:
                 out.extend(self._deliver(topic, payload, arrived, now_s, sent))
+        for cab in self.host.cabinets.values():  # commands held back a moment (realtime)
+            if cab.deferred_due is not None:
+                out.extend(cab.poll(now_s + self._offset))
         self._publish(self._lossy(out))
+
+    def _liveness(self, service: str, payload: bytes) -> None:
+        try:
+            live = decode_liveness(payload, service)
+        except FieldPayloadError as exc:
+            log.warning("liveness of service %s ignored: %s", service, exc)
+            return
+        if not live.online:
+            self._online.discard(service)
+            return
+        self._online.add(service)
+        self._silent.discard(service)
+        if live.run == self.run_id and live.tick is not None:
+            self._done[service] = max(self._done.get(service, -math.inf), live.tick)
 
     def _deliver(
         self, topic: str, payload: bytes, arrived: float, now_s: float, sent: float | None

@@ -178,8 +178,7 @@ def _demand_spec(t: _Table) -> DemandSpec:
     if "main_axis" in t.data:
         main_axis = t.get("main_axis", _axis, 'either "x" or "y"')
     emergency = tuple(
-        _emergency_spec(e, i, window_s, main_axis)
-        for i, e in enumerate(t.tables("emergency"))
+        _emergency_spec(e, i, window_s, main_axis) for i, e in enumerate(t.tables("emergency"))
     )
     return DemandSpec(
         window_s=window_s,
@@ -485,8 +484,12 @@ def _flows(spec: ScenarioSpec, net: Any, seed: int) -> list[tuple[float, ET.Elem
             rate = d.peak_veh_per_h * factor * level * jitter
             for exit_edge, share in _destinations(entry, exits, d):
                 attrs = _flow_attrs(f"{entry.edge}__{exit_edge}__{k}", begin, end, rate * share)
-                flows.append((float(begin), ET.Element("flow", attrs | {
-                    "from": entry.edge, "to": exit_edge})))
+                flows.append(
+                    (
+                        float(begin),
+                        ET.Element("flow", attrs | {"from": entry.edge, "to": exit_edge}),
+                    )
+                )
     return flows
 
 
@@ -531,33 +534,68 @@ def _emergency_trips(spec: ScenarioSpec, net: Any) -> list[tuple[float, ET.Eleme
                         f"{spec.source}: demand.emergency[{i}].{key} names edge {edge!r}, "
                         "which is not in the net"
                     )
-        trips.append((ev.depart, ET.Element("trip", {
-            "id": ev.id, "type": EMERGENCY_TYPE, "depart": f"{ev.depart:.2f}",
-            "from": from_edge, "to": to_edge,
-            "departLane": "best", "departSpeed": "max", "departPos": "base",
-        })))
+        trips.append(
+            (
+                ev.depart,
+                ET.Element(
+                    "trip",
+                    {
+                        "id": ev.id,
+                        "type": EMERGENCY_TYPE,
+                        "depart": f"{ev.depart:.2f}",
+                        "from": from_edge,
+                        "to": to_edge,
+                        "departLane": "best",
+                        "departSpeed": "max",
+                        "departPos": "base",
+                    },
+                ),
+            )
+        )
     return trips
 
 
 def _vtypes(with_emergency: bool) -> list[ET.Element]:
-    types = [ET.Element("vType", {
-        "id": PASSENGER_TYPE, "vClass": "passenger", "accel": "2.6", "decel": "4.5",
-        "sigma": "0.5", "length": "5", "minGap": "2.5", "speedDev": "0.1",
-    })]
+    types = [
+        ET.Element(
+            "vType",
+            {
+                "id": PASSENGER_TYPE,
+                "vClass": "passenger",
+                "accel": "2.6",
+                "decel": "4.5",
+                "sigma": "0.5",
+                "length": "5",
+                "minGap": "2.5",
+                "speedDev": "0.1",
+            },
+        )
+    ]
     if with_emergency:
-        types.append(ET.Element("vType", {
-            "id": EMERGENCY_TYPE, "vClass": "emergency", "guiShape": "emergency",
-            "accel": "2.6", "decel": "4.5", "sigma": "0.5", "length": "6.5", "minGap": "2.5",
-            "speedFactor": "1", "speedDev": "0", "color": "1,0,0",
-        }))
+        types.append(
+            ET.Element(
+                "vType",
+                {
+                    "id": EMERGENCY_TYPE,
+                    "vClass": "emergency",
+                    "guiShape": "emergency",
+                    "accel": "2.6",
+                    "decel": "4.5",
+                    "sigma": "0.5",
+                    "length": "6.5",
+                    "minGap": "2.5",
+                    "speedFactor": "1",
+                    "speedDev": "0",
+                    "color": "1,0,0",
+                },
+            )
+        )
     return types
 
 
 def _routes(spec: ScenarioSpec, net: Any, seed: int) -> ET.Element:
     root = ET.Element("routes")
-    root.append(ET.Comment(
-        f" citybrain scenario {spec.name}: generated demand, seed {seed} "
-    ))
+    root.append(ET.Comment(f" citybrain scenario {spec.name}: generated demand, seed {seed} "))
     root.extend(_vtypes(bool(spec.demand.emergency)))
     timed = _flows(spec, net, seed) + _emergency_trips(spec, net)
     timed.sort(key=lambda item: item[0])  # stable: flows keep their order within a slice

@@ -34,7 +34,7 @@ def write_actuated_programs(
     lines = ["<additional>"]
     for x in intersections:
         lines.append(
-            f"    <tlLogic id={quoteattr(x.id)} programID=\"{PROGRAM_ID}\" type=\"actuated\""
+            f'    <tlLogic id={quoteattr(x.id)} programID="{PROGRAM_ID}" type="actuated"'
             f' offset="{x.plan_offset_s:g}">'
         )
         for key, value in (

@@ -73,9 +73,7 @@ def record_json(rec: EmergencyRecord, trace: EscortTrace | None) -> dict[str, An
     return data
 
 
-def timespace(
-    rec: EmergencyRecord, trace: EscortTrace | None, path: Path, title: str = ""
-) -> Path:
+def timespace(rec: EmergencyRecord, trace: EscortTrace | None, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(11, 6.5))
     times = rec.time_s
     t0, t1 = times[0], times[-1] + 1.0
@@ -110,15 +108,23 @@ def timespace(
     ax.plot(times, rec.gps_s, ".", color="#1f77b4", markersize=3, label="GPS fixes (projected)")
     if trace is not None:
         ax.plot(
-            trace.time_s, trace.est_s, "--", color="#9467bd", linewidth=1.0,
+            trace.time_s,
+            trace.est_s,
+            "--",
+            color="#9467bd",
+            linewidth=1.0,
             label="escort estimate",
         )
         starts = [(t, x) for t, x, what in trace.events if what == "preemption starts"]
         stops = {s.intersection: s.stop_m for s in signals}
         if starts:
             ax.plot(
-                [t for t, _ in starts], [stops.get(x, math.nan) for _, x in starts], "v",
-                color="#2ca02c", markeredgecolor="black", label="preemption asked",
+                [t for t, _ in starts],
+                [stops.get(x, math.nan) for _, x in starts],
+                "v",
+                color="#2ca02c",
+                markeredgecolor="black",
+                label="preemption asked",
             )
     for p in rec.passages:
         if p.state in "rRsS":

@@ -191,6 +191,9 @@ def grants(user: User, roots: Roots | None = None) -> tuple[Grant, ...]:
                 Grant("write", f"{every}/events"),
                 Grant("write", f"{f}/clock"),
                 Grant("read", f"{every}/command"),
+                Grant("read", f"{f}/control/services/+"),
+                Grant("write", f"{f}/escort/requests"),
+                Grant("write", f"{f}/escort/+/gps"),
             )
         case Role.DISPATCHER:
             return (Grant("write", f"{f}/escort/requests"), Grant("read", f"{f}/escort/+/status"))
@@ -205,7 +208,8 @@ _WHY: dict[Role, str] = {
     Role.CONTROL: "Control service {s}: readings, shown states, events, escort requests, GPS,\n"
     "# the clock in; commands and escort answers out; services' liveness both ways.",
     Role.SIL_HOST: "SUMO-in-the-loop host {s}: every signal's cabinet on one connection,\n"
-    "# and the simulated clock.",
+    "# the simulated clock, the services' liveness (the lockstep barrier), the simulated\n"
+    "# ambulances' escort requests and GPS.",
     Role.DISPATCHER: "Dispatcher {s}: escort requests out, escort answers in.",
     Role.VEHICLE: "Escorted vehicle {s}: its own GPS out.",
 }

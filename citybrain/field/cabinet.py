@@ -17,12 +17,6 @@ contract (``citybrain/field/protocol.py``):
 - in ``remote`` mode it shows the holder's commands; a command no newer than the last one
   taken is dropped (duplicates, reordering); a change interval the holder leaves unfinished for
   ``handover_after_s`` is finished by the cabinet itself;
-- a command that arrives a little early (``defer_early_s``): one that breaks only timing
-  minimums (a yellow, an all-red or a minimum green not yet over), and breaks nothing that
-  much later, is held and shown the moment it breaks nothing (``show_due``, or the next
-  ``tick``), as a controller times its own intervals: the service times them in whole seconds
-  and its commands arrive with the network's jitter, so a yellow whose command came 5 ms late
-  and whose successor came on time would otherwise be refused as 5 ms short;
 - no valid command for ``watchdog_s`` (the cabinet's own clock) and the cabinet falls back to
   its local plan, through a change interval when it was not showing a phase's green.
 
@@ -44,7 +38,7 @@ from citybrain.control.catalog import ControllerOptions, make_controller
 from citybrain.control.drive import SignalDriver
 from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope
 from citybrain.control.model import GREEN, YELLOW, Intersection
-from citybrain.control.monitor import Finding, LampRules, LampWatch
+from citybrain.control.monitor import LampRules, LampWatch
 from citybrain.control.port import FloatArray, IntArray, Layout
 from citybrain.errors import ConfigError
 from citybrain.field.core import Publish
@@ -74,7 +68,10 @@ from citybrain.field.protocol import (
 
 LOCAL_PLANS: tuple[str, ...] = ("own", "actuated")
 TIMING_RULES = frozenset({"short_yellow", "short_all_red", "short_green"})
-"""The lamp rules a command that comes a little early breaks (``defer_early_s``)."""
+DEFER_MAX_S = 0.25
+"""A command that breaks only timing rules, and would not a moment later (up to this long),
+is held back and shown when due: commands cross a network, so one can arrive a few
+milliseconds before its change is due."""
 _LOCAL_CONTROLLER = {"own": "plan", "actuated": "actuated"}
 
 
@@ -87,19 +84,12 @@ class CabinetSettings:
     interval it left unfinished this long is finished by the cabinet."""
     local_plan: str = "own"
     """``own``: the signal's stored program; ``actuated``: our actuated control, own loops."""
-    defer_early_s: float = 0.5
-    """A command that breaks only timing minimums, and none this much later, is shown once it
-    breaks none (0: refused at once, like any other)."""
 
     def __post_init__(self) -> None:
         for name in ("watchdog_s", "handover_after_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"cabinet.{name} must be a positive number, not {value}")
-        if not 0.0 <= self.defer_early_s < 1.0:
-            raise ConfigError(
-                f"cabinet.defer_early_s must be from 0 to less than 1 s, not {self.defer_early_s}"
-            )
         if self.handover_after_s > self.watchdog_s:
             raise ConfigError(
                 f"cabinet.handover_after_s ({self.handover_after_s:g}) must not exceed "
@@ -124,14 +114,12 @@ class CabinetStats:
     """Commands of a service or epoch that does not hold the lease."""
     dropped: int = 0
     """Commands no newer than the last one taken (duplicates, reordering)."""
-    deferred: int = 0
-    """Commands that came early and were shown once their time came (``defer_early_s``)."""
-    superseded: int = 0
-    """Deferred commands a newer one replaced before their time came."""
     malformed: int = 0
     fallbacks: int = 0
     grants: int = 0
     denials: int = 0
+    deferred: int = 0
+    """Commands held back a moment for a timing rule (early by under ``DEFER_MAX_S``)."""
     self_cleared: int = 0
     """Change intervals the cabinet finished by itself."""
     unsafe: int = 0
@@ -188,11 +176,12 @@ class CabinetCore:
         """Whether the current lease has had a command shown."""
         self._claim: str | None = None
         """A claim waiting for the cabinet to show a phase's green."""
+        self._deferred: Command | None = None
+        """A command held back until a timing rule allows it (at ``_deferred_due``)."""
+        self._deferred_due = 0.0
         self.hold = False
         self.phase: int = 0
         """The green phase shown, or the one a change interval leads to."""
-        self._deferred: tuple[Command, float] | None = None
-        """A command that came early, and when it may be shown (cabinet clock)."""
         self._local: SignalDriver | None = None
         self._local = self._new_local(start_s)
         envelope = self._local.envelopes[self.x.id]
@@ -283,82 +272,68 @@ class CabinetCore:
         if cmd.ts <= self._last_ts:
             self.stats.dropped += 1
             return []
+        self._last_ts = cmd.ts
+        if self._deferred is not None:  # superseded by a newer command
+            self._deferred = None
+            self.stats.dropped += 1
+        return self._take(cmd, now_s, defer=True)
+
+    def _take(self, cmd: Command, now_s: float, *, defer: bool) -> list[Publish]:
+        """Show ``cmd`` if the monitor allows it now; a command early by less than
+        ``DEFER_MAX_S`` for a timing rule (it left the service that long before the change
+        was due, or its predecessor came late) is held until it is due, never shown early."""
         if not 0 <= cmd.phase < len(self.x.phases):
             return self._refuse(cmd, now_s, f"no phase {cmd.phase}")
         try:
             findings = self.watch.check(now_s, cmd.state)
         except ValueError as exc:
             return self._refuse(cmd, now_s, str(exc))
-        if self._deferred is not None:  # a newer command replaces one that waits
-            self._deferred = None
-            self.stats.superseded += 1
         if findings:
-            wait_s = self._early_by(now_s, cmd.state, findings)
-            if wait_s is None:
-                first = findings[0]
-                return self._refuse(cmd, now_s, f"{first.rule}: {first.detail} in {cmd.state!r}")
-            self._deferred = (cmd, now_s + wait_s)
-            self._valid_s = now_s
-            self._last_ts = cmd.ts
-            self.stats.deferred += 1
-            return []
-        self._valid_s = now_s
-        return self._take(cmd, now_s)
-
-    def _take(self, cmd: Command, now_s: float) -> list[Publish]:
-        """Show a command the monitor allows now (its arrival already counted as the
-        holder's sign of life)."""
+            if defer and all(f.rule in TIMING_RULES for f in findings):
+                wait = self._due_in(now_s, cmd.state)
+                if wait is not None:
+                    self._deferred = cmd
+                    self._deferred_due = now_s + wait
+                    self.stats.deferred += 1
+                    return []
+            first = findings[0]
+            return self._refuse(cmd, now_s, f"{first.rule}: {first.detail} in {cmd.state!r}")
         out = []
         if not self._used:
             self._used = True
             self.mode = "remote"
             self._local = None
             out.append(self._event(now_s, "remote", cmd.service, cmd.epoch))
-        self._last_ts = max(self._last_ts, cmd.ts)
+        self._valid_s = now_s
         self.hold = cmd.hold
         self.stats.commands += 1
         self._show(now_s, cmd.state)
         self.phase = cmd.phase if self.watch.phase is None else self.watch.phase
         return out
 
-    def _early_by(self, now_s: float, state: str, findings: list[Finding]) -> float | None:
-        """How long after ``now_s`` the monitor allows ``state``, if it breaks timing
-        minimums only and allows it within ``defer_early_s``; else None."""
-        limit = self.settings.defer_early_s
-        if limit <= 0.0 or any(f.rule not in TIMING_RULES for f in findings):
-            return None
-        check = self.watch.check
-        if check(now_s + limit, state):
-            return None
-        early, late = 0.0, limit  # a timing minimum, once met, stays met: bisect
-        while late - early > 1e-4:
-            middle = (early + late) / 2.0
-            if check(now_s + middle, state):
-                early = middle
-            else:
-                late = middle
-        return late
+    def _due_in(self, now_s: float, state: str) -> float | None:
+        """How long until ``state`` breaks no rule, if that is at most ``DEFER_MAX_S``."""
+        step = DEFER_MAX_S / 25
+        for k in range(1, 26):
+            if not self.watch.check(now_s + k * step, state):
+                return k * step
+        return None
 
     @property
-    def due_s(self) -> float | None:
-        """When a command that came early may be shown (None: none waits)."""
-        return None if self._deferred is None else self._deferred[1]
+    def deferred_due(self) -> float | None:
+        """When a command held back for a timing rule is due (None if none is)."""
+        return None if self._deferred is None else self._deferred_due
 
-    def show_due(self, now_s: float) -> list[Publish]:
-        """Show the command that came early if its time has come; the events to publish."""
-        if self._deferred is None or now_s < self._deferred[1]:
+    def poll(self, now_s: float) -> list[Publish]:
+        """Show a held-back command once it is due; call often (the agent: every loop)."""
+        cmd = self._deferred
+        if cmd is None or now_s < self._deferred_due - 1e-9:
             return []
-        cmd, _ = self._deferred
         self._deferred = None
-        findings = self.watch.check(now_s, cmd.state)
-        if findings:  # cannot happen: the lamps have not changed since it was judged
-            first = findings[0]
-            return self._refuse(cmd, now_s, f"{first.rule}: {first.detail} in {cmd.state!r}")
-        return self._take(cmd, now_s)
+        return self._take(cmd, max(now_s, self._deferred_due), defer=False)
 
     def _refuse(self, cmd: Command, now_s: float, reason: str) -> list[Publish]:
         self.stats.refusals += 1
-        self._last_ts = max(self._last_ts, cmd.ts)
         return [self._event(now_s, "refused", cmd.service, cmd.epoch, reason)]
 
     def _on_claim(self, service: str, now_s: float) -> list[Publish]:
@@ -387,9 +362,9 @@ class CabinetCore:
             return [self._event(now_s, "granted", service, self.epoch)]
         self.holder = service
         self.epoch += 1
-        self._deferred = None
         self._valid_s = now_s
         self._last_ts = -math.inf
+        self._deferred = None
         self._used = False
         self.phase = self.watch.phase
         self.hold = False
@@ -409,7 +384,7 @@ class CabinetCore:
         """The state to show from ``now_s`` on, and the events of this second.
 
         Call once per second, after the commands of that second (``handle``)."""
-        out: list[Publish] = self.show_due(now_s)
+        out: list[Publish] = self.poll(now_s)
         silent_s = now_s - self._valid_s
         if self.holder is not None and silent_s >= self.settings.watchdog_s - 1e-9:
             out.append(
@@ -436,11 +411,11 @@ class CabinetCore:
         """End the lease and go to the local plan (through a change interval if needed)."""
         self.holder = None
         self._claim = None
+        self._deferred = None
         self._used = False
         self.mode = "local"
         self.hold = False
         self._local = None
-        self._deferred = None
 
     def _run_local(self, now_s: float, readings: CabinetReadings | None) -> None:
         if self._local is None:

@@ -232,7 +232,8 @@ def _run(
     next_s = float(math.floor(clock()) + 1)
 
     waiting: list[tuple[float, str]] = []
-    """(when, cabinet) of commands that came early (``CabinetCore.due_s``), a heap."""
+    """(when due, cabinet) of commands held back a moment for a timing rule
+    (``CabinetCore.deferred_due``), a heap."""
 
     def take(topic: str, payload: bytes) -> None:
         now = clock()
@@ -241,8 +242,8 @@ def _run(
         if key is None:
             return
         cab = host.cabinets[key]
-        if cab.due_s is not None:
-            heapq.heappush(waiting, (cab.due_s, key))
+        if cab.deferred_due is not None:
+            heapq.heappush(waiting, (cab.deferred_due, key))
         shown_now(key, cab, out, now)
 
     def show_due() -> None:
@@ -250,7 +251,7 @@ def _run(
         while waiting and waiting[0][0] <= now:
             key = heapq.heappop(waiting)[1]
             cab = host.cabinets[key]
-            shown_now(key, cab, cab.show_due(now), now)
+            shown_now(key, cab, cab.poll(now), now)
 
     def shown_now(key: str, cab: CabinetCore, out: list[Publish], now: float) -> None:
         """After a cabinet took a message: latency, lamps, and what it has to say."""

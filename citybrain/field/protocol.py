@@ -497,6 +497,27 @@ def decode_service_status(payload: bytes) -> bool:
     return _flag(obj, "online")
 
 
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """What a SUMO-in-the-loop host needs of a service's liveness message: whether it is
+    online, and the lockstep tick (of which run) it has finished, if any."""
+
+    service: str
+    online: bool
+    tick: float | None = None
+    run: str | None = None
+
+
+def decode_liveness(payload: bytes, topic_service: str) -> Liveness:
+    obj = _object(payload)
+    online = decode_service_status(payload)
+    tick = None if obj.get("tick") is None else _number(obj, "tick")
+    run = obj.get("run")
+    if run is not None and not isinstance(run, str):
+        raise FieldPayloadError("run", "must be a string")
+    return Liveness(topic_service, online, tick, run)
+
+
 # ---------------------------------------------------------------------------- commands
 
 

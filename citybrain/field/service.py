@@ -19,7 +19,7 @@ for ticks: they follow the reports. Should a lockstep run begin after wall-clock
 same, the core starts a fresh controller and claims every signal again.
 
 Ticking on the readings (``readings_wait_s``, ``control serve --tick-on-readings``). On the
-wall clock the tick of second ``t`` runs at ``t`` (0.1 s later with messages waiting), the
+wall clock the tick of second ``t`` runs at ``t`` (after the messages queued by then), the
 very moment the cabinets publish their readings of ``t``: a reading that has not arrived by
 then is used one second late (``FieldCore.counts["late"]``). With ``readings_wait_s`` the
 tick of ``t`` runs once the detector message of ``t`` from every cabinet we hold is in
@@ -341,16 +341,22 @@ class _Loop:
 
     def serve(self) -> None:
         while not self.stop.is_set() and self.core.taken is None:
+            wait = 0.01
+            if self.next_tick is not None and self.lockstep.run is None:
+                wait = min(wait, max(self.next_tick - self.clock(), 0.0))
             try:
-                topic, payload = self.inbox.get(timeout=0.01)
+                topic, payload = self.inbox.get(timeout=wait)
             except queue.Empty:
                 self._wall_tick()
                 continue
-            if topic == self.clock_topic:
-                self._lockstep_tick(payload)
-            else:
-                self._message(topic, payload)
-            self._wall_tick(busy=not self.inbox.empty())
+            self._dispatch(topic, payload)
+            self._wall_tick()
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        if topic == self.clock_topic:
+            self._lockstep_tick(payload)
+        else:
+            self._message(topic, payload)
 
     def _message(self, topic: str, payload: bytes) -> None:
         try:
@@ -399,10 +405,15 @@ class _Loop:
         self.stats.ticks += 1
         self.stats.lockstep_ticks += 1
 
-    def _wall_tick(self, busy: bool = False) -> None:
-        """Tick on the wall clock when a second is due: at its start (with messages waiting:
-        once it is overdue by a tenth of a second), or with ``readings_wait_s`` once its
-        awaited readings are in (at most that long after its start)."""
+    def _following(self) -> bool:
+        """Whether the service follows a lockstep run's clock."""
+        return self.lockstep.run is not None
+
+    def _wall_tick(self) -> None:
+        """Tick on the wall clock as soon as a second is due, after the messages that
+        arrived before it (those queued then; later ones count in the next second); with
+        ``readings_wait_s``, once the second's awaited readings are in too (at most that
+        long after its start)."""
         if self.lockstep.run is not None:
             return
         now = self.clock()
@@ -411,20 +422,24 @@ class _Loop:
                 return
             self.next_tick = float(math.floor(now))
             self._publish(self.core.start_clock(self.next_tick, lockstep=False))
-        core, stats, wait_s = self.core, self.stats, self.readings_wait_s
-        missing = 0
-        if wait_s is None:
-            if now < self.next_tick + (0.1 if busy else 0.0):
-                return
-        elif now < self.next_tick:
+        if now < self.next_tick:
             return
-        elif core.awaited_t == self.next_tick and core.awaited:
-            if now < self.next_tick + wait_s:
+        core, stats, wait_s = self.core, self.stats, self.readings_wait_s
+        waiting = wait_s is not None and core.awaited_t == self.next_tick
+        if waiting and core.awaited and now < self.next_tick + (wait_s or 0.0):
+            return
+        for _ in range(self.inbox.qsize()):
+            try:
+                self._dispatch(*self.inbox.get_nowait())
+            except queue.Empty:
+                break
+            if self._following():  # a lockstep run began meanwhile
                 return
-            missing = len(core.awaited)
+        missing = len(core.awaited) if waiting else 0
+        if missing:
             stats.timed_out_ticks += 1
             stats.missing_readings += missing
-        else:
+        elif waiting:
             stats.readings_ticks += 1
         if now - self.next_tick >= 1.0:  # fell behind: tick the current second only
             behind = math.floor(now - self.next_tick)
