@@ -283,6 +283,10 @@ class RunResult:
     def cores(self, role: str) -> float:
         return sum(v for k, v in self.cpu_s.items() if self.roles[k] == role) / self.window_s
 
+    def others_cores(self) -> float:
+        """The machine's busy cores in the window that none of the run's processes used."""
+        return max(0.0, self.machine_busy_cores - sum(self.cpu_s.values()) / self.window_s)
+
     def service_us(self) -> float:
         """Service CPU per intersection-second, µs (every service of the run together)."""
         return self.cores("service") * 1e6 / self.signals
@@ -546,6 +550,50 @@ def section(
         *(row(r) for r in results),
         "",
     ]
+    single = [r for r in results if r.spec.services == 1 and r.spec.tick_on_readings]
+    single = [r for r in single if r.spec.code == "this" and r.cores("service") > 0]
+    if single:
+        lines += [
+            "Intersections per core: one service, the CPU it took per intersection-second "
+            "at each size, and so how many intersections one core of this machine holds at "
+            "that cost (1,000,000 µs / µs per intersection-second); the agents simulating "
+            "the cabinets and the broker share the same two cores, so the service could not "
+            "be driven to a whole core here.",
+            "",
+            "| run | signals | service cores | µs per intersection-s | intersections per core "
+            "| reading-to-command p99 ms | others' cores |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {r.spec.name} | {r.signals:,} | {r.cores('service'):.2f} | "
+                f"{r.service_us():,.0f} | {1e6 / r.service_us():,.0f} | "
+                f"{_ms(pct(r.latency_ms, 0.99))} | {r.others_cores():.2f} |"
+                for r in sorted(single, key=lambda r: r.signals)
+            ),
+            "",
+        ]
+    for r in results:
+        if r.spec.services > 1:
+            each = [
+                f"{k} {v / r.window_s:.2f} cores"
+                for k, v in sorted(r.cpu_s.items())
+                if r.roles[k] == "service"
+            ]
+            lines += [
+                f"Shards ({r.spec.name}): {r.signals:,} signals, {r.held:,} held by "
+                f"{r.spec.services} services ({', '.join(each)}); p99 reading-to-command "
+                f"{_ms(pct(r.latency_ms, 0.99))} ms.",
+                "",
+            ]
+        if not r.spec.tick_on_readings:
+            share = sum(int(t[3]) for t in r.ticks) / (r.signals * r.window_s)
+            lines += [
+                f"Ticking at second boundaries ({r.spec.name}): {share:.0%} of the readings "
+                "of a second reached the service after the tick of that second and were used "
+                "a second late (their reading-to-command latency is then a second more than "
+                "the loop's); the latency of commands to readings of their own second is not "
+                "defined there.",
+                "",
+            ]
     errors = [f"- {r.spec.name}: {e}" for r in results for e in r.errors]
     if errors:
         lines += ["Problems:", "", *errors, ""]
@@ -590,6 +638,8 @@ def specs(args: argparse.Namespace) -> list[RunSpec]:
         elif name == "sweep":
             for text in args.sweep:
                 grid = Grid.parse(text)
+                if grid == city and "city" in args.runs:
+                    continue  # the city run is that point
                 agents = max(args.agents, math.ceil(grid.signals / 1024))
                 out.append(RunSpec(f"sweep-{grid.name}", grid, agents=agents))
         elif name == "shards":
@@ -616,11 +666,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep",
         type=lambda s: s.split(","),
-        default=["16x16", "32x32", "45x45", "55x55"],
+        default=["4x4", "16x16", "32x32", "45x45", "55x55"],
         help="cities for one service (intersections per core)",
     )
     parser.add_argument("--shards-city", default="64x32", help="the city of the two shards")
-    parser.add_argument("--agents", type=int, default=2, help="cabinet processes per 1,024")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=2,
+        help="cabinet processes for the main city (a bigger city: one per 1,024 signals, at least "
+        "this many; two shards: twice this many)",
+    )
     parser.add_argument("--controller", default="adaptive")
     parser.add_argument("--flow-vph", type=float, default=300.0)
     parser.add_argument("--window-s", type=float, default=30.0)
