@@ -237,7 +237,8 @@ def run_service(
     another live service holds the whole shard. ``readings_wait_s``: tick each wall-clock
     second once its readings are in, waiting at most this long (see the module docstring;
     None: at the second's boundary). ``max_inflight``: QoS 1 messages sent and not yet
-    acknowledged by the broker at most (a second's commands go out at once). ``stats``: filled
+    acknowledged by the broker at most (0, the default: no limit; a second's commands go out
+    at once). ``stats``: filled
     in as it runs (a new one by default), and returned."""
     check_readings_wait(readings_wait_s)
     stop = stop if stop is not None else threading.Event()
