@@ -336,7 +336,8 @@ def run_city(
     """One run (see the module docstring); its files under ``out/spec.name``."""
     from citybrain.mqtt.brokers import MosquittoProcess, free_port
 
-    folder = out / spec.name
+    folder = (out / spec.name).resolve()  # the processes run in it
+    net = net.resolve()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     port = free_port()
@@ -443,7 +444,7 @@ def _start(role: str, name: str, cmd: list[str], env: dict[str, str], folder: Pa
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=ROOT,
+            cwd=folder,  # not the checkout: its citybrain/ would shadow PYTHONPATH's
         )
     return Proc(role, name, popen, popen.pid, log, stats)
 

@@ -344,7 +344,7 @@ class _Loop:
         while not self.stop.is_set() and self.core.taken is None:
             wait = 0.01
             if self.next_tick is not None and self.lockstep.run is None:
-                wait = min(wait, max(self.next_tick - self.clock(), 0.0))
+                wait = min(wait, max(self._tick_due() - self.clock(), 0.0))
             try:
                 topic, payload = self.inbox.get(timeout=wait)
             except queue.Empty:
@@ -405,6 +405,15 @@ class _Loop:
         self._publish([self.core.liveness(tick.t, tick=tick.t, run=tick.run)])
         self.stats.ticks += 1
         self.stats.lockstep_ticks += 1
+
+    def _tick_due(self) -> float:
+        """When the next wall tick is due: its second, or while its readings are awaited
+        the end of the wait for them (a reading that comes sooner wakes the loop)."""
+        assert self.next_tick is not None
+        core, wait_s = self.core, self.readings_wait_s
+        if wait_s is not None and core.awaited_t == self.next_tick and core.awaited:
+            return self.next_tick + wait_s
+        return self.next_tick
 
     def _following(self) -> bool:
         """Whether the service follows a lockstep run's clock."""
