@@ -19,7 +19,8 @@ every cabinet on one connection per process), then the service(s) (``control ser
 services' retained liveness until every signal is held, lets the loop settle for
 ``--settle-s``, then measures a window of ``--window-s`` seconds: each process's CPU time
 (``/proc/PID/stat``, every thread) and the machine's (``/proc/stat``: what the bench's
-processes did not use went to others' jobs on this shared machine), then stops the
+processes did not use went to others' jobs on this shared machine; a service's main thread
+apart, the rest being paho's network thread), then stops the
 services and the agents (SIGTERM) and reads the statistics they write on exit
 (``--stats-json``), cut to the window:
 
@@ -142,7 +143,7 @@ def assemble(rev: str, out: Path) -> Path:
     """The ``citybrain`` package of commit ``rev`` assembled as installed (``control/`` as
     ``citybrain/control``, as pyproject's ``package-dir`` says) under ``out``: a folder for
     ``PYTHONPATH``."""
-    src, code = out / f"src-{rev}", out / f"code-{rev}"
+    src, code = (out / f"src-{rev}").resolve(), (out / f"code-{rev}").resolve()
     for folder in (src, code):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -315,7 +316,8 @@ class RunResult:
 
 def _python(code: Path | None) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if code is not None:
+    if code is not None:  # absolute: the processes run in their own folder
+        code = code.resolve()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH")) if p)
     return [sys.executable, "-m", "citybrain.cli"], env
 
