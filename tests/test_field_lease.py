@@ -779,3 +779,28 @@ def test_the_core_awaits_the_next_seconds_readings_of_each_held_signal(single_cf
     _shown(core, T0 + 3.5, 0, T0 - 10, mode="remote", holder=ME, epoch=1)
     core.tick(T0 + 4)
     assert core.awaited == set() and core.awaited_t == T0 + 5
+
+
+def test_a_service_waiting_for_readings_sleeps_until_they_come_or_the_wait_ends(
+    single_cfg: Path,
+) -> None:
+    """With ``readings_wait_s`` the loop's next deadline is the end of the wait while
+    readings are awaited (a reading wakes it sooner), the second itself otherwise."""
+    import queue
+    import threading
+
+    from citybrain.field.service import ServiceStats, _Loop
+
+    core = _core(single_cfg)
+    inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+    loop = _Loop(core, None, inbox, threading.Event(), lambda: T0, ServiceStats(), 2.0, 0.4)  # type: ignore[arg-type]
+    loop.next_tick = T0
+    assert loop._tick_due() == T0
+    core.awaited, core.awaited_t = {"A0"}, T0
+    assert loop._tick_due() == T0 + 0.4
+    core.awaited_t = T0 - 1.0  # readings of a second already ticked: nothing to wait for
+    assert loop._tick_due() == T0
+    clock_only = _Loop(core, None, inbox, threading.Event(), lambda: T0, ServiceStats(), 2.0)  # type: ignore[arg-type]
+    clock_only.next_tick = T0
+    core.awaited_t = T0
+    assert clock_only._tick_due() == T0  # without the option the second is the deadline
