@@ -388,6 +388,8 @@ def run_city(
                     controller,
                     "--client-id",
                     f"cb-bench-{name}",
+                    "--service-id",
+                    f"cb-bench-{name}",
                 ]
                 if spec.services > 1:
                     cmd += ["--shard", f"{i}/{spec.services}"]

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import gc
 import logging
+import math
+import os
 import signal
 import sys
 import threading
@@ -41,13 +43,19 @@ def add_cabinet(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "cab-{intersection} (one connection per cabinet)",
     )
     run.add_argument("--username", help="one user for a shared connection (a host role)")
-    run.add_argument("--password")
+    run.add_argument(
+        "--password",
+        default=os.environ.get("CITYBRAIN_MQTT_PASSWORD"),
+        help="or CITYBRAIN_MQTT_PASSWORD (not visible in ps)",
+    )
     run.add_argument("--ca-file", help="CA certificate for mqtts:// brokers")
     run.add_argument(
         "--detectors",
         choices=("synthetic", "none"),
-        default="synthetic",
-        help="without field I/O: synthetic Poisson counts (default) or none",
+        required=True,
+        help="this command has no detector I/O of its own: synthetic Poisson counts (a trial "
+        "deployment: never at a live signal) or none (every detector reads zero); a real "
+        "cabinet implements Detectors and Lamps of citybrain/field/cabinet_agent.py",
     )
     run.add_argument(
         "--flow-vph", type=float, default=300.0, help="synthetic flow per lane (veh/h)"
@@ -103,6 +111,8 @@ def _run(args: argparse.Namespace) -> int:
                 f"{args.credentials}: no cab-{missing[0]} line "
                 f"({len(missing)} cabinet(s) without credentials)"
             )
+    if not (math.isfinite(args.flow_vph) and args.flow_vph >= 0):
+        raise CitybrainError(f"--flow-vph must be a number >= 0, not {args.flow_vph:g}")
     layouts = {k: c.layout for k, c in host.cabinets.items()}
     flow = args.flow_vph if args.detectors == "synthetic" else 0.0
     detectors = SyntheticDetectors(layouts, flow)

@@ -211,6 +211,8 @@ def _faults(text: str | None) -> FieldFaults:
         except ValueError:
             raise CitybrainError(f"--faults: {key} must be a number, not {value!r}") from None
     seed = values.pop("seed", 0.0)
+    if not (seed.is_integer() and seed >= 0):
+        raise CitybrainError(f"--faults: seed must be a whole number >= 0, not {seed:g}")
     return FieldFaults(**values, seed=int(seed))
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -43,11 +45,17 @@ def add_control_serve(
     )
     serve.add_argument("--config", type=Path, help="settings TOML (see configs/citybrain.toml)")
     serve.add_argument("--topic-root", default="citybrain", help="first topic levels")
-    serve.add_argument("--client-id", default="citybrain-control")
+    serve.add_argument(
+        "--client-id",
+        help="MQTT client id (default: the service id and a random suffix; two connections "
+        "with one client id knock each other off the broker)",
+    )
     serve.add_argument(
         "--service-id",
-        help="the name cabinets grant their lease to (default: the client id); "
-        "a restarted service takes its signals back under the same name",
+        default="citybrain-control",
+        help="the name cabinets grant their lease to (default citybrain-control; one per "
+        "service: a second process under a live one's id stops with an error); a restarted "
+        "service takes its signals back under the same name",
     )
     serve.add_argument(
         "--standby",
@@ -147,7 +155,11 @@ def _ids(text: str) -> list[str]:
 
 def _credentials(p: argparse.ArgumentParser) -> None:
     p.add_argument("--username")
-    p.add_argument("--password")
+    p.add_argument(
+        "--password",
+        default=os.environ.get("CITYBRAIN_MQTT_PASSWORD"),
+        help="or CITYBRAIN_MQTT_PASSWORD (not visible in ps)",
+    )
     p.add_argument("--ca-file", help="CA certificate for mqtts:// brokers")
 
 
@@ -175,14 +187,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     broker = _broker(args)
     check_readings_wait(args.tick_on_readings)
+    instance = uuid.uuid4().hex[:12]
     core = load_core(
         args.net,
         args.controller,
         escort=args.escort,
         settings=load_settings(args.config),
         root=args.topic_root,
-        service_id=args.service_id or args.client_id,
+        service_id=args.service_id,
         standby=args.standby,
+        instance=instance,
+        started_s=time.time(),
         signals=args.signals,
         shard=None if args.shard is None else Shard.parse(args.shard),
     )
@@ -205,12 +220,13 @@ def _serve(args: argparse.Namespace) -> int:
         f"{args.controller} (escort {args.escort}) on {broker.address.url}",
         file=sys.stderr,
     )
+    client_id = args.client_id or f"{args.service_id}-{instance[:6]}"
     stats = ServiceStats()
     try:
         run_service(
             core,
             broker,
-            client_id=args.client_id,
+            client_id=client_id,
             stop=stop,
             readings_wait_s=args.tick_on_readings,
             stats=stats,

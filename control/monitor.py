@@ -4,8 +4,9 @@ A ``LampWatch`` sees only the state strings a signal shows and when, never a con
 an envelope's internals, and judges each change against rules derived once from the
 intersection's model (``LampRules``):
 
-- ``conflict``: two conflicting links green together, unless one yields or the stored plan
-  itself shows the pair;
+- ``conflict``: two conflicting links that may both go (green, yellow, or SUMO's ``O o s``)
+  at once, unless one is a permissive green that yields to the other, or the stored program
+  (its steps, phases and change intervals) shows the pair going together;
 - ``green_to_red``: a link that loses green without showing yellow;
 - ``short_yellow``: a yellow shorter than the shortest one a change interval gives that link;
 - ``short_all_red``: a link turning green sooner after a conflicting link's yellow ended than
@@ -36,6 +37,9 @@ RULES = (
     "long_green",
 )
 EPS_S = 1e-6
+GO = frozenset("GgyYOos")
+"""Link letters under which a vehicle may be in or entering the conflict area: greens,
+yellows, signal off (``O``, ``o``) and stop-then-go (``s``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,9 @@ class LampRules:
     interval makes follow each other are absent: no requirement)."""
     max_green_s: tuple[float, ...]
     """Per phase (as the envelope's ``SignalRules``)."""
+    together: frozenset[tuple[int, int]] = frozenset()
+    """Conflicting pairs (low, high) that some state of the program shows both going: the
+    only conflicting pairs a state may show going together (a yielding ``g`` excepted)."""
 
     @classmethod
     def of(cls, x: Intersection, timing: EnvelopeTiming) -> LampRules:
@@ -73,7 +80,11 @@ class LampRules:
             for i in range(n)
         )
         return cls(
-            min_green, _shortest_yellows(n, rules), _shortest_all_red(x, rules), rules.max_green_s
+            min_green,
+            _shortest_yellows(n, rules),
+            _shortest_all_red(x, rules),
+            rules.max_green_s,
+            _going_together(x, rules),
         )
 
 
@@ -124,10 +135,27 @@ class LampWatch:
                 frozenset(i for i, c in enumerate(state) if c in GREEN),
                 frozenset(i for i, c in enumerate(state) if c in YELLOW),
                 self.x.phase_of_state(state),
-                tuple(self.x.unapproved_pairs(state)),
+                self._conflicts(state),
             )
             self._looks[state] = look
         return look
+
+    def _conflicts(self, state: str) -> tuple[tuple[int, int], ...]:
+        x = self.x
+        go = [i for i, c in enumerate(state) if c in GO]
+        found = []
+        for k, a in enumerate(go):
+            for b in go[k + 1 :]:
+                if b not in x.conflicts[a] and a not in x.conflicts[b]:
+                    continue
+                if (a, b) in self.rules.together:
+                    continue
+                if (state[a] == "g" and b in x.yields_to[a]) or (
+                    state[b] == "g" and a in x.yields_to[b]
+                ):
+                    continue
+                found.append((a, b))
+        return tuple(found)
 
     def check(self, time_s: float, state: str) -> list[Finding]:
         """What showing ``state`` from ``time_s`` on would break (nothing is recorded).
@@ -185,8 +213,20 @@ class LampWatch:
                             )
                         )
         if look.conflicts:
-            found.append(Finding("conflict", f"links {list(look.conflicts)} green together"))
+            found.append(Finding("conflict", f"links {list(look.conflicts)} go together"))
         return found
+
+    def assume(self, state: str, since_s: float) -> None:
+        """Start from ``state``, shown since ``since_s``: its greens and yellows count from
+        then, its reds as red since then (a cabinet that knows what its lamps show)."""
+        look = self.look_of(state)
+        for i in range(len(state)):
+            self.green_from[i] = since_s if i in look.green else None
+            self.yellow_from[i] = since_s if i in look.yellow else None
+            self.red_from[i] = None if i in look.green or i in look.yellow else since_s
+        self.state, self._look = state, look
+        self.since_s = since_s
+        self._long_reported = False
 
     def observe(self, time_s: float, state: str, hold: bool = False) -> list[Finding]:
         """Record that ``state`` is shown from ``time_s``; what it broke.
@@ -278,3 +318,19 @@ def _shortest_all_red(x: Intersection, rules: SignalRules) -> dict[tuple[int, in
                         gap = at - at_i
                         shortest[(i, j)] = min(shortest.get((i, j), gap), gap)
     return {pair: gap for pair, gap in shortest.items() if gap > 0}
+
+
+def _going_together(x: Intersection, rules: SignalRules) -> frozenset[tuple[int, int]]:
+    """Conflicting pairs that a state of the program (a plan step, a phase, a step of a change
+    interval) shows both going."""
+    states = {step.state for step in x.plan} | {p.state for p in x.phases}
+    for steps in rules.intervals.values():
+        states.update(step.state for step in steps)
+    pairs = set()
+    for state in states:
+        go = [i for i, c in enumerate(state) if c in GO]
+        for k, a in enumerate(go):
+            for b in go[k + 1 :]:
+                if b in x.conflicts[a] or a in x.conflicts[b]:
+                    pairs.add((a, b))
+    return frozenset(pairs)

@@ -185,6 +185,8 @@ class FieldLoop:
         self._cams: dict[str, tuple[list[int], list[str]]] = {}
         faults = options.faults
         self._offset = faults.clock_offset_s
+        if options.clock == "realtime":  # the cabinets' clocks run on the wall clock's time
+            self._offset += time.time() - start_s
         """The cabinets' clocks run this far from the simulation's."""
         self._rng = np.random.default_rng(faults.seed)
         for key, part in cabinet_layouts(layout).items():
@@ -196,6 +198,7 @@ class FieldLoop:
                     start_s + self._offset,
                     settings.cabinet,
                     root=self.root,
+                    plan_running=True,  # SUMO's signals run their programs until the start
                 )
             )
             self._loops[key] = ([loop_index[d.id] for d in part.loops], [d.id for d in part.loops])

@@ -166,6 +166,8 @@ def run(
             f"--escort needs a controller whose requests go through the envelope, "
             f"not {controller.name!r}"
         )
+    if field_loop is not None:
+        field_loop.start()  # before anything is written: a broker that is not there fails clean
     make_run_dirs(out_dir)
     end = min(options.end_s or scenario.end_s, scenario.end_s)
     if end <= scenario.begin_s:
@@ -196,8 +198,6 @@ def run(
         else None
     )
     wall = time.perf_counter()
-    if field_loop is not None:
-        field_loop.start()
     try:
         backend.start(args)
         try:
@@ -403,7 +403,8 @@ def _loop(
                 seen = last_ids[i]
                 loop_count[i] = sum(1 for vid in ids if vid not in seen) if ids else 0
                 last_ids[i] = ids
-                loop_occ[i] = float(v[sb.LAST_STEP_OCCUPANCY]) / 100.0
+                # a fraction of the step; SUMO can report above 100 % (two vehicles in a step)
+                loop_occ[i] = min(1.0, float(v[sb.LAST_STEP_OCCUPANCY]) / 100.0)
             cams = backend.camera_values()
             for i, d in enumerate(cam_ids):
                 v = cams.get(d)

@@ -49,7 +49,14 @@ def single(single_cfg: Path) -> Layout:
 
 def _cabinet(layout: Layout, **kw: float | str) -> CabinetCore:
     s = Settings()
-    return CabinetCore(layout, s.envelope, s, T0, CabinetSettings(**kw))  # type: ignore[arg-type]
+    return CabinetCore(
+        layout,
+        s.envelope,
+        s,
+        T0,
+        CabinetSettings(**kw),  # type: ignore[arg-type]
+        plan_running=True,
+    )
 
 
 def _events(out: list[Publish]) -> list[CabinetEvent]:
@@ -368,3 +375,69 @@ def test_a_command_a_moment_early_is_held_until_due_and_never_shown_early(
     assert _send(cab2, yellow, t2) == []
     (event,) = _send(cab2, all_red, t2 + x.yellow_s - 1.0)
     assert event.kind == "refused" and event.reason.startswith("short_yellow:")
+
+
+def _plain(layout: Layout, **kw: object) -> CabinetCore:
+    s = Settings()
+    return CabinetCore(layout, s.envelope, s, T0, **kw)  # type: ignore[arg-type]
+
+
+def test_a_cabinet_that_does_not_know_its_lamps_starts_with_an_all_red(single: Layout) -> None:
+    """A restarted agent may find the lamps on any green: it never jumps from it to another."""
+    cab = _plain(single)
+    x = cab.x
+    assert cab.state == "r" * len(x.links)
+    needed = x.yellow_s + x.all_red_s
+    states = [cab.tick(T0 + k)[0] for k in range(int(needed) + 3)]
+    assert states[: int(needed)] == ["r" * len(x.links)] * int(needed)
+    assert cab.watch.phase is not None and cab.stats.unsafe == 0
+    # no claim is granted before the signal shows a green of its own
+    cab2 = _plain(single)
+    assert _events(cab2.handle(encode_command(Claim(cab2.id, "svc", T0)), T0)) == []
+    assert cab2.holder is None
+
+
+def test_the_first_green_keeps_its_minimum_from_when_it_was_seen(single: Layout) -> None:
+    x = single.intersections[0]
+    green = x.phases[0].state
+    cab = _plain(single, showing=green)
+    cab.tick(T0)  # its local plan takes the green over as it is
+    svc = Service(cab)
+    svc.claim(T0)
+    assert cab.holder == "svc"
+    yellow = "".join("y" if c in "Gg" else c for c in green)
+    (event,) = _send(cab, yellow, T0 + 0.1)
+    assert event.kind == "refused" and event.reason.startswith("short_green:")
+
+
+def test_a_cabinet_started_in_a_yellow_shows_it_for_its_full_time(single: Layout) -> None:
+    x = single.intersections[0]
+    yellow = "".join("y" if c in "Gg" else c for c in x.phases[0].state)
+    cab = _plain(single, showing=yellow)
+    shown = [cab.tick(T0 + k * 0.5)[0] for k in range(int(2 * x.yellow_s))]
+    assert all(s == yellow for s in shown)
+    assert cab.stats.unsafe == 0
+
+
+def test_a_standby_takes_over_a_change_interval_left_unfinished_without_a_fallback(
+    single: Layout,
+) -> None:
+    """The holder dies right after starting a yellow; the cabinet finishes the change and
+    grants the standby's claim at the green, before its watchdog would fire."""
+    cab = _cabinet(single, watchdog_s=4.0, handover_after_s=1.5)
+    t = _green_now(cab, T0)
+    svc = Service(cab)
+    svc.claim(t)
+    for k in range(1, 30):
+        svc.command(t + k, None)
+        cab.tick(t + k)
+    assert svc.env is not None
+    svc.command(t + 30, (svc.env.phase + 1) % len(cab.x.phases))  # the yellow starts
+    cab.tick(t + 30)
+    standby = Service(cab, "standby")
+    for k in range(31, 40):
+        standby.claim(t + k)
+        cab.tick(t + k)
+        if cab.holder == "standby":
+            break
+    assert cab.holder == "standby" and cab.stats.fallbacks == 0 and cab.stats.unsafe == 0

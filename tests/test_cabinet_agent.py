@@ -100,6 +100,7 @@ def test_a_cabinet_obeys_its_holder_then_falls_back_when_it_goes_silent(
         # claim until granted (a claim in a change interval waits for the green)
         watcher.publish(command_topic, encode_command(Claim(xid, "svc", clock())), qos=1)
         _wait(lambda: any(decode_event(p, xid).kind == "granted" for p in watcher.on(events_topic)))
+        _wait(lambda: any(decode_shown(p, xid).holder == "svc" for p in watcher.on(shown_topic)))
         shown = [decode_shown(p, xid) for p in watcher.on(shown_topic)]
         granted = next(s for s in shown if s.holder == "svc")
         assert granted.phase is not None and granted.green_since is not None
@@ -174,6 +175,7 @@ def test_cabinet_run_fails_in_one_line_on_bad_input(single_cfg: Path, tmp_path: 
                 "run",
                 "--net",
                 str(single_cfg),
+                *("--detectors", "synthetic"),
                 *args,
             ],
             capture_output=True,
@@ -185,6 +187,8 @@ def test_cabinet_run_fails_in_one_line_on_bad_input(single_cfg: Path, tmp_path: 
         (("--signals", "NOPE"), "no signal 'NOPE' in the net"),
         (("--shard", "2/2"), "shard '2/2'"),
         (("--broker", "http://x"), "broker URL must start with mqtt://"),
+        (("--flow-vph", "nan"), "--flow-vph must be a number >= 0"),
+        (("--ca-file", "/nonexistent/ca.crt"), "no CA certificate file"),
     ):
         done = run(*args)
         assert done.returncode != 0

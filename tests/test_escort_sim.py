@@ -17,8 +17,17 @@ from citybrain.sim.runner import RunOptions, prepare, run
 pytestmark = pytest.mark.sumo
 
 MAIN_ROUTE = (
-    "left0A0", "left0A0.200.00", "A0B0", "A0B0.200.00", "B0C0", "B0C0.200.00", "C0D0",
-    "C0D0.200.00", "D0E0", "D0E0.200.00", "E0right0",
+    "left0A0",
+    "left0A0.200.00",
+    "A0B0",
+    "A0B0.200.00",
+    "B0C0",
+    "B0C0.200.00",
+    "C0D0",
+    "C0D0.200.00",
+    "D0E0",
+    "D0E0.200.00",
+    "E0right0",
 )
 
 
@@ -42,8 +51,18 @@ def test_escorted_ambulance_in_sumo(arterial_cfg: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     code = main(
         [
-            "sim", "run", str(arterial_cfg), "--controller", "adaptive", "--escort",
-            "--end", "1990", "--out", str(out), "--seed", "2",
+            "sim",
+            "run",
+            str(arterial_cfg),
+            "--controller",
+            "adaptive",
+            "--escort",
+            "--end",
+            "1990",
+            "--out",
+            str(out),
+            "--seed",
+            "2",
         ]
     )
     assert code == 0
@@ -77,8 +96,7 @@ def test_short_window_begins_late(arterial_cfg: Path, tmp_path: Path) -> None:
     result = run(
         arterial_cfg,
         tmp_path,
-        RunOptions("plan", seed=1, begin_s=1795, end_s=1960, escort="local",
-                   escort_baseline=False),
+        RunOptions("plan", seed=1, begin_s=1795, end_s=1960, escort="local", escort_baseline=False),
     )
     (amb,) = result.metrics.emergency
     assert amb.completed and amb.ran_red == 0 and amb.civilian_delay_no_escort_s is None

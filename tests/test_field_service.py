@@ -125,6 +125,7 @@ class Field:
             "run",
             *("--broker", self.url, "--net", str(self.cfg), "--topic-root", self.root),
             *("--config", str(self.config), "--client-id", f"cbtest-cab-{uuid.uuid4().hex[:6]}"),
+            *("--detectors", "synthetic"),
             name="cabinets",
         )
 
@@ -321,28 +322,97 @@ def test_a_second_service_without_standby_is_refused_with_a_clear_message(
 
 
 @pytest.mark.sumo
+@pytest.mark.parametrize(
+    ("net", "controller", "end_s"), [("single", "actuated", 600), ("arterial", "adaptive", 900)]
+)
 def test_a_lockstep_field_run_equals_the_in_process_run(
-    mqtt_url: str, single_cfg: Path, tmp_path: Path
+    mqtt_url: str,
+    single_cfg: Path,
+    arterial_cfg: Path,
+    tmp_path: Path,
+    net: str,
+    controller: str,
+    end_s: float,
 ) -> None:
     """``citybrain sim run --field`` with the controller in a ``control serve`` process: the
-    same delay as the controller in process, every second commanded, nothing refused."""
+    same delay and the same lamps, second by second, as the controller in process; every
+    second commanded, nothing refused."""
+    from citybrain.sim.fieldloop import FieldOptions
+    from citybrain.sim.runner import RunOptions, run
+
+    cfg = single_cfg if net == "single" else arterial_cfg
+    field = Field(mqtt_url, cfg, tmp_path)
+    try:
+        field.serve("svc-a", "--escort", "none", "--controller", controller)
+        time.sleep(3)  # the service is there before the run starts: it claims in the pre-roll
+        options = FieldOptions(BrokerSettings.from_url(mqtt_url), root=field.root)
+        remote = run(
+            cfg,
+            tmp_path / "field",
+            RunOptions(controller, end_s=end_s, timeline=True, field=options),
+        )
+    finally:
+        field.close()
+    alone = run(cfg, tmp_path / "alone", RunOptions(controller, end_s=end_s, timeline=True)).metrics
+    report = remote.metrics.extra["field"]
+    assert remote.metrics.mean_delay_s == alone.mean_delay_s
+    assert remote.metrics.vehicles == alone.vehicles
+    timeline = (tmp_path / "field" / "timeline.json").read_text()
+    assert timeline == (tmp_path / "alone" / "timeline.json").read_text()
+    signals = report["cabinets"]
+    assert report["monitor_refusals"] == 0 and report["fallbacks"] == 0
+    assert report["unsafe_states"] == 0 and report["silent_services"] == []
+    assert report["commands_shown"] >= (end_s - 10) * signals
+    assert report["holders_at_end"] == ["svc-a"]
+
+
+@pytest.mark.sumo
+def test_a_realtime_field_run_is_commanded(mqtt_url: str, single_cfg: Path, tmp_path: Path) -> None:
+    """``--clock realtime``: one simulated second per wall second, the service on its own
+    wall clock; the cabinets are commanded, latency is measured, nothing is unsafe."""
     from citybrain.sim.fieldloop import FieldOptions
     from citybrain.sim.runner import RunOptions, run
 
     field = Field(mqtt_url, single_cfg, tmp_path)
     try:
         field.serve("svc-a", "--escort", "none")
-        time.sleep(3)  # the service is there before the run starts: it claims in the pre-roll
-        options = FieldOptions(BrokerSettings.from_url(mqtt_url), root=field.root)
+        time.sleep(3)
+        options = FieldOptions(BrokerSettings.from_url(mqtt_url), clock="realtime", root=field.root)
         remote = run(
-            single_cfg, tmp_path / "field", RunOptions("actuated", end_s=600, field=options)
+            single_cfg, tmp_path / "field", RunOptions("actuated", end_s=25, field=options)
         )
     finally:
         field.close()
-    alone = run(single_cfg, tmp_path / "alone", RunOptions("actuated", end_s=600)).metrics
     report = remote.metrics.extra["field"]
-    assert remote.metrics.mean_delay_s == alone.mean_delay_s
-    assert remote.metrics.vehicles == alone.vehicles
-    assert report["monitor_refusals"] == 0 and report["fallbacks"] == 0
-    assert report["unsafe_states"] == 0 and report["silent_services"] == []
-    assert report["commands_shown"] >= 590 and report["holders_at_end"] == ["svc-a"]
+    assert report["unsafe_states"] == 0 and report["clock"] == "realtime"
+    assert report["commands_shown"] >= 10 and report["holders_at_end"] == ["svc-a"]
+    assert report["latency_ms"]["p99"] is not None
+
+
+@pytest.mark.sumo
+def test_a_service_follows_the_next_lockstep_run(
+    mqtt_url: str, single_cfg: Path, tmp_path: Path
+) -> None:
+    """One ``control serve`` for two field runs, one after the other: once the first run's
+    ticks have stopped, the service follows the second from its start."""
+    from citybrain.field.service import RUN_ENDED_AFTER_S
+    from citybrain.sim.fieldloop import FieldOptions
+    from citybrain.sim.runner import RunOptions, run
+
+    field = Field(mqtt_url, single_cfg, tmp_path)
+    reports = []
+    try:
+        field.serve("svc-a", "--escort", "none")
+        time.sleep(3)
+        options = FieldOptions(BrokerSettings.from_url(mqtt_url), root=field.root)
+        for k in range(2):
+            result = run(
+                single_cfg, tmp_path / f"run{k}", RunOptions("actuated", end_s=120, field=options)
+            )
+            reports.append(result.metrics.extra["field"])
+            time.sleep(RUN_ENDED_AFTER_S + 1)
+    finally:
+        field.close()
+    for report in reports:
+        assert report["commands_shown"] >= 100 and report["holders_at_end"] == ["svc-a"]
+        assert report["unsafe_states"] == 0 and report["monitor_refusals"] == 0

@@ -115,7 +115,12 @@ def test_a_bench_snapshot_holds_every_subpackage_and_runs_from_itself(tmp_path: 
     names = sorted(set(source_modules()) - {ALEMBIC_SCRIPT})
     proc = subprocess.run(
         [sys.executable, "-c", probe, json.dumps(names)],
-        cwd=code, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     for name, file in json.loads(proc.stdout).items():
@@ -130,11 +135,28 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     for folder in PACKAGE_DIR.values():
-        shutil.copytree(ROOT / folder, src / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        shutil.copytree(
+            ROOT / folder,
+            src / folder,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+        )
     dist = tmp_path / "dist"
-    run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
-         "--no-index", "-q", "-w", str(dist)], tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(src),
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(dist),
+        ],
+        tmp_path,
+    )
     (wheel,) = dist.glob("citybrain-*.whl")
 
     # a fresh venv; the wheel alone installed in it, this venv's site-packages behind it for the
@@ -142,10 +164,26 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
     python = venv / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-         "--no-index", "-q", str(wheel)], tmp_path)
-    site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                    tmp_path).strip())
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        tmp_path,
+    )
+    site = Path(
+        run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], tmp_path
+        ).strip()
+    )
     deps = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
     (site / "citybrain-test-deps.pth").write_text("".join(f"{p}\n" for p in deps))
 
@@ -180,8 +218,23 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     # what the installed package loads from itself: a scenario spec, a run, the migrations
     # (and the shipped tariffs) on a new ledger
     run([script, "sim", "scenario", "single", "--out", "single"], work)
-    run([script, "sim", "run", "single/single.sumocfg", "--controller", "adaptive", "--seed", "1",
-         "--end", "60", "--out", "run"], work)
+    run(
+        [
+            script,
+            "sim",
+            "run",
+            "single/single.sumocfg",
+            "--controller",
+            "adaptive",
+            "--seed",
+            "1",
+            "--end",
+            "60",
+            "--out",
+            "run",
+        ],
+        work,
+    )
     assert json.loads((work / "run" / "metrics.json").read_text())["mean_delay_s"] >= 0.0
     db = f"sqlite:///{work / 'ledger.db'}"
     assert json.loads(run([script, "parking", "sessions", "--db", db, "--json"], work)) == []
@@ -189,7 +242,8 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs(tmp_path: Path) -> None:
 
 def run(cmd: list[str], cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, f"{cmd}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout

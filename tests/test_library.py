@@ -205,9 +205,22 @@ def test_short_sumo_run_has_arrivals(built: dict[str, Path], name: str) -> None:
     cfg = built[name]
     stats = cfg.with_name(f"{name}.stats.xml")
     subprocess.run(
-        [binary, "-c", str(cfg), "--end", "600", "--statistic-output", str(stats),
-         "--time-to-teleport", "-1", "--no-step-log", "--no-warnings"],
-        check=True, capture_output=True, timeout=60,
+        [
+            binary,
+            "-c",
+            str(cfg),
+            "--end",
+            "600",
+            "--statistic-output",
+            str(stats),
+            "--time-to-teleport",
+            "-1",
+            "--no-step-log",
+            "--no-warnings",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     root = ET.parse(stats).getroot()
     vehicles = root.find("vehicles")

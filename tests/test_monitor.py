@@ -56,9 +56,24 @@ def test_the_stored_plan_is_clean() -> None:
 
 def test_conflicting_greens_are_caught_once_per_appearance() -> None:
     runs: Runs = [("GGrr", 10), ("yyrr", 3), ("GrGr", 5), ("yryr", 3), ("rrGG", 10)]
-    (v,) = [v for v in watch(runs) if v.rule == "conflict"]
+    v, w = [v for v in watch(runs) if v.rule == "conflict"]
     assert (v.time_s, v.signal, v.rule) == (13, "x", "conflict")
     assert "[(0, 2)]" in v.detail and "'GrGr'" in v.detail
+    assert w.time_s == 18 and "'yryr'" in w.detail  # both clearing at once: still both going
+
+
+def test_a_yellow_beside_a_conflicting_green_is_a_conflict() -> None:
+    """A link still on yellow is still going: the cross street may not get green beside it
+    (what a cabinet's compatibility matrix forbids), though no two greens conflict."""
+    (v,) = [v for v in watch([("GGrr", 10), ("yyGG", 3)]) if v.rule == "conflict"]
+    assert v.time_s == 10 and "'yyGG'" in v.detail
+
+
+@pytest.mark.parametrize("letter", ["O", "o", "s"])
+def test_sumo_letters_that_let_traffic_go_are_judged_as_going(letter: str) -> None:
+    runs: Runs = [("GGrr", 10), ("yyrr", 3), ("rrrr", 2), (f"rr{letter}G", 5), (f"GG{letter}r", 5)]
+    found = [v for v in watch(runs) if v.rule == "conflict"]
+    assert [v.time_s for v in found] == [20] and f"'GG{letter}r'" in found[0].detail
 
 
 def test_a_conflict_the_plan_shows_is_approved() -> None:

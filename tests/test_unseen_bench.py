@@ -41,9 +41,24 @@ def test_a_tiny_generated_scenario_loads_and_runs(tmp_path: Path) -> None:
     unseen = _bench()
     tiny = unseen.Spec(
         "tiny",
-        ("--grid", "--grid.number", "3", "--grid.length", "150", "--grid.attach-length", "100",
-         "--default.junctions.type", "traffic_light", "--no-turnarounds", "--seed", "1"),
-        seed=1, window_s=300, drain_s=60, slices=3,
+        (
+            "--grid",
+            "--grid.number",
+            "3",
+            "--grid.length",
+            "150",
+            "--grid.attach-length",
+            "100",
+            "--default.junctions.type",
+            "traffic_light",
+            "--no-turnarounds",
+            "--seed",
+            "1",
+        ),
+        seed=1,
+        window_s=300,
+        drain_s=60,
+        slices=3,
     )
     built = unseen.build(tiny, tmp_path / "tiny")
     assert built.signals == 9 and built.vehicles > 0
@@ -59,9 +74,24 @@ def test_a_tiny_generated_scenario_loads_and_runs(tmp_path: Path) -> None:
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "citybrain.cli"]
     out = tmp_path / "run"
     proc = subprocess.run(
-        [*base, "sim", "run", str(built.cfg), "--controller", "adaptive", "--seed", "1",
-         "--out", str(out), "--end", "240"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            *base,
+            "sim",
+            "run",
+            str(built.cfg),
+            "--controller",
+            "adaptive",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--end",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())

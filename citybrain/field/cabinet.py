@@ -36,7 +36,7 @@ import numpy as np
 
 from citybrain.control.catalog import ControllerOptions, make_controller
 from citybrain.control.drive import SignalDriver
-from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope
+from citybrain.control.envelope import EnvelopeTiming, SafetyEnvelope, plan_position
 from citybrain.control.model import GREEN, YELLOW, Intersection
 from citybrain.control.monitor import LampRules, LampWatch
 from citybrain.control.port import FloatArray, IntArray, Layout
@@ -150,7 +150,15 @@ class CabinetCore:
         settings: CabinetSettings | None = None,
         *,
         root: str = TOPIC_ROOT,
+        plan_running: bool = False,
+        showing: str | None = None,
     ) -> None:
+        """``plan_running``: the lamps have been running the stored program until
+        ``start_s`` (a simulation at its start; a cabinet taking over the signal's own
+        controller), and the cabinet continues it. ``showing``: the lamps read back this state,
+        since when unknown (every green and yellow in it counts from ``start_s``). Neither:
+        what the lamps show is unknown, and the cabinet starts with a start-up all-red as long
+        as the longest yellow and all-red, then its local plan."""
         if len(layout.intersections) != 1:
             raise ConfigError("a cabinet's layout holds exactly one intersection")
         self.x: Intersection = layout.intersections[0]
@@ -183,10 +191,26 @@ class CabinetCore:
         self.phase: int = 0
         """The green phase shown, or the one a change interval leads to."""
         self._local: SignalDriver | None = None
-        self._local = self._new_local(start_s)
-        envelope = self._local.envelopes[self.x.id]
+        self._startup_until = start_s
+        x = self.x
+        first = self._new_local(start_s)
+        envelope = first.envelopes[x.id]
         self.phase = envelope.phase
-        self._show(start_s, envelope.shown)
+        if plan_running:
+            self._local = first
+            _, elapsed = plan_position(x, start_s)
+            since = start_s - elapsed if envelope.in_clearance else envelope.green_since
+            self.watch.assume(envelope.shown, since)
+        elif showing is not None:
+            self.watch.assume(showing, start_s)  # checked below: a conflict is its own
+            self.phase = self.watch.phase if self.watch.phase is not None else self.phase
+        else:
+            self._startup_until = (
+                start_s
+                + max(self._yellow_s, default=0.0)
+                + max([x.all_red_s, *self._all_red.values()])
+            )
+            self.watch.assume("r" * len(x.links), start_s)
 
     # ------------------------------------------------------------------ what it shows
 
@@ -386,6 +410,11 @@ class CabinetCore:
         Call once per second, after the commands of that second (``handle``)."""
         out: list[Publish] = self.poll(now_s)
         silent_s = now_s - self._valid_s
+        if self.mode == "remote" and silent_s >= self.settings.handover_after_s - 1e-9:
+            if self.watch.phase is None:  # a change interval the holder left unfinished
+                self._settle(now_s, self.phase)
+            out.extend(self._grant_if_green(now_s))  # a standby's claim, before the watchdog
+            silent_s = now_s - self._valid_s
         if self.holder is not None and silent_s >= self.settings.watchdog_s - 1e-9:
             out.append(
                 self._event(
@@ -399,18 +428,17 @@ class CabinetCore:
             self.stats.fallbacks += 1
             self.stats.longest_silence_s = max(self.stats.longest_silence_s, silent_s)
             self._to_local(now_s)
-        if self.mode == "remote":
-            if silent_s >= self.settings.handover_after_s - 1e-9 and self.watch.phase is None:
-                self._settle(now_s, self.phase)  # a change interval the holder left unfinished
-        elif self.holder is None or self._used:
+        if self.mode != "remote" and (self.holder is None or self._used):
             self._run_local(now_s, readings)
         out.extend(self._grant_if_green(now_s))
         return self.state, out
 
     def _to_local(self, now_s: float) -> None:
-        """End the lease and go to the local plan (through a change interval if needed)."""
+        """End the lease and go to the local plan (through a change interval if needed); a
+        claim of another service waits on, for the local plan's next green."""
+        if self._claim == self.holder:
+            self._claim = None
         self.holder = None
-        self._claim = None
         self._deferred = None
         self._used = False
         self.mode = "local"
@@ -419,6 +447,8 @@ class CabinetCore:
 
     def _run_local(self, now_s: float, readings: CabinetReadings | None) -> None:
         if self._local is None:
+            if now_s < self._startup_until - 1e-9:
+                return  # the start-up all-red
             if self.watch.phase is None:
                 self._settle(now_s, self.phase)
                 if self.watch.phase is None:

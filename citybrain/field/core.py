@@ -80,6 +80,7 @@ from citybrain.field.protocol import (
     decode_escort,
     decode_event,
     decode_gps,
+    decode_liveness,
     decode_service_status,
     decode_shown,
     encode_command,
@@ -189,6 +190,8 @@ class FieldCore:
         root: str = TOPIC_ROOT,
         service_id: str = DEFAULT_SERVICE,
         standby: bool = False,
+        instance: str = "",
+        started_s: float = 0.0,
         primary: bool = True,
         sharded: bool = False,
         remake: Callable[[], Controller] | None = None,
@@ -201,6 +204,9 @@ class FieldCore:
         self.root = check_root(root)
         try:
             self.service_id = check_level(service_id, "service id")
+            self.instance = instance
+            """This process's nonce: two processes under one service id refuse to run."""
+            self.started_s = started_s
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.layout = layout
@@ -261,6 +267,8 @@ class FieldCore:
         """``ts`` of the last cabinet report or detector message taken (its clock)."""
         self.ever_held = False
         self.taken: str | None = None
+        self.duplicate: str | None = None
+        """Set when another process runs under this service id."""
         """Set (without ``standby``) when another live service holds our whole shard."""
         self._reported: tuple[LeaseStatus, ...] = ()
 
@@ -295,6 +303,17 @@ class FieldCore:
             elif kind == "service":
                 if payload and key != self.service_id:
                     self.book.service_status(key, decode_service_status(payload))
+                elif payload and self.instance:
+                    live = decode_liveness(payload, key)
+                    if live.online and live.instance and live.instance != self.instance:
+                        other = (live.started or 0.0, live.instance)
+                        if other < (self.started_s, self.instance):  # it was there first
+                            self.duplicate = self.taken = (
+                                f"another instance ({live.instance}) of service {key} is "
+                                "online; give each service its own --service-id"
+                            )
+                        else:  # a younger one announced itself over ours: it will stop
+                            self._reported = ()
             elif kind == "gps":
                 fix = decode_gps(payload, key)
                 self._gps.append(fix)
@@ -451,7 +470,7 @@ class FieldCore:
         sent = self._sent_detectors
         self.awaited = {x for x in sent if self.statuses[x] is LeaseStatus.HELD}
         self._sent_detectors = set()
-        self.taken = self._taken(t)
+        self.taken = self.duplicate or self._taken(t)
         now = tuple(self.statuses.values())
         if now != self._reported:
             self._reported = now
@@ -535,6 +554,8 @@ class FieldCore:
                 True,
                 ts,
                 service=self.service_id,
+                instance=self.instance,
+                started=self.started_s,
                 standby=self.standby,
                 signals=len(self.xs),
                 counts={k: len(v) for k, v in by.items()},
@@ -564,15 +585,25 @@ class FieldCore:
             self.book.start_clock(t, lockstep=lockstep)
         else:
             log.warning("the service's clock changed to %s at %g s: leases given back", mode, t)
-            if self._remake is not None:  # a controller keeps time: start a fresh one
-                self.escort = EscortController(self._remake(), *self._escort_args)
-            self.driver = None
-            self.book.restart_clock(t)
-            out = self._releases(t)
-            self._reports.clear()
-            self._gps.clear()
-            self.awaited.clear()
+            out = self._restart(t)
         self.clock = mode
+        return out
+
+    def new_run(self, t: float) -> list[Publish]:
+        """Another lockstep run begins at ``t`` (the one followed has ended): start again as
+        at a clock change."""
+        log.info("a new lockstep run begins at %g s: leases given back", t)
+        return self._restart(t)
+
+    def _restart(self, t: float) -> list[Publish]:
+        if self._remake is not None:  # a controller keeps time: start a fresh one
+            self.escort = EscortController(self._remake(), *self._escort_args)
+        self.driver = None
+        self.book.restart_clock(t)
+        out = self._releases(t)
+        self._reports.clear()
+        self._gps.clear()
+        self.awaited.clear()
         return out
 
     def _releases(self, ts: float) -> list[Publish]:

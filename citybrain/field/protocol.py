@@ -506,6 +506,10 @@ class Liveness:
     online: bool
     tick: float | None = None
     run: str | None = None
+    instance: str | None = None
+    """The nonce of the process (two processes under one service id must not both run)."""
+    started: float | None = None
+    """When that process started (the younger of two under one id stops)."""
 
 
 def decode_liveness(payload: bytes, topic_service: str) -> Liveness:
@@ -515,7 +519,11 @@ def decode_liveness(payload: bytes, topic_service: str) -> Liveness:
     run = obj.get("run")
     if run is not None and not isinstance(run, str):
         raise FieldPayloadError("run", "must be a string")
-    return Liveness(topic_service, online, tick, run)
+    instance = obj.get("instance")
+    if instance is not None and not isinstance(instance, str):
+        raise FieldPayloadError("instance", "must be a string")
+    started = None if obj.get("started") is None else _number(obj, "started")
+    return Liveness(topic_service, online, tick, run, instance or None, started)
 
 
 # ---------------------------------------------------------------------------- commands

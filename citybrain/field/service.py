@@ -65,6 +65,10 @@ from citybrain.settings import Settings
 
 log = logging.getLogger("citybrain.field")
 
+RUN_ENDED_AFTER_S = 5.0
+"""A lockstep run whose ticks stopped this long ago (wall clock) has ended: a service follows
+the next run that ticks."""
+
 Clock = Callable[[], float]
 
 WALL_CLOCK_SLACK_S = 3600.0
@@ -84,6 +88,8 @@ def load_core(
     standby: bool = False,
     signals: Sequence[str] | None = None,
     shard: Shard | None = None,
+    instance: str = "",
+    started_s: float = 0.0,
 ) -> FieldCore:
     """The core for the signals of a net (a ``.net.xml``, or the net of a ``.sumocfg``):
     all of them, the named ``signals``, or a ``shard`` (``citybrain.field.shards``)."""
@@ -120,6 +126,8 @@ def load_core(
             root=root,
             service_id=service_id,
             standby=standby,
+            instance=instance,
+            started_s=started_s,
             primary=is_primary(ids, chosen),
             sharded=len(chosen) < len(ids),
             remake=lambda: make_controller(controller, layout, settings),
@@ -295,7 +303,7 @@ def run_service(
     try:
         loop.serve()
     finally:
-        if client.is_connected():
+        if client.is_connected() and core.duplicate is None:  # a duplicate leaves all alone
             infos = [
                 client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
                 for m in [*core.release_all(loop.now()), core.liveness(clock(), online=False)]
@@ -328,6 +336,8 @@ class _Loop:
         self.readings_wait_s = readings_wait_s
         self.clock_topic = clock_topic(core.root)
         self.lockstep = ClockFollower()
+        self.last_tick_wall = 0.0
+        """Wall (monotonic) time of the last lockstep tick run."""
         self.heard_at: float | None = None
         """Wall time a cabinet was first heard on the wall clock."""
         self.far_clock = False
@@ -388,7 +398,19 @@ class _Loop:
             self.reject(self.clock_topic, exc)
             return
         first = self.lockstep.run is None
-        if not self.lockstep.accept(tick):
+        now = time.monotonic()
+        if (
+            not first
+            and tick.run != self.lockstep.run
+            and now - self.last_tick_wall > RUN_ENDED_AFTER_S
+        ):  # the run followed has stopped ticking: follow the new one
+            log.info("run %s stopped ticking; following run %s", self.lockstep.run, tick.run)
+            self.lockstep = ClockFollower()
+            self.lockstep.accept(tick)
+            self.stats.run = tick.run
+            self._publish(self.core.new_run(tick.t))
+            first = False
+        elif not self.lockstep.accept(tick):
             self.stats.ignored_ticks = self.lockstep.ignored
             if tick.run != self.lockstep.run and self.lockstep.ignored == 1:
                 log.warning(
@@ -401,6 +423,7 @@ class _Loop:
             self.stats.run = tick.run
             log.info("following the lockstep clock of run %s from %g s", tick.run, tick.t)
             self._publish(self.core.start_clock(tick.t, lockstep=True))
+        self.last_tick_wall = now
         self._publish(self.core.tick(tick.t))
         self._publish([self.core.liveness(tick.t, tick=tick.t, run=tick.run)])
         self.stats.ticks += 1

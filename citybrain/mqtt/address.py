@@ -88,6 +88,8 @@ class BrokerSettings:
         elif password is not None:
             address = replace(address, password=password)
         if ca_file is not None:
+            if not os.path.isfile(ca_file):
+                raise ValueError(f"no CA certificate file {os.fspath(ca_file)!r}")
             address = replace(address, tls=True)
         return cls(address, None if ca_file is None else os.fspath(ca_file))
 
