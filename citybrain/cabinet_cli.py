@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import logging
 import math
 import os
@@ -59,6 +61,12 @@ def add_cabinet(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--flow-vph", type=float, default=300.0, help="synthetic flow per lane (veh/h)"
     )
     run.add_argument("--lamps-log", action="store_true", help="print every lamp change")
+    run.add_argument(
+        "--stats-json",
+        type=Path,
+        help="write the agent's statistics (seconds run, messages, latencies, the cabinets' "
+        "totals) to this file on exit",
+    )
     run.set_defaults(handler=_run)
 
 
@@ -70,7 +78,12 @@ def _names(text: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from citybrain.field.cabinet_agent import load_cabinets, read_logins, run_cabinets
+    from citybrain.field.cabinet_agent import (
+        AgentStats,
+        load_cabinets,
+        read_logins,
+        run_cabinets,
+    )
     from citybrain.field.protocol import check_root
     from citybrain.field.shards import Shard
     from citybrain.field.simfield import LampLog, SyntheticDetectors
@@ -105,6 +118,8 @@ def _run(args: argparse.Namespace) -> int:
     detectors = SyntheticDetectors(layouts, flow)
     lamps = LampLog(sys.stdout if args.lamps_log else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    gc.collect()  # the cabinets' tables live as long as the process: keep the collector
+    gc.freeze()  # from walking them again and again
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -118,9 +133,26 @@ def _run(args: argparse.Namespace) -> int:
         f"{c.watchdog_s:g} s, local plan {c.local_plan}",
         file=sys.stderr,
     )
-    stats = run_cabinets(
-        host, detectors, lamps, broker, logins=logins, client_id=args.client_id, stop=stop
-    )
+    stats = AgentStats()
+    try:
+        run_cabinets(
+            host,
+            detectors,
+            lamps,
+            broker,
+            logins=logins,
+            client_id=args.client_id,
+            stop=stop,
+            stats=stats,
+        )
+    finally:
+        if args.stats_json is not None:
+            from citybrain.field_cli import write_json
+
+            obj = stats.to_json()
+            obj["cabinets"] = dataclasses.asdict(host.totals())
+            obj["signals"] = len(host.cabinets)
+            write_json(args.stats_json, obj)
     totals = host.totals()
     print(
         f"stopped after {stats.seconds} s: {totals.commands} commands shown, "

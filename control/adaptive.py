@@ -89,7 +89,14 @@ class AdaptiveController(EstimatingController):
         self._n_lanes = [
             np.array([max(float(s.sum()), 1.0) for s in table.lane_share]) for table in self.tables
         ]
-        self._shares = [_share_matrix(table, n) for table in self.tables]
+        # per intersection, the share matrix over its own lanes only (a city-wide row per
+        # phase would cost memory and time quadratic in the number of intersections)
+        self._shares: list[FloatArray] = []
+        self._share_cols: list[tuple[tuple[IntArray, ...], IntArray]] = []
+        for table in self.tables:
+            shares, phase_cols, approach_cols = _share_matrix(table)
+            self._shares.append(shares)
+            self._share_cols.append((phase_cols, approach_cols))
         self._short = self.capacity < t.short_link_veh
         feeds = sorted(
             {
@@ -104,6 +111,7 @@ class AdaptiveController(EstimatingController):
         self._feed_out: IntArray = np.array([o for _, o in feeds], dtype=np.int64)
         self._demand: FloatArray = np.zeros(n)
         self._green_now = np.zeros(n, dtype=bool)
+        self._blocked_lane = np.zeros(n, dtype=bool)
 
     def decide(self, readings: Readings) -> Decision:
         now = readings.time_s
@@ -129,6 +137,10 @@ class AdaptiveController(EstimatingController):
             demand = demand.copy()
             np.add.at(demand, self._feed_out, est.queue[self._feed_in] * pull)
         self._demand = demand
+        # an exit lane too full to enter, or a short link its own signal shows red
+        self._blocked_lane = (demand / self.capacity >= self.timing.full_density) | (
+            self._short & ~green
+        )
 
     def choose(self, k: int, table: PhaseTable, view: SignalView, now_s: float) -> PhaseRequest:
         x = table.intersection
@@ -139,9 +151,9 @@ class AdaptiveController(EstimatingController):
         self._lane_green[table.lanes[cur]] = now_s
         est = self.estimator
         queue, demand = est.queue, self._demand
-        blocked_lane = (demand / self.capacity >= t.full_density) | (self._short & ~self._green_now)
-        waited = now_s - self._lane_green
-        stuck = now_s - self._stalled_at < t.stuck_memory_s
+        blocked_lane = self._blocked_lane
+        # this intersection's own lanes only: each approach lane belongs to one intersection
+        lane_green, stalled_at = self._lane_green, self._stalled_at
         n = len(table.lanes)
         load = np.zeros(n)
         free = np.ones(n)
@@ -150,17 +162,23 @@ class AdaptiveController(EstimatingController):
             if ins.size == 0:
                 continue
             blocked = (outs >= 0) & blocked_lane[np.maximum(outs, 0)]
-            free[p] = 1.0 - 0.8 * float(blocked.mean())
+            free[p] = 1.0 - 0.8 * (np.count_nonzero(blocked) / blocked.size)  # the mean
             lanes = table.lanes[p]
-            moves = np.where(stuck[lanes], 0.2, 1.0)
+            moves = np.where(now_s - stalled_at[lanes] < t.stuck_memory_s, 0.2, 1.0)
             load[p] = free[p] * float((demand[lanes] * table.lane_share[p] * moves).sum())
         if float(load.max()) <= 0.0:
             return PhaseRequest(x.id, cur, hold=True)  # nobody anywhere: rest in green
-        red_too_long = (waited >= t.max_red_s) & (queue > 0.5)
-        starving = np.array([bool(red_too_long[lanes].any()) for lanes in table.lanes])
+        starving = np.array(
+            [
+                bool(((now_s - lane_green[lanes] >= t.max_red_s) & (queue[lanes] > 0.5)).any())
+                for lanes in table.lanes
+            ]
+        )
         weight = np.array(
             [
-                1.0 + float(waited[lanes].max()) / t.wait_weight_s if lanes.size else 1.0
+                1.0 + float((now_s - lane_green[lanes]).max()) / t.wait_weight_s
+                if lanes.size
+                else 1.0
                 for lanes in table.lanes
             ]
         )
@@ -200,9 +218,11 @@ class AdaptiveController(EstimatingController):
         if lanes.size == 0:
             return False
         shares = self._shares[k]
+        cols, approach_cols = self._share_cols[k]
+        own = cols[cur]
         # what the current green serves that the best other phase would not (lanes green in
         # both keep going whatever we choose)
-        share = np.maximum(shares[cur, lanes] - shares[best, lanes], 0.0)
+        share = np.maximum(shares[cur, own] - shares[best, own], 0.0)
         est = self.estimator
         step = t.step_s
         coming = est.approaching[lanes] * min(step / t.zone_travel_s, 1.0)
@@ -218,17 +238,21 @@ class AdaptiveController(EstimatingController):
         back = sum(float(lost[cur, p]) + float(need[p]) for p in others) + float(lost.max())
         # everyone waiting on a lane the current green does not fully serve waits ``step`` longer
         approach = table.approach
-        red = np.maximum(1.0 - shares[cur, approach], 0.0)  # a permissive green half serves
+        red = np.maximum(1.0 - shares[cur, approach_cols], 0.0)  # a permissive green half serves
         waiting = float((est.queue[approach] * red).sum())
         return bool(served * back >= waiting * step)
 
 
-def _share_matrix(table: PhaseTable, lanes: int) -> FloatArray:
-    """Per phase (rows), the share of each estimator lane's movements it lets go."""
-    shares = np.zeros((len(table.lanes), lanes))
-    for p, (own, share) in enumerate(zip(table.lanes, table.lane_share, strict=True)):
+def _share_matrix(table: PhaseTable) -> tuple[FloatArray, tuple[IntArray, ...], IntArray]:
+    """Per phase (rows), the share of each of the intersection's lanes' movements it lets go
+    (columns: its phases' lanes and its approach lanes, in estimator lane order); and where
+    each phase's ``lanes`` and the ``approach`` lanes are among those columns."""
+    cols = np.unique(np.concatenate([*table.lanes, table.approach]).astype(np.int64))
+    shares = np.zeros((len(table.lanes), len(cols)))
+    lanes = tuple(np.searchsorted(cols, own).astype(np.int64) for own in table.lanes)
+    for p, (own, share) in enumerate(zip(lanes, table.lane_share, strict=True)):
         shares[p, own] = share
-    return shares
+    return shares, lanes, np.searchsorted(cols, table.approach).astype(np.int64)
 
 
 def _lost_times(table: PhaseTable) -> FloatArray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,23 @@ def test_webster_replans_green_in_proportion_to_measured_flows() -> None:
         )
     g0, g1 = ctl.greens[0]
     assert g0 > 1.5 * g1
+
+
+def test_adaptive_keeps_each_intersections_tables_to_its_own_lanes(arterial_cfg: Path) -> None:
+    """At city scale a table per intersection over every lane of the city is quadratic in
+    memory and time: each intersection's share matrix covers its own lanes only."""
+    from citybrain.sim.runner import prepare
+
+    _, _, city = prepare(arterial_cfg)
+    ctl = AdaptiveController(city)
+    total = len(ctl.estimator.lanes)
+    assert len(ctl.tables) == 5
+    for k, table in enumerate(ctl.tables):
+        own = np.unique(np.concatenate([*table.lanes, table.approach]))
+        shares = ctl._shares[k]
+        assert shares.shape == (len(table.lanes), len(own)) and len(own) < total
+        for p, lanes in enumerate(table.lanes):
+            # the columns of a phase's lanes hold that phase's shares, in the table's order
+            cols = ctl._share_cols[k][0][p]
+            assert np.array_equal(own[cols], lanes)
+            assert np.array_equal(shares[p, cols], table.lane_share[p])

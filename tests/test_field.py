@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from paho.mqtt.client import MQTTMessage
 
 from citybrain.cli import main
@@ -148,6 +150,77 @@ def test_bad_detector_messages(payload: bytes, field: str) -> None:
         decode_detectors(payload, "A0")
     assert err.value.field == field
     assert str(err.value).startswith(f"{field}: " if field else "")
+
+
+COUNTS = (0, 3, 2.0, 2.5, -1, True, "1", None)
+"""Loop and camera counts for the property below (None: the field is missing)."""
+OCCUPANCIES = (0.0, 0.5, 1, 0, 1.5, -0.25, True, "x", None)
+
+
+def _expected_detectors(
+    loops: list[tuple[Any, Any]], cameras: list[tuple[Any, Any]]
+) -> tuple[dict[str, LoopReading], dict[str, CameraReading]] | str:
+    """The contract, written out: the readings, or the first offending field."""
+
+    def count(value: Any, path: str) -> int | str:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value is None or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return path
+        return value
+
+    out_loops: dict[str, LoopReading] = {}
+    for k, (c, o) in enumerate(loops):
+        path = f"loops.d{k}"
+        if o is None or isinstance(o, bool) or not isinstance(o, int | float):
+            return f"{path}.occupancy"
+        if not 0.0 <= o <= 1.0:
+            return f"{path}.occupancy"
+        n = count(c, f"{path}.count")
+        if isinstance(n, str):
+            return n
+        out_loops[f"d{k}"] = LoopReading(n, float(o))
+    out_cameras: dict[str, CameraReading] = {}
+    for k, (c, q) in enumerate(cameras):
+        path = f"cameras.c{k}"
+        n, m = count(c, f"{path}.count"), count(q, f"{path}.queue")
+        if isinstance(n, str):
+            return n
+        if isinstance(m, str):
+            return m
+        out_cameras[f"c{k}"] = CameraReading(n, m)
+    return out_loops, out_cameras
+
+
+@given(
+    loops=st.lists(st.tuples(st.sampled_from(COUNTS), st.sampled_from(OCCUPANCIES)), max_size=4),
+    cameras=st.lists(st.tuples(st.sampled_from(COUNTS), st.sampled_from(COUNTS)), max_size=3),
+)
+def test_detector_messages_are_judged_field_by_field(
+    loops: list[tuple[Any, Any]], cameras: list[tuple[Any, Any]]
+) -> None:
+    """The decoder's quick path for well-formed readings takes exactly what the rules take."""
+
+    def entry(names: tuple[str, str], values: tuple[Any, Any]) -> dict[str, Any]:
+        return {n: v for n, v in zip(names, values, strict=True) if v is not None}
+
+    payload = json.dumps(
+        {
+            "ts": 5.0,
+            "loops": {f"d{k}": entry(("count", "occupancy"), v) for k, v in enumerate(loops)},
+            "cameras": {f"c{k}": entry(("count", "queue"), v) for k, v in enumerate(cameras)},
+        }
+    ).encode()
+    expected = _expected_detectors(loops, cameras)
+    if isinstance(expected, str):
+        with pytest.raises(FieldPayloadError) as err:
+            decode_detectors(payload, "A0")
+        assert err.value.field == expected
+    else:
+        report = decode_detectors(payload, "A0")
+        assert (dict(report.loops), dict(report.cameras)) == expected
+        for reading in report.loops.values():
+            assert type(reading.count) is int and type(reading.occupancy) is float
 
 
 @pytest.mark.parametrize(

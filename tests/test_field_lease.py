@@ -746,3 +746,61 @@ def test_lockstep_decides_as_the_in_process_run(arterial_cfg: Path) -> None:
     totals = host.totals()
     assert totals.refusals == 0 and totals.grants == len(host.cabinets)
     assert totals.commands >= 290 * len(host.cabinets)
+
+
+# ------------------------------------------------------------------------ waiting for readings
+
+
+def _detectors(core: FieldCore, ts: float, now: float, x: str = "A0") -> None:
+    loop = next(d for d in core.layout.loops if d.intersection == x)
+    report = DetectorReport(x, ts, {loop.id: LoopReading(1, 0.25)})
+    core.handle(detectors_topic(x, ROOT), encode_detectors(report), now)
+
+
+def test_the_core_awaits_the_next_seconds_readings_of_each_held_signal(single_cfg: Path) -> None:
+    """``awaited``: the held signals whose detector message of the next second has not come
+    (a service with ``--tick-on-readings`` ticks once it is empty); a reading of an earlier
+    second does not count, and one used by a later tick than its own second is ``late``."""
+    core = _core(single_cfg)
+    assert core.awaited == set()  # nothing held, nothing to wait for
+    _granted(core, T0)  # held from the tick of T0 + 1
+    _detectors(core, T0 + 2, T0 + 2.01)
+    _shown(core, T0 + 2, 0, T0 - 10, mode="remote", holder=ME, epoch=1)
+    core.tick(T0 + 2)
+    assert (core.awaited, core.awaited_t) == ({"A0"}, T0 + 3) and core.counts["late"] == 0
+    _detectors(core, T0 + 2, T0 + 2.9)  # a reading of the second already ticked: late
+    assert core.awaited == {"A0"}
+    _detectors(core, T0 + 3, T0 + 3.02)
+    assert core.awaited == set()
+    core.tick(T0 + 3)
+    assert core.counts["late"] == 1  # the reading of T0 + 2 went into the tick of T0 + 3
+    # a held signal that sent no detectors in a second is not waited for in the next
+    assert (core.awaited, core.awaited_t) == ({"A0"}, T0 + 4)
+    _shown(core, T0 + 3.5, 0, T0 - 10, mode="remote", holder=ME, epoch=1)
+    core.tick(T0 + 4)
+    assert core.awaited == set() and core.awaited_t == T0 + 5
+
+
+def test_a_service_waiting_for_readings_sleeps_until_they_come_or_the_wait_ends(
+    single_cfg: Path,
+) -> None:
+    """With ``readings_wait_s`` the loop's next deadline is the end of the wait while
+    readings are awaited (a reading wakes it sooner), the second itself otherwise."""
+    import queue
+    import threading
+
+    from citybrain.field.service import ServiceStats, _Loop
+
+    core = _core(single_cfg)
+    inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+    loop = _Loop(core, None, inbox, threading.Event(), lambda: T0, ServiceStats(), 2.0, 0.4)  # type: ignore[arg-type]
+    loop.next_tick = T0
+    assert loop._tick_due() == T0
+    core.awaited, core.awaited_t = {"A0"}, T0
+    assert loop._tick_due() == T0 + 0.4
+    core.awaited_t = T0 - 1.0  # readings of a second already ticked: nothing to wait for
+    assert loop._tick_due() == T0
+    clock_only = _Loop(core, None, inbox, threading.Event(), lambda: T0, ServiceStats(), 2.0)  # type: ignore[arg-type]
+    clock_only.next_tick = T0
+    core.awaited_t = T0
+    assert clock_only._tick_due() == T0  # without the option the second is the deadline

@@ -253,7 +253,7 @@ class CabinetCore:
         """The messages saying what the cabinet reads (if given) and shows at ``now_s``."""
         out = []
         if detectors is not None:
-            out.append(Publish(detectors_topic(self.id, self.root), encode_detectors(detectors), 0))
+            out.append(detectors_message(detectors, self.root))
         out.append(
             Publish(
                 shown_topic(self.id, self.root),
@@ -553,6 +553,11 @@ class CabinetCore:
             encode_event(CabinetEvent(self.id, now_s, kind, service, epoch, reason)),
             EVENT_QOS,
         )
+
+
+def detectors_message(report: DetectorReport, root: str = TOPIC_ROOT) -> Publish:
+    """The message carrying a cabinet's readings (QoS 0: a late second is worth nothing)."""
+    return Publish(detectors_topic(report.intersection, root), encode_detectors(report), 0)
 
 
 def _zeros_i(n: int) -> IntArray:

@@ -3,9 +3,17 @@
 ``run_cabinets`` connects the cabinets of a ``CabinetHost`` to the broker (one connection per
 cabinet when each has its own credentials, as in the field; else one shared connection),
 hands every command to its cabinet the moment it arrives (a state the monitor allows is
-shown at once), and once per second of ``clock`` reads each cabinet's detectors, runs its
-second (watchdog, local plan) and publishes what it reads and shows. paho's network threads
-only queue messages: the cabinets run on the caller's thread alone.
+shown at once), and once per second of ``clock`` reads each cabinet's detectors and
+publishes them (every cabinet's readings first, so that none waits for the others' work),
+then runs each cabinet's second (watchdog, local plan) and publishes what it shows. paho's
+network threads only queue messages: the cabinets run on the caller's thread alone.
+
+Reading-to-command latency (``AgentStats.reading_to_command``): for a command of second
+``t`` (its ``ts``), from the moment its cabinet's readings of ``t`` were published to the
+moment the cabinet took the command, both on the agent's clock. It says how fast the loop
+closes when the service computes the command of ``t`` from the readings of ``t`` (``control
+serve --tick-on-readings``); a command that comes more than ``KEEP_PUBLISHED_S`` seconds
+after its readings is counted ``unmatched``.
 
 The lamps and detectors are the caller's (``Lamps``, ``Detectors``): a cabinet's field I/O
 (or a simulation of it, ``citybrain/field/simfield.py``).
@@ -13,11 +21,13 @@ The lamps and detectors are the caller's (``Lamps``, ``Detectors``): a cabinet's
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,13 +38,19 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citybrain.errors import CitybrainError, ConfigError, ScenarioError
-from citybrain.field.cabinet import CabinetCore, CabinetHost, CabinetReadings, cabinet_layouts
+from citybrain.field.cabinet import (
+    CabinetCore,
+    CabinetHost,
+    CabinetReadings,
+    cabinet_layouts,
+    detectors_message,
+)
 from citybrain.field.core import Publish
 from citybrain.field.protocol import COMMAND_QOS, TOPIC_ROOT, DetectorReport, command_topic
 from citybrain.field.shards import Shard, select_signals
 from citybrain.mqtt.address import BrokerSettings
 from citybrain.mqtt.backoff import Backoff
-from citybrain.mqtt.paho import make_client
+from citybrain.mqtt.paho import MAX_INFLIGHT, make_client
 from citybrain.settings import Settings
 
 log = logging.getLogger("citybrain.cabinet")
@@ -70,9 +86,33 @@ class AgentStats:
     unpublished: int = 0
     """Messages not published because the broker was not connected."""
     connections: int = 0
-    latency_ms: list[float] = field(default_factory=list)
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
     """Per command shown: from its ``ts`` (the service's clock) to the moment the cabinet
     took it (the agent's clock): meaningful where both clocks agree."""
+    reading_to_command: deque[tuple[float, float]] = field(
+        default_factory=lambda: deque(maxlen=KEEP_SAMPLES)
+    )
+    """Per command shown: (when it was taken, ms from the publication of its cabinet's
+    readings of the command's second); see the module docstring."""
+    unmatched: int = 0
+    """Commands shown with no readings of their second published in the last
+    ``KEEP_PUBLISHED_S`` seconds."""
+    second_ms: deque[tuple[float, float, float]] = field(
+        default_factory=lambda: deque(maxlen=KEEP_SAMPLES)
+    )
+    """Per second run: (the second, ms after it when every cabinet's readings were
+    published, ms after it when its whole work was done)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, the samples as lists (for ``cabinet run --stats-json``)."""
+        return {
+            name: list(value) if isinstance(value, deque) else value
+            for name, value in vars(self).items()
+        }
+
+
+KEEP_SAMPLES = 500_000
+"""The samples an agent keeps of each kind (the latest; an agent runs for months)."""
 
 
 @dataclass(frozen=True)
@@ -95,11 +135,13 @@ def run_cabinets(
     clock: Clock = time.time,
     ready: threading.Event | None = None,
     keepalive: int = 10,
+    stats: AgentStats | None = None,
 ) -> AgentStats:
     """Run until ``stop`` is set. With ``logins`` every cabinet has a connection of its own
-    under its own user (it must have one); without, one connection serves all."""
+    under its own user (it must have one); without, one connection serves all. ``stats``:
+    filled in as it runs (a new one by default), and returned."""
     stop = stop if stop is not None else threading.Event()
-    stats = AgentStats()
+    stats = stats if stats is not None else AgentStats()
     inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
     keys = list(host.cabinets)
     if logins is not None:
@@ -124,6 +166,7 @@ def run_cabinets(
             settings = replace(broker, address=address)
         cid = f"{client_id}-{name}" if name else client_id
         client = make_client(settings, cid, clean_session=True, reconnect=Backoff(1.0, 10.0))
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         client.on_message = on_message
         client.on_connect = _on_connect(members, host.root, stats, subscribed, ready, len(groups))
         clients[name] = client
@@ -184,60 +227,83 @@ def _run(
 ) -> None:
     shown: dict[str, str] = {}
     counted: dict[str, int] = {}
-    held: set[str] = set()
-    """Cabinets holding a command back a moment (see ``CabinetCore.poll``)."""
+    published: dict[float, dict[str, float]] = {}
+    """Per second: when each cabinet's readings of it were published (agent clock)."""
     next_s = float(math.floor(clock()) + 1)
+
+    waiting: list[tuple[float, str]] = []
+    """(when due, cabinet) of commands held back a moment for a timing rule
+    (``CabinetCore.deferred_due``), a heap."""
+
+    def take(topic: str, payload: bytes) -> None:
+        now = clock()
+        key, out = host.handle(topic, payload, now)
+        stats.messages += 1
+        if key is None:
+            return
+        cab = host.cabinets[key]
+        if cab.deferred_due is not None:
+            heapq.heappush(waiting, (cab.deferred_due, key))
+        shown_now(key, cab, out, now)
+
+    def show_due() -> None:
+        now = clock()
+        while waiting and waiting[0][0] <= now:
+            key = heapq.heappop(waiting)[1]
+            cab = host.cabinets[key]
+            shown_now(key, cab, cab.poll(now), now)
+
+    def shown_now(key: str, cab: CabinetCore, out: list[Publish], now: float) -> None:
+        """After a cabinet took a message: latency, lamps, and what it has to say."""
+        taken = cab.stats.commands
+        if taken != counted.get(key, 0):
+            counted[key] = taken
+            ts = cab.last_command_ts
+            stats.latency_ms.append((now - ts) * 1000.0)
+            sent = published.get(ts, {}).get(key)
+            if sent is None:
+                stats.unmatched += 1
+            else:
+                stats.reading_to_command.append((now, (now - sent) * 1000.0))
+        if cab.state != shown.get(key):
+            shown[key] = cab.state
+            lamps.show(key, cab.state, now)
+        if out:  # an event (a grant, a refusal): say at once what the cabinet shows
+            out.extend(cab.report(now))
+        _publish(route, key, out, stats)
+
     while not stop.is_set():
         while True:
             try:
                 topic, payload = inbox.get_nowait()
             except queue.Empty:
                 break
-            now = clock()
-            key, out = host.handle(topic, payload, now)
-            stats.messages += 1
-            if key is None:
-                continue
-            cab = host.cabinets[key]
-            if cab.deferred_due is not None:
-                held.add(key)
-            taken = cab.stats.commands
-            if taken != counted.get(key, 0):
-                counted[key] = taken
-                stats.latency_ms.append((now - cab.last_command_ts) * 1000.0)
-            if cab.state != shown.get(key):
-                shown[key] = cab.state
-                lamps.show(key, cab.state, now)
-            if out:  # an event (a grant, a refusal): say at once what the cabinet shows
-                out.extend(cab.report(now))
-            _publish(route, key, out, stats)
+            take(topic, payload)
+        show_due()
         now = clock()
-        for key in sorted(held):  # commands held back a moment for a timing rule
-            cab = host.cabinets[key]
-            due = cab.deferred_due
-            if due is None:
-                held.discard(key)
-            elif now >= due:
-                out = cab.poll(now)
-                held.discard(key)
-                if cab.state != shown.get(key):
-                    shown[key] = cab.state
-                    lamps.show(key, cab.state, now)
-                if cab.stats.commands != counted.get(key, 0):
-                    counted[key] = cab.stats.commands
-                    stats.latency_ms.append((now - cab.last_command_ts) * 1000.0)
-                if out:
-                    out.extend(cab.report(now))
-                _publish(route, key, out, stats)
         if now < next_s:
-            stop.wait(min(0.005 if held else 0.01, next_s - now))
+            wait = min(0.05, next_s - now, waiting[0][0] - now if waiting else math.inf)
+            try:
+                topic, payload = inbox.get(timeout=max(wait, 0.0))
+            except queue.Empty:
+                continue
+            take(topic, payload)
             continue
         if now - next_s >= 1.0:
             behind = math.floor(now - next_s)
             stats.skipped_s += behind
             next_s += behind
         reads = {k: detectors.read(k, next_s) for k in host.cabinets}
-        states, out = host.second(next_s, reads)
+        sent: dict[str, float] = {}
+        for key, (report, _) in reads.items():
+            if report is not None:
+                _publish(route, key, [detectors_message(report, host.root)], stats)
+                sent[key] = clock()
+        published[next_s] = sent
+        for old in [s for s in published if s < next_s - KEEP_PUBLISHED_S]:
+            del published[old]
+        readings_ms = (clock() - next_s) * 1000.0
+        states, out = host.second(next_s, {k: (None, values) for k, (_, values) in reads.items()})
         for key, state in states.items():
             if state != shown.get(key):
                 shown[key] = state
@@ -245,7 +311,12 @@ def _run(
         for p in out:
             _publish(route, p.topic.split("/")[-2], [p], stats)
         stats.seconds += 1
+        stats.second_ms.append((next_s, readings_ms, (clock() - next_s) * 1000.0))
         next_s += 1.0
+
+
+KEEP_PUBLISHED_S = 3.0
+"""How long the agent remembers when each cabinet's readings of a second were published."""
 
 
 def _publish(

@@ -23,6 +23,14 @@ quiet, and as dead if it stays so). A detector message whose ``ts`` is more than
 ``stale_after_s`` before the tick is dropped (a backlog after a reconnection says nothing
 about this second); its ``ts`` is first moved by how far its cabinet's clock lags the
 service's (measured on the cabinet's reports), so a cabinet whose clock is off is heard.
+A detector message is *of second* ``s`` when its ``ts`` so moved is within half a second
+of ``s``; one used by a tick later than its own second is counted ``late`` (``counts``).
+
+Waiting for the readings (``awaited``, for a caller that ticks when the readings of a
+second are in rather than at the second's boundary): after each tick ``t`` the core names
+the intersections whose detector message of second ``t + 1`` the next tick should have,
+those we held at ``t`` that sent detectors in the second before; each message of that
+second takes its intersection off the list. The caller decides how long to wait.
 
 Shards. The core's layout holds its shard's intersections only; escort corridors are cut to
 them (each service acts on its own shard's signals, and its ``active`` answer lists them). A
@@ -39,7 +47,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -234,19 +242,19 @@ class FieldCore:
         self._links = {x.id: len(x.links) for x in layout.intersections}
         self._loop_index = {d.id: (i, d.intersection) for i, d in enumerate(layout.loops)}
         self._camera_index = {d.id: (i, d.intersection) for i, d in enumerate(layout.cameras)}
-        n_loops, n_cams = len(layout.loops), len(layout.cameras)
-        self._loop_count = np.zeros(n_loops, dtype=np.int64)
-        self._loop_occ = np.zeros(n_loops, dtype=np.float64)
-        self._cam_count = np.zeros(n_cams, dtype=np.int64)
-        self._cam_queue = np.zeros(n_cams, dtype=np.int64)
         self._reports: list[DetectorReport] = []
+        self.awaited: set[str] = set()
+        """Held intersections whose detector message of second ``awaited_t`` is not in yet."""
+        self.awaited_t = NEVER
+        self._sent_detectors: set[str] = set()
+        """Intersections that sent detectors since the last tick."""
         self._gps: list[GpsFix] = []
         self._last_fix: dict[str, float] = {}
         """Per escorted vehicle: when its last fix (or its request) arrived, service time."""
         self.counts: Counter[str] = Counter()
         """Messages handled by kind: detectors, shown, events, gps, requests, cancels, stale,
         rejected, elsewhere (requests left to another shard), foreign (reports of signals
-        not ours)."""
+        not ours); late: detector messages used by a tick after their own second."""
         self.last: DriveStep | None = None
         self.statuses: dict[str, LeaseStatus] = {}
         """Each intersection's lease status at the last tick."""
@@ -334,6 +342,10 @@ class FieldCore:
         self._reports.append(report)
         self.report_ts = report.ts
         self.counts["detectors"] += 1
+        self._sent_detectors.add(x_id)
+        awaited = self.awaited
+        if x_id in awaited and report.ts + self.book.leases[x_id].offset_s >= self.awaited_t - 0.5:
+            awaited.discard(x_id)
 
     def _shown(self, shown: Shown, now_s: float) -> list[Publish]:
         x = self.xs.get(shown.intersection)
@@ -454,6 +466,10 @@ class FieldCore:
         out.extend(self._releases(t))
         out.extend(self._end_escorts(t))
         self.statuses = {x_id: lease.status for x_id, lease in leases.items()}
+        self.awaited_t = t + 1.0
+        sent = self._sent_detectors
+        self.awaited = {x for x in sent if self.statuses[x] is LeaseStatus.HELD}
+        self._sent_detectors = set()
         self.taken = self.duplicate or self._taken(t)
         now = tuple(self.statuses.values())
         if now != self._reported:
@@ -463,36 +479,45 @@ class FieldCore:
 
     def _readings(self, t: float) -> Readings:
         stale_before = t - self.settings.stale_after_s
+        late_before = t - 0.5
         leases = self.book.leases
+        late = 0
+        # gathered in dicts, written to the arrays once (numpy item by item is slow)
+        counts: dict[int, int] = {}
+        occupancy: dict[int, float] = {}
+        seen: dict[int, int] = {}
+        queued: dict[int, int] = {}
+        loop_index, camera_index = self._loop_index, self._camera_index
         for report in self._reports:
-            if report.ts + leases[report.intersection].offset_s < stale_before:
+            second = report.ts + leases[report.intersection].offset_s
+            if second < stale_before:
                 self.counts["stale"] += 1
                 continue
+            if second < late_before:
+                late += 1
             for key, loop in report.loops.items():
-                i = self._loop_index[key][0]
-                self._loop_count[i] += loop.count
-                self._loop_occ[i] = loop.occupancy
+                i = loop_index[key][0]
+                counts[i] = counts.get(i, 0) + loop.count
+                occupancy[i] = loop.occupancy
             for key, cam in report.cameras.items():
-                i = self._camera_index[key][0]
-                self._cam_count[i] = cam.count
-                self._cam_queue[i] = cam.queue
+                i = camera_index[key][0]
+                seen[i] = cam.count
+                queued[i] = cam.queue
         self._reports.clear()
+        if late:
+            self.counts["late"] += late
         gps = tuple(sorted(self._gps, key=lambda f: f.time_s))
         self._gps.clear()
-        readings = Readings(
+        n_loops, n_cams = len(self._loop_index), len(self._camera_index)
+        return Readings(
             t,
-            self._loop_count.copy(),
-            self._loop_occ.copy(),
-            self._cam_count.copy(),
-            self._cam_queue.copy(),
+            _array(counts, n_loops, np.int64),
+            _array(occupancy, n_loops, np.float64),
+            _array(seen, n_cams, np.int64),
+            _array(queued, n_cams, np.int64),
             self.views,
             gps,
         )
-        self._loop_count[:] = 0
-        self._loop_occ[:] = 0.0
-        self._cam_count[:] = 0
-        self._cam_queue[:] = 0
-        return readings
 
     def _taken(self, t: float) -> str | None:
         """Without ``standby``: a message when another live service holds our whole shard
@@ -578,6 +603,7 @@ class FieldCore:
         out = self._releases(t)
         self._reports.clear()
         self._gps.clear()
+        self.awaited.clear()
         return out
 
     def _releases(self, ts: float) -> list[Publish]:
@@ -633,6 +659,14 @@ class FieldCore:
     def states(self) -> Mapping[str, str]:
         """What each intersection's envelope shows since the last tick (commanded where held)."""
         return {} if self.last is None else self.last.states
+
+
+def _array(values: dict[int, Any], n: int, dtype: type[np.generic]) -> Any:
+    """An array of ``n`` zeros with ``values`` (by index) written in."""
+    out = np.zeros(n, dtype=dtype)
+    if values:
+        out[np.fromiter(values, dtype=np.int64, count=len(values))] = list(values.values())
+    return out
 
 
 def _in_green(shown: Shown) -> bool:

@@ -17,6 +17,15 @@ a controller that has not run yet: a simulated field's reports carry the simulat
 Before that it does not tick: with no cabinet there is nothing to command. Claims do not wait
 for ticks: they follow the reports. Should a lockstep run begin after wall-clock ticks all the
 same, the core starts a fresh controller and claims every signal again.
+
+Ticking on the readings (``readings_wait_s``, ``control serve --tick-on-readings``). On the
+wall clock the tick of second ``t`` runs at ``t`` (after the messages queued by then), the
+very moment the cabinets publish their readings of ``t``: a reading that has not arrived by
+then is used one second late (``FieldCore.counts["late"]``). With ``readings_wait_s`` the
+tick of ``t`` runs once the detector message of ``t`` from every cabinet we hold is in
+(``FieldCore.awaited``), but not before ``t`` and at most ``readings_wait_s`` after it, so a
+command of ``t`` is computed from the readings of ``t``: the reading-to-command latency is
+then the cabinets' publication, the broker, the service's tick and the way back.
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ import math
 import queue
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +60,7 @@ from citybrain.field.protocol import (
 from citybrain.field.shards import Shard, is_primary, select_signals
 from citybrain.mqtt.address import BrokerSettings, unique_client_id
 from citybrain.mqtt.backoff import Backoff
-from citybrain.mqtt.paho import make_client
+from citybrain.mqtt.paho import MAX_INFLIGHT, make_client
 from citybrain.settings import Settings
 
 log = logging.getLogger("citybrain.field")
@@ -126,6 +136,15 @@ def load_core(
         raise ConfigError(str(exc)) from None
 
 
+def check_readings_wait(readings_wait_s: float | None) -> None:
+    """``ConfigError`` unless ``readings_wait_s`` is None or a number of seconds in (0, 1)."""
+    if readings_wait_s is not None and not 0.0 < readings_wait_s < 1.0:
+        raise ConfigError(
+            f"the wait for a second's readings must be more than 0 and less than 1 s, "
+            f"not {readings_wait_s:g}"
+        )
+
+
 class ScaledClock:
     """Wall time that runs ``rate`` times faster from the moment it is made (tests, replays)."""
 
@@ -154,6 +173,35 @@ class ServiceStats:
     connections: int = 0
     run: str | None = None
     """The lockstep run followed, if any."""
+    readings_ticks: int = 0
+    """Wall-clock ticks run once every awaited reading was in (``readings_wait_s``)."""
+    timed_out_ticks: int = 0
+    """Wall-clock ticks run after ``readings_wait_s`` with readings still missing."""
+    missing_readings: int = 0
+    """Readings still missing at those ticks, summed."""
+    recent: deque[TickRecord] = field(
+        default_factory=lambda: deque(maxlen=RECENT_TICKS), repr=False
+    )
+    """The last ``RECENT_TICKS`` wall-clock ticks."""
+
+
+RECENT_TICKS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class TickRecord:
+    """One wall-clock tick, as ``ServiceStats.recent`` keeps it."""
+
+    t: float
+    """The second ticked."""
+    delay_ms: float
+    """How long after ``t`` (wall clock) the tick ran."""
+    missing: int
+    """Awaited readings not in at the tick (``readings_wait_s``; else 0)."""
+    late: int
+    """Readings the tick used that were of an earlier second."""
+    duration_ms: float
+    """The tick and the publication of its messages (paho queues them)."""
 
 
 class _RejectLog:
@@ -187,17 +235,27 @@ def run_service(
     ready: threading.Event | None = None,
     keepalive: int = 30,
     start_after_s: float = 2.0,
+    readings_wait_s: float | None = None,
+    max_inflight: int = MAX_INFLIGHT,
+    stats: ServiceStats | None = None,
 ) -> ServiceStats:
     """Serve until ``stop`` is set; then release every lease held. Reconnects by itself;
     while disconnected nothing is published (the cabinets' watchdogs then fall back to their
     local plans). Raises ``CitybrainError`` (after going offline) when, without standby,
-    another live service holds the whole shard."""
+    another live service holds the whole shard. ``readings_wait_s``: tick each wall-clock
+    second once its readings are in, waiting at most this long (see the module docstring;
+    None: at the second's boundary). ``max_inflight``: QoS 1 messages sent and not yet
+    acknowledged by the broker at most (0, the default: no limit; a second's commands go out
+    at once). ``stats``: filled
+    in as it runs (a new one by default), and returned."""
+    check_readings_wait(readings_wait_s)
     stop = stop if stop is not None else threading.Event()
-    stats = ServiceStats()
+    stats = stats if stats is not None else ServiceStats()
     inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
     client: Client = make_client(
         broker, client_id, clean_session=True, reconnect=Backoff(1.0, 10.0)
     )
+    client.max_inflight_messages_set(max_inflight)
     status_topic = service_topic(core.service_id, core.root)
     client.will_set(
         status_topic, encode_service_status(False, service=core.service_id), qos=1, retain=True
@@ -241,7 +299,7 @@ def run_service(
     except OSError as exc:
         raise CitybrainError(f"cannot reach the broker at {address.url}: {exc}") from None
     client.loop_start()
-    loop = _Loop(core, client, inbox, stop, clock, stats, start_after_s)
+    loop = _Loop(core, client, inbox, stop, clock, stats, start_after_s, readings_wait_s)
     try:
         loop.serve()
     finally:
@@ -271,9 +329,11 @@ class _Loop:
         clock: Clock,
         stats: ServiceStats,
         start_after_s: float,
+        readings_wait_s: float | None = None,
     ) -> None:
         self.core, self.client, self.inbox, self.stop = core, client, inbox, stop
         self.clock, self.stats, self.start_after_s = clock, stats, start_after_s
+        self.readings_wait_s = readings_wait_s
         self.clock_topic = clock_topic(core.root)
         self.lockstep = ClockFollower()
         self.last_tick_wall = 0.0
@@ -294,7 +354,7 @@ class _Loop:
         while not self.stop.is_set() and self.core.taken is None:
             wait = 0.01
             if self.next_tick is not None and self.lockstep.run is None:
-                wait = min(wait, max(self.next_tick - self.clock(), 0.0))
+                wait = min(wait, max(self._tick_due() - self.clock(), 0.0))
             try:
                 topic, payload = self.inbox.get(timeout=wait)
             except queue.Empty:
@@ -369,13 +429,24 @@ class _Loop:
         self.stats.ticks += 1
         self.stats.lockstep_ticks += 1
 
+    def _tick_due(self) -> float:
+        """When the next wall tick is due: its second, or while its readings are awaited
+        the end of the wait for them (a reading that comes sooner wakes the loop)."""
+        assert self.next_tick is not None
+        core, wait_s = self.core, self.readings_wait_s
+        if wait_s is not None and core.awaited_t == self.next_tick and core.awaited:
+            return self.next_tick + wait_s
+        return self.next_tick
+
     def _following(self) -> bool:
         """Whether the service follows a lockstep run's clock."""
         return self.lockstep.run is not None
 
     def _wall_tick(self) -> None:
         """Tick on the wall clock as soon as a second is due, after the messages that
-        arrived before it (those queued then; later ones count in the next second)."""
+        arrived before it (those queued then; later ones count in the next second); with
+        ``readings_wait_s``, once the second's awaited readings are in too (at most that
+        long after its start)."""
         if self.lockstep.run is not None:
             return
         now = self.clock()
@@ -386,6 +457,10 @@ class _Loop:
             self._publish(self.core.start_clock(self.next_tick, lockstep=False))
         if now < self.next_tick:
             return
+        core, stats, wait_s = self.core, self.stats, self.readings_wait_s
+        waiting = wait_s is not None and core.awaited_t == self.next_tick
+        if waiting and core.awaited and now < self.next_tick + (wait_s or 0.0):
+            return
         for _ in range(self.inbox.qsize()):
             try:
                 self._dispatch(*self.inbox.get_nowait())
@@ -393,12 +468,28 @@ class _Loop:
                 break
             if self._following():  # a lockstep run began meanwhile
                 return
+        missing = len(core.awaited) if waiting else 0
+        if missing:
+            stats.timed_out_ticks += 1
+            stats.missing_readings += missing
+        elif waiting:
+            stats.readings_ticks += 1
         if now - self.next_tick >= 1.0:  # fell behind: tick the current second only
             behind = math.floor(now - self.next_tick)
-            self.stats.skipped_s += behind
+            stats.skipped_s += behind
             self.next_tick += behind
-        self._publish(self.core.tick(self.next_tick))
-        self.stats.ticks += 1
+        late = core.counts["late"]
+        self._publish(core.tick(self.next_tick))
+        stats.recent.append(
+            TickRecord(
+                self.next_tick,
+                (now - self.next_tick) * 1000.0,
+                missing,
+                core.counts["late"] - late,
+                (self.clock() - now) * 1000.0,
+            )
+        )
+        stats.ticks += 1
         self.next_tick += 1.0
 
     def _publish(self, messages: list[Publish]) -> None:
@@ -409,6 +500,20 @@ class _Loop:
                 continue
             client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
             self.stats.published += 1
+
+
+def stats_json(core: FieldCore, stats: ServiceStats) -> dict[str, Any]:
+    """What a service did, as JSON: its ``ServiceStats`` (the recent ticks as lists of
+    ``TickRecord`` fields), the core's message counts and the lease book's counts."""
+    out: dict[str, Any] = {name: getattr(stats, name) for name in ServiceStats.__dataclass_fields__}
+    out["recent"] = [[r.t, r.delay_ms, r.missing, r.late, r.duration_ms] for r in stats.recent]
+    out["recent_fields"] = list(TickRecord.__dataclass_fields__)
+    out["service"] = core.service_id
+    out["signals"] = len(core.xs)
+    out["counts"] = dict(core.counts)
+    out["leases"] = dict(core.book.counts)
+    out["statuses"] = {s.value: n for s, n in Counter(core.statuses.values()).items()}
+    return out
 
 
 def publish_once(

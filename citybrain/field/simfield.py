@@ -48,12 +48,12 @@ class SyntheticDetectors:
             intersection,
             now_s,
             {
-                d.id: LoopReading(int(c), float(o))
-                for d, c, o in zip(layout.loops, counts, occupancy, strict=True)
+                d.id: LoopReading(c, o)
+                for d, c, o in zip(layout.loops, counts.tolist(), occupancy.tolist(), strict=True)
             },
             {
-                d.id: CameraReading(int(c), int(q))
-                for d, c, q in zip(layout.cameras, seen, queue, strict=True)
+                d.id: CameraReading(c, q)
+                for d, c, q in zip(layout.cameras, seen.tolist(), queue.tolist(), strict=True)
             },
         )
         return report, CabinetReadings(counts, occupancy, seen, queue)

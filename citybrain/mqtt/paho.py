@@ -24,6 +24,13 @@ from citybrain.mqtt.backoff import Backoff
 
 MqttVersion = Literal["3.1.1", "5"]
 
+MAX_INFLIGHT = 0
+"""QoS 1 messages a client with many signals (a field service, a cabinet agent on one
+connection) sends before the broker's acknowledgements: no limit. paho's default is 20: a
+second's thousand commands would wait for fifty round trips to the broker, and with any
+limit paho walks every message not yet acknowledged at each acknowledgement (quadratic: an
+agent of 1,000 cabinets whose acknowledgements fell behind spent its whole CPU there)."""
+
 
 def make_client(
     settings: BrokerSettings,
