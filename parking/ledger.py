@@ -628,7 +628,7 @@ class Ledger:
                     money = settle_stay(
                         book.session(sid), self.tariffs[e.session.lot_id], plates, bindings
                     )
-                    book.decide(money.session)
+                    book.decide(money.session, label_fixed=money.account is not None)
                     settled[sid] = money
             touched |= ids
             changed[index] = tuple(sorted(ids, key=lambda i: _order_key(book.session(i))))
@@ -826,9 +826,11 @@ class Ledger:
             sessions: list[dict[str, Any]] = []
             for row in sorted(unpaid, key=lambda r: _order_key(r.session)):
                 assert row.fee_cents is not None
-                money = collect_debt(row.session, row.fee_cents, account)
+                # A debt recorded under a misread is paid by this plate's account: shown
+                # under this plate from now on (the bound reading wins the label).
+                money = collect_debt(replace(row.session, plate=plate), row.fee_cents, account)
                 sessions.append(session_values(money.session, money, row))
-                s = row.session
+                s = money.session
                 charged.append(
                     ChargeReport(s.session_id, s.lot_id, s.plate, account, money.fee_cents, at)
                 )

@@ -449,8 +449,7 @@ def run_service(
             try:
                 while not stop.is_set():
                     if pending and (
-                        worker is None
-                        or (worker.idle and any(worker.eligible(d) for d in pending))
+                        worker is None or (worker.idle and any(worker.eligible(d) for d in pending))
                     ):
                         linger = first_at + batch_window - time.monotonic()
                     else:
@@ -555,9 +554,7 @@ class _Lanes:
         self._handler = handler
         self._on_done = on_done
         self._remotes = [_RemoteSink(lane_sink) for _ in range(lanes)] if lane_sink else []
-        self._jobs: list[queue.Queue[list[Delivery] | None]] = [
-            queue.Queue() for _ in range(lanes)
-        ]
+        self._jobs: list[queue.Queue[list[Delivery] | None]] = [queue.Queue() for _ in range(lanes)]
         self._done: queue.Queue[tuple[int, Recorded | None]] = queue.Queue()
         self._held: list[set[str | None]] = [set() for _ in range(lanes)]  # lots per lane
         self._holding: set[str | None] = set()  # all of them

@@ -19,6 +19,13 @@ before. Among the stay's plates (only look-alikes of the session's plate count):
 * several different accounts: never guessed. The stay goes to ``review`` (reason
   ``ambiguous``) with its fee recorded and nothing charged, whatever the fee.
 
+Which label (``bound_label``): a stay that an account pays for is shown under a reading
+bound to that account, whatever the vote of its reads said (``matching.display_plate``): the
+bound reading wins the label. A car read ``浙V257F7`` at the entry and ``浙V2S7F7`` twice at
+the exit is the bound ``浙V257F7``'s stay, charged to its account, and shown so on every
+report and receipt. The label is then final (``SessionBook.decide`` with ``label_fixed``):
+later reads of its passages no longer re-vote it.
+
 Known risk, accepted by that rule: an unbound car whose exit is misread as a look-alike
 plate that IS bound (a different car) is charged to that account. The passage vote
 (``passages``) keeps a single misread frame from becoming the passage's plate, but a stay
@@ -120,6 +127,17 @@ def choose_account(
     return AccountChoice(tuple(considered), tuple(accounts))
 
 
+def bound_label(session: Session, choice: AccountChoice, bindings: Mapping[str, str]) -> Session:
+    """``session`` shown under the reading bound to the account that pays for it: its own
+    plate when that one is bound to the account (or no one account pays), else the first
+    (sorted) of the stay's plates bound to it."""
+    account = choice.account
+    if account is None or bindings.get(session.plate) == account:
+        return session
+    bound = [p for p in choice.plates if bindings.get(p) == account]
+    return replace(session, plate=bound[0]) if bound else session
+
+
 def settle_stay(
     session: Session, tariff: Tariff, plates: Iterable[str], bindings: Mapping[str, str]
 ) -> Settlement:
@@ -131,7 +149,7 @@ def settle_stay(
     """
     choice = choose_account(session, plates, bindings)
     if not choice.ambiguous:
-        return settle_closed(session, tariff, choice.account)
+        return settle_closed(bound_label(session, choice, bindings), tariff, choice.account)
     if session.status is not SessionStatus.CLOSED:
         raise ValueError(f"session {session.session_id} is {session.status}, not closed")
     cents = stay_fee(session, tariff)

@@ -861,6 +861,47 @@ def test_lookalike_exit_keeps_the_entry_plate(ledger: Ledger) -> None:
     assert [c.plate for c in ledger.charges()] == ["浙AB1234"]
 
 
+def test_the_bound_reading_wins_the_label_of_a_lookalike_stay(ledger: Ledger) -> None:
+    """浙V257F7 read at the entry, 浙V2S7F7 twice at the exit (the vote says the misread):
+    charged to the bound account and shown under the bound plate, also after late reads."""
+    ledger.bind("浙V257F7", "acct-v", at=at(-1))
+    record(ledger, "e1", "in", "浙V257F7", 0)
+    record(ledger, "x1", "out", "浙V2S7F7", 95)
+    record(ledger, "x2", "out", "浙V2S7F7", 95.05)  # the exit's second camera, same misread
+    ledger.record("L01", read_msg("e2", "in", "浙V2S7F7", at(0, 2), camera="c2"), at(96))
+    (s,) = ledger.sessions()
+    assert (s.status, s.account, s.plate, s.exit_plate) == (
+        "settled",
+        "acct-v",
+        "浙V257F7",
+        "浙V2S7F7",
+    )
+    assert [c.plate for c in ledger.charges()] == ["浙V257F7"]
+
+
+def test_a_debt_under_a_misread_is_shown_under_the_plate_that_pays_it(ledger: Ledger) -> None:
+    record(ledger, "e1", "in", "浙V257F7", 0)
+    record(ledger, "x1", "out", "浙V2S7F7", 95)
+    record(ledger, "x2", "out", "浙V2S7F7", 95.05)
+    (debt,) = ledger.debts()
+    assert debt.plate == "浙V2S7F7"  # nobody is bound: the vote's reading owes it
+    outcome = ledger.bind("浙V257F7", "acct-v", at=at(200))
+    assert [(c.plate, c.account) for c in outcome.charges] == [("浙V257F7", "acct-v")]
+    (s,) = ledger.sessions()
+    assert (s.status, s.account, s.plate) == ("settled", "acct-v", "浙V257F7")
+
+
+def test_every_stay_an_account_pays_is_shown_under_a_plate_bound_to_it(ledger: Ledger) -> None:
+    msgs = make_stream(3000, seed=2)
+    for plate in sorted({m.plate for m in msgs}):
+        ledger.bind(plate, f"acct-{plate}", at=at(-1))
+    ledger.record_many([(m.lot, m.payload, m.received_at) for m in msgs])
+    paid = [s for s in ledger.sessions() if s.account is not None]
+    lookalike = [s for s in paid if s.exit_plate not in (None, s.plate) or s.plate != s.account]
+    assert len(lookalike) >= 10  # the stream has look-alike stays to label
+    assert [s.session_id for s in paid if f"acct-{s.plate}" != s.account] == []
+
+
 def test_exit_arriving_before_its_entry(ledger: Ledger) -> None:
     ledger.bind("浙A12345", "acct-1", at=at(-1))
     record(ledger, "r2", "out", "浙A12345", 90, received=at(90, 5))

@@ -58,6 +58,7 @@ class Loaded:
             sessions=[s.session for s in self.sessions.values()],
             pending=list(self.pending.values()),
             passages=list(self.passages.values()),
+            labelled=[sid for sid, s in self.sessions.items() if s.account is not None],
         )
 
     def read_ids(self) -> set[str]:
