@@ -1,4 +1,5 @@
-"""``citybrain parking ...``: the settlement service, the gateway, bindings and reports."""
+"""``citybrain parking ...``: the settlement service, the gateway, bindings, reports and the
+back office (review queue, resolutions, ...)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from citybrain.errors import CitybrainError
+
+if TYPE_CHECKING:
+    from citybrain.parking.office import BackOffice
+    from citybrain.parking.review import ReviewItem
 
 DEFAULT_DB = "sqlite:///citybrain-parking.db"
 
@@ -25,6 +32,9 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     serve.add_argument("--db", default=DEFAULT_DB, help="SQLAlchemy URL (SQLite or PostgreSQL)")
     serve.add_argument("--tariffs", type=Path, help="tariff TOML (default: configs/tariffs.toml)")
+    serve.add_argument(
+        "--config", type=Path, help="parking settings TOML (default: configs/parking.toml)"
+    )
     serve.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -59,6 +69,26 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bind.add_argument("--account")
     bind.add_argument("--file", type=Path, help="CSV with columns plate,account")
     bind.set_defaults(handler=_bind)
+
+    review = cmds.add_parser("review", help="list what needs a person, with the evidence")
+    _office_options(review)
+    review.add_argument("--lot")
+    review.set_defaults(handler=_review)
+
+    resolve = cmds.add_parser("resolve", help="resolve an item of the review queue")
+    resolve.add_argument("session", help="the session id the review queue lists")
+    how = resolve.add_mutually_exclusive_group(required=True)
+    how.add_argument("--pair", metavar="SESSION", help="pair it with this entry (or exit)")
+    how.add_argument("--entry-at", metavar="TIME", help="the entry time (lot's time if no zone)")
+    how.add_argument("--exit-at", metavar="TIME", help="the exit time (lot's time if no zone)")
+    how.add_argument("--charge", action="store_true", help="charge the tariff's fee of the stay")
+    how.add_argument("--fee-cents", type=_cents, metavar="CENTS", help="a fee set by hand")
+    how.add_argument("--waive", action="store_true", help="a stay that happened, free of charge")
+    how.add_argument("--dismiss", action="store_true", help="not a stay / nothing to do")
+    resolve.add_argument("--account", help="who pays, when the stay's plates name several")
+    _record_options(resolve)
+    _office_options(resolve)
+    resolve.set_defaults(handler=_resolve)
 
     for name, help_text in (
         ("sessions", "list parking sessions"),
@@ -109,18 +139,48 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _cents(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of cents: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _office_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, help="SQLAlchemy URL (SQLite or PostgreSQL)")
+    p.add_argument(
+        "--config", type=Path, help="parking settings TOML (default: configs/parking.toml)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _record_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--operator", required=True, help="who decides (kept with the record)")
+    p.add_argument("--reason", required=True, help="why (kept with the record)")
+    p.add_argument("--id", dest="record_id", help="the record's id (default: derived)")
+
+
 def _credentials(p: argparse.ArgumentParser) -> None:
     p.add_argument("--username")
     p.add_argument("--password")
     p.add_argument("--ca-file", help="CA certificate for mqtts:// brokers")
 
 
-def _ledger(url: str, tariffs: Path | None = None):  # type: ignore[no-untyped-def]
+def _ledger(url: str, tariffs: Path | None = None, config: Path | None = None):  # type: ignore[no-untyped-def]
     from citybrain.parking.ledger import open_ledger
+    from citybrain.parking.settings import load_parking_settings
     from citybrain.parking.tariff import load_tariffs
 
+    settings = load_parking_settings(config)
     try:
-        return open_ledger(url, tariffs=load_tariffs(tariffs) if tariffs else None)
+        return open_ledger(
+            url,
+            tariffs=load_tariffs(tariffs) if tariffs else None,
+            grace=settings.review.grace,
+        )
     except CitybrainError:
         raise
     except Exception as exc:  # a bad URL or an unreachable database
@@ -141,7 +201,7 @@ def _stop_on_signals() -> threading.Event:
 def _serve(args: argparse.Namespace) -> int:
     from citybrain.parking.service import run_service
 
-    ledger = _ledger(args.db, args.tariffs)
+    ledger = _ledger(args.db, args.tariffs, args.config)
     stop = _stop_on_signals()
 
     def expire_loop() -> None:  # pending exits with no entry go to review after their grace
@@ -231,6 +291,126 @@ def _report(args: argparse.Namespace) -> int:
             print(f"total {account}: {cents / 100:.2f}")
     print(f"{len(rows)} {name.replace('-', ' ')}")
     return 0
+
+
+def _office(args: argparse.Namespace) -> BackOffice:
+    from citybrain.parking.office import BackOffice
+    from citybrain.parking.settings import load_parking_settings
+
+    settings = load_parking_settings(args.config)
+    return BackOffice(_ledger(args.db, config=args.config), settings)
+
+
+def _review(args: argparse.Namespace) -> int:
+    back = _office(args)
+    items = back.review(datetime.now(UTC), args.lot)
+    if args.json:
+        print(json.dumps([_item_json(i) for i in items], ensure_ascii=False, indent=2))
+        return 0
+    local = _local_time(back)
+    for i in items:
+        times = "  ".join(
+            f"{name} {local(i.lot_id, t)}"
+            for name, t in (("in", i.entry_at), ("out", i.exit_at))
+            if t
+        )
+        head = f"{i.session_id}  {i.kind} {i.reason}  {i.plate}  {times}"
+        if i.due is not None:
+            head += f"  (waits until {local(i.lot_id, i.due)})"
+        if i.fee_cents is not None:
+            head += f"  fee {i.fee_cents / 100:.2f}"
+        if i.accounts:
+            head += f"  accounts {', '.join(i.accounts)}"
+        print(head)
+        for r in i.reads:
+            print(
+                f"    read {r.read_id} {r.direction} {r.raw_plate!r} {r.camera_id} "
+                f"{local(i.lot_id, r.ts)} confidence {r.confidence:.2f}"
+            )
+        for c in i.candidates:
+            when = local(i.lot_id, c.entry_at or c.exit_at)
+            print(f"    candidate {c.session_id} {c.status} {c.plate} {when}")
+    print(f"{len(items)} item(s) to review")
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    from citybrain.parking.review import Action, Resolution
+
+    back = _office(args)
+    lot = args.session.partition("/")[0]
+    if args.pair:
+        request = Resolution(Action.PAIR, other=args.pair, account=args.account)
+    elif args.entry_at:
+        request = Resolution(Action.ENTRY, at=_time(back, lot, args.entry_at), account=args.account)
+    elif args.exit_at:
+        request = Resolution(Action.EXIT, at=_time(back, lot, args.exit_at), account=args.account)
+    elif args.charge:
+        request = Resolution(Action.CHARGE, account=args.account)
+    elif args.fee_cents is not None:
+        request = Resolution(Action.FEE, cents=args.fee_cents, account=args.account)
+    elif args.waive:
+        request = Resolution(Action.WAIVE)
+    else:
+        request = Resolution(Action.DISMISS)
+    done = back.resolve(
+        args.session,
+        request,
+        operator=args.operator,
+        reason=args.reason,
+        resolution_id=args.record_id,
+    )
+    s = done.session
+    if args.json:
+        out = {
+            "resolution": _plain(done.resolution),
+            "session": s.to_json(),
+            "charge": None if done.charge is None else _plain(done.charge),
+            "again": done.again,
+        }
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    if done.again:
+        print(f"{s.session_id} was resolved so already ({done.resolution.action}): nothing changed")
+        return 0
+    fee = "" if s.fee_cents is None else f", fee {s.fee_cents / 100:.2f}"
+    paid = "" if done.charge is None else f", charged to {done.charge.account}"
+    print(f"resolved {s.session_id} ({done.resolution.action}): {s.status}{fee}{paid}")
+    return 0
+
+
+def _local_time(back: BackOffice) -> Callable[[str, datetime | None], str]:
+    def local(lot: str, t: datetime | None) -> str:
+        if t is None:
+            return "-"
+        tariff = back.ledger.tariffs.get(lot)
+        shown = t if tariff is None else t.astimezone(tariff.timezone)
+        return shown.isoformat(sep=" ", timespec="seconds")
+
+    return local
+
+
+def _time(back: BackOffice, lot: str, text: str) -> datetime:
+    """An ISO 8601 time; without a zone, in the lot's time zone."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CitybrainError(
+            f"not a time: {text!r} (use 2026-11-22T09:00 or with +08:00)"
+        ) from None
+    if value.tzinfo is None:
+        tariff = back.ledger.tariffs.get(lot)
+        if tariff is None:
+            raise CitybrainError(f"{text!r} has no zone and lot {lot!r} has no tariff to say it")
+        value = value.replace(tzinfo=tariff.timezone)
+    return value
+
+
+def _item_json(i: ReviewItem) -> dict[str, object]:
+    out = _plain(i)
+    out["reads"] = [_plain(r) for r in i.reads]
+    out["candidates"] = [_plain(c) for c in i.candidates]
+    return out
 
 
 def _validate(args: argparse.Namespace) -> int:

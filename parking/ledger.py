@@ -241,7 +241,7 @@ class _Collision(Exception):
     """Another transaction stored one of the batch's read ids meanwhile: redo the batch."""
 
 
-class _Writes:
+class Writes:
     """The writes of one transaction, gathered parents before children and handed to the
     store at once by ``flush`` (``Transaction.write``: on PostgreSQL one statement)."""
 
@@ -376,7 +376,7 @@ class Ledger:
         prepared = [self._prepare(RecordItem(*item)) for item in items]
         if not prepared:
             return []
-        return self._retrying(lambda: self._record_batch_once(prepared))
+        return self.retrying(lambda: self._record_batch_once(prepared))
 
     def _record_batch_once(self, batch: list[_Prepared]) -> list[RecordOutcome]:
         """``_record_batch``, first without asking which read ids are already stored.
@@ -428,7 +428,7 @@ class Ledger:
         lots = self.store.expiring_lots(now - self.grace)
         sent: list[str] = []
         for lot in sorted(lots):
-            sent.extend(self._retrying(partial(self._expire_lot, lot, now)))
+            sent.extend(self.retrying(partial(self._expire_lot, lot, now)))
         return tuple(sent)
 
     def bind(self, plate: str, account: str, *, at: datetime | None = None) -> BindOutcome:
@@ -446,7 +446,7 @@ class Ledger:
         when = datetime.now(UTC) if at is None else at
         require_aware("at", when)
         when = when.astimezone(UTC)
-        return self._retrying(lambda: self._bind(key, name, when))
+        return self.retrying(lambda: self._bind(key, name, when))
 
     def bind_many(
         self, pairs: Iterable[tuple[str, str]], *, at: datetime | None = None
@@ -478,7 +478,9 @@ class Ledger:
 
     # ---- transactions ----------------------------------------------------------------------
 
-    def _retrying(self, work: Callable[[], T]) -> T:
+    def retrying(self, work: Callable[[], T]) -> T:
+        """``work`` (one transaction), redone after a deadlock, a serialization failure, a
+        lost connection or a concurrent write of the same read: it did nothing then."""
         for attempt in range(_RETRIES):
             try:
                 return work()
@@ -556,7 +558,7 @@ class Ledger:
                         "with different content"
                     )
                     reject(p, msg.lot_id, Rejection(DeadReason.READ_ID_CONFLICT, why, msg.read_id))
-            writes = _Writes(tx)
+            writes = Writes(tx)
             if fresh:
                 changed = self._apply_reads(tx, writes, fresh, plates, check_known)
                 for index, sessions in changed.items():
@@ -569,7 +571,7 @@ class Ledger:
     def _apply_reads(
         self,
         tx: Transaction,
-        writes: _Writes,
+        writes: Writes,
         fresh: list[tuple[int, Read, datetime, bytes]],
         locked: AbstractSet[str],
         check_known: bool,
@@ -673,7 +675,7 @@ class Ledger:
 
     def _write_sessions(
         self,
-        writes: _Writes,
+        writes: Writes,
         book: SessionBook,
         state: Loaded,
         touched: set[str],
@@ -709,7 +711,7 @@ class Ledger:
         self, tx: Transaction, state: Loaded, book: SessionBook, lot: str, at: datetime
     ) -> tuple[str, ...]:
         """Persist what the book changed; settle the sessions it closed (charged at ``at``)."""
-        writes = _Writes(tx)
+        writes = Writes(tx)
         changed = [
             s
             for s in book.sessions(lot)
@@ -815,7 +817,7 @@ class Ledger:
         with self.store.transaction() as tx:
             tx.lock([f"plate:{plate}"])
             previous = tx.binding(plate)
-            writes = _Writes(tx)
+            writes = Writes(tx)
             bound = BINDINGS.values(BoundPlate(plate, account, at))
             if previous is None:
                 writes.insert("binding", [bound])

@@ -1,5 +1,5 @@
-"""What the ledger reports (sessions, charges, debts, dead letters): plain records, no
-database."""
+"""What the ledger reports (sessions, charges, debts, dead letters, resolutions): plain
+records, no database."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from citybrain.parking.readcontract import DeadReason
+from citybrain.parking.review import Action, Resolution
 
 JSONValue = str | int | None
 
@@ -28,6 +29,7 @@ class SessionReport:
     def to_json(self) -> dict[str, JSONValue]:
         """The row of ``citybrain parking sessions --json``."""
         return {
+            "session_id": self.session_id,
             "lot_id": self.lot_id,
             "plate": self.plate,
             "entry_at": _iso(self.entry_at),
@@ -35,6 +37,7 @@ class SessionReport:
             "fee_cents": self.fee_cents,
             "status": self.status,
             "account": self.account,
+            "review_reason": self.review_reason,
         }
 
 
@@ -53,8 +56,8 @@ class DebtReport:
     session_id: str
     lot_id: str
     plate: str
-    entry_at: datetime
-    exit_at: datetime
+    entry_at: datetime | None  # None: a fee set by hand for a stay without that time
+    exit_at: datetime | None
     cents: int
 
 
@@ -69,6 +72,27 @@ class DeadLetterReport:
     payload: bytes
     payload_text: str | None
     received_at: datetime
+
+
+@dataclass(frozen=True)
+class ResolutionRecord:
+    """A stored resolution of a review item: what was decided, by whom, why and when."""
+
+    resolution_id: str
+    item: str
+    session_id: str
+    action: Action
+    operator: str
+    reason: str
+    created_at: datetime
+    other_session_id: str | None = None
+    at: datetime | None = None
+    cents: int | None = None
+    account: str | None = None
+
+    @property
+    def request(self) -> Resolution:
+        return Resolution(self.action, self.other_session_id, self.at, self.cents, self.account)
 
 
 def _iso(value: datetime | None) -> str | None:

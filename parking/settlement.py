@@ -79,7 +79,16 @@ def settle_closed(session: Session, tariff: Tariff, account: str | None) -> Sett
     """Settle a closed session with the account bound to its plate (or none)."""
     if session.status is not SessionStatus.CLOSED:
         raise ValueError(f"session {session.session_id} is {session.status}, not closed")
-    cents = stay_fee(session, tariff)
+    return settle_fee(session, stay_fee(session, tariff), account)
+
+
+def settle_fee(session: Session, cents: int, account: str | None) -> Settlement:
+    """Settle a closed session at ``cents`` (its tariff's fee, or one a person set): free,
+    charged to ``account``, or a debt on its plate."""
+    if session.status is not SessionStatus.CLOSED:
+        raise ValueError(f"session {session.session_id} is {session.status}, not closed")
+    if cents < 0:
+        raise ValueError(f"session {session.session_id}: a fee must not be negative, not {cents}")
     if cents == 0:
         return Settlement(settle(session, account_bound=True), 0, account, None)
     if account is None:

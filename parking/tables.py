@@ -12,6 +12,8 @@ Raw evidence and decisions live in different tables:
   a passage is the entry (or exit) of at most one session (UNIQUE).
 * ``binding``: plate -> account; ``charge``: the money taken. ``charge.session_id`` is
   UNIQUE: the database itself guarantees that a session is charged at most once.
+* ``resolution``: what a person decided about an item of the review queue, with who, why
+  and when; append-only, one per item.
 
 Instants are timezone-aware in Python and stored in UTC (``UTCDateTime``). Money is integer
 cents. These tables use their own ``MetaData`` (``metadata``), so other SQLModel tables in
@@ -41,6 +43,7 @@ from sqlmodel import Field, SQLModel
 from citybrain.parking.matching import MatchKind, ReviewReason, SessionStatus
 from citybrain.parking.passages import Direction
 from citybrain.parking.readcontract import DeadReason
+from citybrain.parking.review import Action
 from citybrain.parking.times import require_aware
 
 # Alembic's own table, named so it cannot collide with another component's migrations.
@@ -263,3 +266,29 @@ class Charge(LedgerModel, table=True):
     account: str = Field(sa_type=String, index=True)
     cents: int = Field(sa_type=BigInteger)
     charged_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ResolutionRow(LedgerModel, table=True):
+    """A person's decision on an item of the review queue (``citybrain.parking.review``):
+    append-only, one per item (``item`` UNIQUE), with who decided, why and when."""
+
+    __tablename__ = "resolution"
+    __table_args__ = (
+        CheckConstraint(_one_of("action", _values(Action)), name="action"),
+        CheckConstraint("cents IS NULL OR cents >= 0", name="cents"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)  # the order they were made
+    resolution_id: str = Field(sa_type=String, unique=True)  # given, or derived (idempotent)
+    item: str = Field(sa_type=String, unique=True)  # review.item_key
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id", index=True)
+    action: str = Field(sa_type=String)
+    other_session_id: str | None = Field(
+        default=None, sa_type=String, foreign_key="session.session_id", index=True
+    )
+    at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # an entry or exit time
+    cents: int | None = Field(default=None, sa_type=BigInteger)  # a fee set by hand
+    account: str | None = Field(default=None, sa_type=String)  # who pays, named
+    operator: str = Field(sa_type=String)
+    reason: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)

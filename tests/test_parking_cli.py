@@ -43,6 +43,7 @@ def test_sessions_json_and_bind_charges_the_debt(
     assert main(["parking", "sessions", "--db", db, "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row == {
+        "session_id": "L01/a",
         "lot_id": "L01",
         "plate": "浙A12345",
         "entry_at": "2026-11-22T01:00:00+00:00",
@@ -50,6 +51,7 @@ def test_sessions_json_and_bind_charges_the_debt(
         "fee_cents": 2000,
         "status": "unpaid",
         "account": None,
+        "review_reason": None,
     }
     assert main(["parking", "bind", "--db", db, "--plate", "浙A-12345", "--account", "acc"]) == 0
     assert "debts charged: 20.00" in capsys.readouterr().out
@@ -75,3 +77,28 @@ def test_errors_are_one_line(db: str, tmp_path: Path, capsys: pytest.CaptureFixt
     missing = tmp_path / "none.jsonl"
     assert main(["parking", "gateway", "--lot", "L01", "--feed", str(missing)]) == 2
     assert f"feed file not found: {missing}" in capsys.readouterr().err
+
+
+def test_review_and_resolve(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = open_ledger(db)
+    ledger.record(
+        "L01", read("x", "out", "浙C11111", "2026-11-22T11:00:00+08:00"), datetime.now(UTC)
+    )
+    ledger.bind("浙C11111", "acct-c")
+    assert main(["parking", "review", "--db", db, "--json"]) == 0
+    listed = {i["session_id"]: i for i in json.loads(capsys.readouterr().out)}
+    assert listed["L01/x"]["kind"] == "waiting" and listed["L01/x"]["accounts"] == ["acct-c"]
+    assert [r["raw_plate"] for r in listed["L01/x"]["reads"]] == ["浙C11111"]
+    args = ["parking", "resolve", "L01/x", "--db", db, "--operator", "ana", "--reason", "video"]
+    assert main([*args, "--entry-at", "2026-11-22T12:00"]) == 2  # after the exit: refused
+    assert "is after the exit" in capsys.readouterr().err
+    assert main([*args, "--entry-at", "2026-11-22T10:00"]) == 0  # Shanghai time: 1 h
+    assert capsys.readouterr().out.strip() == (
+        "resolved L01/x (entry): settled, fee 10.00, charged to acct-c"
+    )
+    assert main([*args, "--entry-at", "2026-11-22T10:00", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["again"] is True
+    assert main([*args, "--waive"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was resolved already: entry by ana" in err
+    assert [(c.session_id, c.cents) for c in ledger.charges()] == [("L01/x", 1000)]

@@ -16,19 +16,40 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, ClassVar, Protocol
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, literal_column, or_
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    literal_column,
+    not_,
+    or_,
+)
 from sqlalchemy import select as sa_select
 
-from citybrain.parking.matching import SessionStatus
-from citybrain.parking.passages import Read
-from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
-from citybrain.parking.store.port import Loaded, Transaction, Write
+from citybrain.parking.book import PendingExit
+from citybrain.parking.matching import Session, SessionStatus
+from citybrain.parking.passages import Passage, Read
+from citybrain.parking.reports import (
+    ChargeReport,
+    DeadLetterReport,
+    DebtReport,
+    ResolutionRecord,
+    SessionReport,
+)
+from citybrain.parking.store.port import Loaded, ReviewState, Transaction, Write
 from citybrain.parking.store.rows import (
     CHARGES,
     DEAD_LETTERS,
     DEBTS,
     PENDING,
     READS,
+    RESOLUTIONS,
     SESSION_REPORTS,
     StoredSession,
     key_of,
@@ -330,6 +351,47 @@ class SqlTransaction:
         """A select off the hot path, through SQLAlchemy."""
         return list(self.conn.execute(query))
 
+    # ---- the back office (off the hot path) ------------------------------------------------
+
+    def stored_session(self, session_id: str) -> StoredSession | None:
+        s = table("session")
+        found = self._select(sa_select(s).where(s.c.session_id == session_id))
+        return stored_session(found[0]) if found else None
+
+    def pending_exit(self, lot: str, passage_id: str) -> PendingExit | None:
+        p = table("pending_exit")
+        query = sa_select(p).where(p.c.lot_id == lot, p.c.passage_id == passage_id)
+        found = self._select(query)
+        return PENDING.of(found[0]) if found else None
+
+    def passages(self, passage_ids: Collection[str]) -> dict[str, Passage]:
+        """The passages, rebuilt from their reads."""
+        ids = sorted(set(passage_ids))
+        if not ids:
+            return {}
+        evidence = self.evidence(ids)
+        rows = self._select(
+            sa_select(table("passage")).where(table("passage").c.passage_id.in_(ids))
+        )
+        return {r.passage_id: passage_with(r, evidence.get(r.passage_id, ())) for r in rows}
+
+    def resolution(self, item: str) -> ResolutionRecord | None:
+        r = table("resolution")
+        found = self._select(sa_select(r).where(r.c.item == item))
+        return RESOLUTIONS.of(found[0]) if found else None
+
+    def resolution_by_id(self, resolution_id: str) -> ResolutionRecord | None:
+        r = table("resolution")
+        found = self._select(sa_select(r).where(r.c.resolution_id == resolution_id))
+        return RESOLUTIONS.of(found[0]) if found else None
+
+    def paired_into(self, session_id: str) -> str | None:
+        """The stay a resolution paired this session into (it was retired then)."""
+        r = table("resolution")
+        query = sa_select(r.c.session_id).where(r.c.other_session_id == session_id)
+        found = self._select(query)
+        return str(found[0].session_id) if found else None
+
 
 class SqlStore:
     """A ledger store on a SQLAlchemy engine: transactions of the adapter's kind, and the
@@ -392,9 +454,6 @@ class SqlStore:
         if plate is not None:
             query = query.where(session.c.plate == plate)
         rows = sorted(self._select(query), key=lambda r: (r.plate, first_time(r), r.session_id))
-        for r in rows:
-            assert r.entry_at is not None and r.exit_at is not None
-            assert r.fee_cents is not None
         return [DEBTS.of(r) for r in rows]
 
     def dead_letters(self, lot: str | None) -> list[DeadLetterReport]:
@@ -403,6 +462,87 @@ class SqlStore:
         if lot is not None:
             query = query.where(dead.c.lot_id == lot)
         return [DEAD_LETTERS.of(r) for r in self._select(query)]
+
+    # ---- the back office -------------------------------------------------------------------
+
+    def session(self, session_id: str) -> SessionReport | None:
+        s = table("session")
+        found = self._select(sa_select(s).where(s.c.session_id == session_id))
+        return SESSION_REPORTS.of(found[0]) if found else None
+
+    def resolutions(self) -> list[ResolutionRecord]:
+        r = table("resolution")
+        return [RESOLUTIONS.of(row) for row in self._select(sa_select(r).order_by(r.c.id))]
+
+    def review_state(self, lot: str | None, overstay_cut: datetime) -> ReviewState:
+        s, p = table("session"), table("pending_exit")
+        c = s.c
+        # Not resolved as a review item, nor retired into a stay by a pairing.
+        unresolved = _unresolved("review:")
+        where_lot = [] if lot is None else [c.lot_id == lot]
+        with self.transaction() as tx:
+            assert isinstance(tx, SqlTransaction)
+            reviews = tx._select(
+                sa_select(s).where(c.status == SessionStatus.REVIEW.value, unresolved, *where_lot)
+            )
+            overstays = tx._select(
+                sa_select(s).where(
+                    c.status == SessionStatus.OPEN.value,
+                    c.entry_at < overstay_cut,
+                    _unresolved("overstay:"),
+                    *where_lot,
+                )
+            )
+            query = sa_select(p) if lot is None else sa_select(p).where(p.c.lot_id == lot)
+            pending = [PENDING.of(r) for r in tx._select(query)]
+            items = [stored_session(r) for r in [*reviews, *overstays]]
+            pairs = {(x.session.lot_id, x.session.plate_key) for x in items}
+            pairs |= {(x.lot_id, key_of(x.plate)) for x in pending}
+            pool: list[Session | PendingExit] = []
+            for pair_lot, key in sorted(pairs):
+                open_or_half = or_(
+                    c.status == SessionStatus.OPEN.value,
+                    and_(
+                        c.status == SessionStatus.REVIEW.value,
+                        or_(c.entry_at.is_(None), c.exit_at.is_(None)),
+                        unresolved,
+                    ),
+                )
+                rows = tx._select(
+                    sa_select(s).where(c.lot_id == pair_lot, c.plate_key == key, open_or_half)
+                )
+                pool.extend(stored_session(r).session for r in rows)
+                pool.extend(x for x in pending if x.lot_id == pair_lot and key_of(x.plate) == key)
+            pids = {
+                pid
+                for x in items
+                for pid in (x.session.entry_passage_id, x.session.exit_passage_id)
+                if pid is not None
+            } | {x.passage_id for x in pending}
+            passages = tx.passages(pids)
+            plates = {plate for ps in passages.values() for plate in ps.plates}
+            plates |= {x.session.plate for x in items}
+            bindings = tx.bound_accounts(plates)
+        return ReviewState(
+            reviews=[x for x in items if x.session.status is SessionStatus.REVIEW],
+            overstays=[x for x in items if x.session.status is SessionStatus.OPEN],
+            pending=pending,
+            passages=passages,
+            pool=pool,
+            bindings=bindings,
+        )
+
+
+def _unresolved(prefix: str) -> Any:
+    """A session (``session`` in the select) without a resolution of its item ``prefix``
+    + id, and (a review item) not retired into another stay by a pairing."""
+    s, r = table("session"), table("resolution")
+    item = literal(prefix, String) + s.c.session_id
+    resolved = exists().where(r.c.item == item)
+    if prefix != "review:":
+        return not_(resolved)
+    retired = exists().where(r.c.other_session_id == s.c.session_id)
+    return and_(not_(resolved), not_(retired))
 
 
 def pairs_of(reads: Sequence[Read]) -> set[tuple[str, str]]:

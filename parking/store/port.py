@@ -13,7 +13,9 @@ questions a decision needs, inside one transaction:
   expiry of one lot needs;
 * ``bound_accounts`` / ``binding`` / ``unpaid`` / ``evidence``: money questions;
 * ``write``: a batch's outcome, rows to insert, update and delete, parents before
-  children (``Write``), in as few round trips as the database allows.
+  children (``Write``), in as few round trips as the database allows;
+* the back office's few questions (``stored_session``, ``pending_exit``, ``passages``,
+  ``resolution``, ...), off the hot path.
 
 Reports run in their own transactions on the ``Store``. Adding a database means adding an
 adapter (``citybrain.parking.store.sqlite`` and ``.postgres`` are the two) and naming it
@@ -32,8 +34,15 @@ from sqlalchemy import Engine
 
 from citybrain.errors import CitybrainError
 from citybrain.parking.book import PendingExit, SessionBook
+from citybrain.parking.matching import Session
 from citybrain.parking.passages import Passage, Read
-from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
+from citybrain.parking.reports import (
+    ChargeReport,
+    DeadLetterReport,
+    DebtReport,
+    ResolutionRecord,
+    SessionReport,
+)
 from citybrain.parking.store.rows import StoredSession
 
 
@@ -74,6 +83,21 @@ class Loaded:
         out |= {p.plate for p in self.passages.values()}
         out |= {read.plate for reads in self.evidence.values() for read in reads}
         return out
+
+
+@dataclass
+class ReviewState:
+    """What the review queue is made of (``Store.review_state``): sessions in review that
+    no resolution settled, open stays past the cut, exits waiting for their entry, the
+    passages of them all with their reads, the sessions they may be paired with, and the
+    accounts bound to their plates."""
+
+    reviews: list[StoredSession]
+    overstays: list[StoredSession]
+    pending: list[PendingExit]
+    passages: dict[str, Passage]
+    pool: list[Session | PendingExit]
+    bindings: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -132,6 +156,26 @@ class Transaction(Protocol):
     def write(self, writes: Sequence[Write]) -> int:
         """Write ``writes`` in order; returns the rows the counted insert added."""
 
+    # The back office's questions (off the hot path).
+
+    def stored_session(self, session_id: str) -> StoredSession | None:
+        """The session, with its money columns."""
+
+    def pending_exit(self, lot: str, passage_id: str) -> PendingExit | None:
+        """The exit of ``passage_id`` at ``lot`` when it waits for its entry."""
+
+    def passages(self, passage_ids: Collection[str]) -> dict[str, Passage]:
+        """The passages, rebuilt from their reads."""
+
+    def resolution(self, item: str) -> ResolutionRecord | None:
+        """The resolution of a review item (``review.item_key``)."""
+
+    def resolution_by_id(self, resolution_id: str) -> ResolutionRecord | None:
+        """The resolution of that id."""
+
+    def paired_into(self, session_id: str) -> str | None:
+        """The stay a resolution paired this session into, if any."""
+
 
 class Store(Protocol):
     """A ledger's database: transactions and reports."""
@@ -162,6 +206,16 @@ class Store(Protocol):
 
     def dead_letters(self, lot: str | None) -> list[DeadLetterReport]:
         """Rejected messages (of one topic lot), oldest first."""
+
+    def session(self, session_id: str) -> SessionReport | None:
+        """One session."""
+
+    def resolutions(self) -> list[ResolutionRecord]:
+        """Every resolution, in the order they were made."""
+
+    def review_state(self, lot: str | None, overstay_cut: datetime) -> ReviewState:
+        """What the review queue (of one lot) is made of; open stays that entered before
+        ``overstay_cut`` count as overstays."""
 
     def close(self) -> None:
         """Release the connections."""

@@ -28,7 +28,13 @@ from citybrain.parking.matching import Session, SessionStatus
 from citybrain.parking.passages import Passage, Read, passage_of
 from citybrain.parking.plates import lookalike_key
 from citybrain.parking.readcontract import Rejection
-from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
+from citybrain.parking.reports import (
+    ChargeReport,
+    DeadLetterReport,
+    DebtReport,
+    ResolutionRecord,
+    SessionReport,
+)
 from citybrain.parking.settlement import Settlement
 from citybrain.parking.tables import (
     Binding,
@@ -38,6 +44,7 @@ from citybrain.parking.tables import (
     PassageRow,
     PendingExitRow,
     ReadRow,
+    ResolutionRow,
     SessionRow,
 )
 
@@ -184,6 +191,7 @@ DEAD_LETTERS = RowMap(DeadLetter, DeadLetterReport)
 CHARGES = RowMap(Charge, ChargeReport)
 SESSION_REPORTS = RowMap(SessionRow, SessionReport)
 DEBTS = RowMap(SessionRow, DebtReport, renamed={"cents": "fee_cents"})
+RESOLUTIONS = RowMap(ResolutionRow, ResolutionRecord)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +292,7 @@ __all__ = [
     "PASSAGES",
     "PENDING",
     "READS",
+    "RESOLUTIONS",
     "SESSIONS",
     "SESSION_REPORTS",
     "BoundPlate",
