@@ -90,6 +90,24 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _office_options(resolve)
     resolve.set_defaults(handler=_resolve)
 
+    refund = cmds.add_parser("refund", help="pay money back for a stay (at most what was paid)")
+    refund.add_argument("session")
+    refund.add_argument("--cents", type=_cents, required=True, help="how much, in cents")
+    _record_options(refund)
+    _office_options(refund)
+    refund.set_defaults(handler=_refund)
+
+    dispute = cmds.add_parser("dispute", help="a driver disputes a charge: put it in review")
+    dispute.add_argument("session")
+    _record_options(dispute)
+    _office_options(dispute)
+    dispute.set_defaults(handler=_dispute)
+
+    statement = cmds.add_parser("statement", help="an account's charges, refunds and debts")
+    statement.add_argument("--account", required=True)
+    _office_options(statement)
+    statement.set_defaults(handler=_statement)
+
     for name, help_text in (
         ("sessions", "list parking sessions"),
         ("charges", "list charges (and totals per account)"),
@@ -366,6 +384,7 @@ def _resolve(args: argparse.Namespace) -> int:
             "resolution": _plain(done.resolution),
             "session": s.to_json(),
             "charge": None if done.charge is None else _plain(done.charge),
+            "refund": None if done.refund is None else _plain(done.refund),
             "again": done.again,
         }
         print(json.dumps(out, ensure_ascii=False, indent=2))
@@ -375,8 +394,82 @@ def _resolve(args: argparse.Namespace) -> int:
         return 0
     fee = "" if s.fee_cents is None else f", fee {s.fee_cents / 100:.2f}"
     paid = "" if done.charge is None else f", charged to {done.charge.account}"
+    if done.refund is not None:
+        paid += f", {done.refund.cents / 100:.2f} refunded to {done.refund.account}"
     print(f"resolved {s.session_id} ({done.resolution.action}): {s.status}{fee}{paid}")
     return 0
+
+
+def _refund(args: argparse.Namespace) -> int:
+    back = _office(args)
+    done = back.refund(
+        args.session,
+        args.cents,
+        operator=args.operator,
+        reason=args.reason,
+        refund_id=args.record_id,
+    )
+    r = done.record
+    if args.json:
+        print(json.dumps({**_plain(r), "again": done.again}, ensure_ascii=False, indent=2))
+        return 0
+    verb = "was refunded so already" if done.again else "refunded"
+    to = getattr(r, "account", "?")
+    print(f"{args.session} {verb}: {args.cents / 100:.2f} to {to} (id {_id_of(r)})")
+    return 0
+
+
+def _dispute(args: argparse.Namespace) -> int:
+    back = _office(args)
+    done = back.dispute(
+        args.session, operator=args.operator, reason=args.reason, dispute_id=args.record_id
+    )
+    if args.json:
+        print(
+            json.dumps({**_plain(done.record), "again": done.again}, ensure_ascii=False, indent=2)
+        )
+        return 0
+    verb = "was disputed so already" if done.again else "disputed"
+    print(f"{args.session} {verb} (id {_id_of(done.record)}): it is in the review queue")
+    return 0
+
+
+def _statement(args: argparse.Namespace) -> int:
+    back = _office(args)
+    s = back.statement(args.account)
+    if args.json:
+        out = {
+            "account": s.account,
+            "lines": [_plain(x) for x in s.lines],
+            "debts": [_plain(d) for d in s.debts],
+            "charged_cents": s.charged_cents,
+            "refunded_cents": s.refunded_cents,
+            "balance_cents": s.balance_cents,
+            "owed_cents": s.owed_cents,
+        }
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    local = _local_time(back)
+    print(f"statement of {s.account}")
+    for x in s.lines:
+        print(
+            f"  {local(x.lot_id, x.at)}  {x.kind:<15} {x.session_id:<24} {x.plate:<10} "
+            f"{x.cents / 100:>10.2f}  {x.status}"
+        )
+    print(
+        f"charged {s.charged_cents / 100:.2f}, refunded {s.refunded_cents / 100:.2f}, "
+        f"balance {s.balance_cents / 100:.2f}"
+    )
+    for d in s.debts:
+        print(f"  owes {d.cents / 100:.2f} for {d.session_id} ({d.plate}): its charge was declined")
+    return 0
+
+
+def _id_of(record: object) -> str:
+    for name in ("adjustment_id", "dispute_id", "resolution_id", "key"):
+        if hasattr(record, name):
+            return str(getattr(record, name))
+    return "?"
 
 
 def _local_time(back: BackOffice) -> Callable[[str, datetime | None], str]:

@@ -826,6 +826,8 @@ class Ledger:
             unpaid = self._debts_of(tx, plate, account)
             charged: list[ChargeReport] = []
             sessions: list[dict[str, Any]] = []
+            # A debt left by a declined charge is collected by the next attempt.
+            attempts = tx.charge_attempts([r.session.session_id for r in unpaid]) if unpaid else {}
             for row in sorted(unpaid, key=lambda r: _order_key(r.session)):
                 assert row.fee_cents is not None
                 # A debt recorded under a misread is paid by this plate's account: shown
@@ -833,8 +835,18 @@ class Ledger:
                 money = collect_debt(replace(row.session, plate=plate), row.fee_cents, account)
                 sessions.append(session_values(money.session, money, row))
                 s = money.session
+                attempt = attempts.get(s.session_id, 0) + 1
                 charged.append(
-                    ChargeReport(s.session_id, s.lot_id, s.plate, account, money.fee_cents, at)
+                    ChargeReport(
+                        s.session_id,
+                        s.lot_id,
+                        s.plate,
+                        account,
+                        money.fee_cents,
+                        at,
+                        attempt,
+                        "debt",
+                    )
                 )
             writes.update("session", "session_id", sessions)
             writes.insert("charge", [CHARGES.values(c) for c in charged])

@@ -1,4 +1,5 @@
-"""The back office on a ledger: the review queue and its resolutions.
+"""The back office on a ledger: the review queue and its resolutions, disputes, refunds,
+payment results and statements.
 
 Decisions are the pure cores' (``citybrain.parking.review``); this module loads what they
 need in one transaction of the ledger's store, and writes what they decided in the same
@@ -11,11 +12,17 @@ statement, as the ledger does.
 
 Every resolution is an append-only ``resolution`` row with the operator, the reason and
 the time; one per item. Giving the same resolution again changes nothing and answers what
-the first one did; another resolution of a resolved item is refused.
+the first one did; another resolution of a resolved item is refused. Refunds and disputes
+are append-only rows too, with an id (given, or derived from what they say: the same
+refund twice is one), the operator, the reason and the time; a refund holds its session's
+lock (``session:ID``) while it checks that it does not exceed what was paid
+(``citybrain.parking.money``). A payment result takes the session's lot, plate and session
+locks (a declined charge makes the stay a debt again, which the rules and bindings read).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,12 +30,21 @@ from typing import Any
 from citybrain.parking.book import PendingExit
 from citybrain.parking.ledger import Ledger, Writes
 from citybrain.parking.matching import Session, SessionStatus, stay_plates
+from citybrain.parking.money import Money, MoneyError, Statement, check_refund, statement
 from citybrain.parking.readcontract import text_fault
-from citybrain.parking.reports import ChargeReport, ResolutionRecord, SessionReport
+from citybrain.parking.reports import (
+    AdjustmentRecord,
+    ChargeReport,
+    DisputeRecord,
+    PaymentResultRecord,
+    ResolutionRecord,
+    SessionReport,
+)
 from citybrain.parking.review import (
     Action,
     Case,
     Decision,
+    Disputed,
     ItemKind,
     Resolution,
     ReviewError,
@@ -39,8 +55,18 @@ from citybrain.parking.review import (
     waiting_session,
 )
 from citybrain.parking.settings import ParkingSettings
+from citybrain.parking.settlement import declined
 from citybrain.parking.store.port import Transaction
-from citybrain.parking.store.rows import CHARGES, RESOLUTIONS, StoredSession, session_values
+from citybrain.parking.store.rows import (
+    ADJUSTMENTS,
+    CHARGES,
+    DISPUTES,
+    PAYMENT_RESULTS,
+    RESOLUTIONS,
+    StoredSession,
+    session_values,
+)
+from citybrain.parking.tables import ChargeSource, PaymentKind, PaymentStatus
 from citybrain.parking.times import require_aware
 
 
@@ -52,6 +78,17 @@ class Resolved:
     session: SessionReport  # the item's session as it stands now
     charge: ChargeReport | None  # the charge this call made
     again: bool = False  # the same resolution was given before: nothing changed
+    refund: AdjustmentRecord | None = None  # a dispute's refund, made by this call
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a refund, a dispute or a payment result call did (``again``: it was recorded
+    before, nothing changed)."""
+
+    record: AdjustmentRecord | DisputeRecord | PaymentResultRecord
+    again: bool = False
+    debt: bool = False  # a declined charge made its stay a debt again
 
 
 @dataclass(frozen=True)
@@ -62,6 +99,7 @@ class _Target:
     session: Session
     stored: StoredSession | None  # None: a waiting exit, not stored as a session yet
     pending: PendingExit | None
+    dispute: DisputeRecord | None = None
 
 
 class BackOffice:
@@ -87,6 +125,10 @@ class BackOffice:
             state.bindings,
             grace=self.ledger.grace,
             max_stay=review.max_stay,
+            disputes=[
+                Disputed(d.dispute_id, session, d.reason, d.created_at, money.charged_cents)
+                for d, session, money in state.disputes
+            ],
         )
 
     def resolve(
@@ -100,18 +142,17 @@ class BackOffice:
         resolution_id: str | None = None,
     ) -> Resolved:
         """Resolve the review item of ``session_id`` (a session in review, a waiting exit,
-        an open stay) as ``request`` says; see ``citybrain.parking.review``."""
+        an open stay, a disputed charge) as ``request`` says; see
+        ``citybrain.parking.review``."""
         who, why = _text("operator", operator), _text("reason", reason)
         rid = None if resolution_id is None else _text("resolution id", resolution_id)
-        when = datetime.now(UTC) if at is None else at
-        require_aware("at", when)
-        when = when.astimezone(UTC)
-        record, charge, again = self.ledger.retrying(
+        when = _when(at)
+        record, charge, refund, again = self.ledger.retrying(
             lambda: self._resolve(session_id, request, who, why, when, rid)
         )
         report = self.ledger.store.session(session_id)
         assert report is not None
-        return Resolved(record, report, charge, again)
+        return Resolved(record, report, charge, again, refund)
 
     def _resolve(
         self,
@@ -121,28 +162,31 @@ class BackOffice:
         reason: str,
         when: datetime,
         rid: str | None,
-    ) -> tuple[ResolutionRecord, ChargeReport | None, bool]:
-        store = self.ledger.store
-        with store.transaction() as tx:
+    ) -> tuple[ResolutionRecord, ChargeReport | None, AdjustmentRecord | None, bool]:
+        with self.ledger.store.transaction() as tx:
             lot = _lot_of(tx, sid)
             tx.lock([f"lot:{lot}"])
             target = _target(tx, sid, lot)
             if target.kind is None:  # decided: by a resolution of its own, maybe
                 assert target.stored is not None
-                done = _resolution_of(tx, sid)
+                done = tx.last_resolution(sid)
                 if done is None:
-                    raise ReviewError(f"{sid} is {target.session.status}: nothing to resolve")
+                    raise ReviewError(
+                        f"{sid} is {target.session.status}: nothing to resolve (dispute its "
+                        "charge first)"
+                    )
                 if done.request.same_as(request):
-                    return done, None, True
+                    return done, None, None, True
                 raise ReviewError(
                     f"{sid} was resolved already: {done.action} by {done.operator} at "
                     f"{done.created_at.isoformat()}"
                 )
-            key = item_key(target.kind, sid)
+            dispute_id = None if target.dispute is None else target.dispute.dispute_id
+            key = item_key(target.kind, sid, dispute_id)
             done = tx.resolution(key)
             if done is not None:
                 if done.request.same_as(request):
-                    return done, None, True
+                    return done, None, None, True
                 raise ReviewError(
                     f"{sid} was resolved already: {done.action} by {done.operator} at "
                     f"{done.created_at.isoformat()}"
@@ -165,13 +209,20 @@ class BackOffice:
             passages = list(tx.passages(pids).values())
             plates = sorted({p for s in sessions for p in stay_plates(s, passages)})
             tx.lock(f"plate:{p}" for p in plates)
+            fee_cents = None if target.stored is None else target.stored.fee_cents
+            money = Money()
+            if target.kind is ItemKind.DISPUTE:
+                tx.lock([f"session:{sid}"])
+                money = tx.money(sid)
+                fee_cents = money.charged_cents
             case = Case(
-                kind=ItemKind.REVIEW if target.kind is None else target.kind,
+                kind=target.kind,
                 session=target.session,
-                fee_cents=None if target.stored is None else target.stored.fee_cents,
+                fee_cents=fee_cents,
                 other=None if other is None else other.session,
                 plates=tuple(plates),
                 bindings=tx.bound_accounts(plates),
+                refundable_cents=money.refundable_cents,
             )
             decision = decide(case, request, self.ledger.tariffs.get(lot))
             record = ResolutionRecord(
@@ -187,8 +238,181 @@ class BackOffice:
                 cents=request.cents,
                 account=request.account,
             )
-            charge = _write(tx, target, other, decision, record)
-        return record, charge, False
+            refund = None
+            if decision.refund_cents:
+                payer = money.payer
+                assert payer is not None
+                refund = AdjustmentRecord(
+                    f"{rid}/refund",
+                    sid,
+                    "refund",
+                    decision.refund_cents,
+                    payer,
+                    operator,
+                    reason,
+                    when,
+                    rid,
+                )
+            charge = _write(tx, target, other, decision, record, refund)
+        return record, charge, refund, False
+
+    # ---- refunds, disputes, payment results, statements ------------------------------------
+
+    def refund(
+        self,
+        session_id: str,
+        cents: int,
+        *,
+        operator: str,
+        reason: str,
+        at: datetime | None = None,
+        refund_id: str | None = None,
+    ) -> Recorded:
+        """Pay ``cents`` of the session's paid money back to the account that paid it (at
+        most what was paid and not refunded yet). The same refund again changes nothing."""
+        who, why = _text("operator", operator), _text("reason", reason)
+        when = _when(at)
+        if isinstance(cents, bool) or not isinstance(cents, int) or cents <= 0:
+            raise MoneyError(f"a refund must be a positive number of cents, not {cents!r}")
+        aid = _text("refund id", refund_id) if refund_id else _derived("rf", session_id, cents, why)
+
+        def work() -> Recorded:
+            with self.ledger.store.transaction() as tx:
+                if tx.stored_session(session_id) is None:
+                    raise MoneyError(f"unknown session {session_id!r}")
+                tx.lock([f"session:{session_id}"])
+                done = tx.adjustment(aid)
+                if done is not None:
+                    if (done.session_id, done.cents) == (session_id, cents):
+                        return Recorded(done, again=True)
+                    raise MoneyError(f"refund id {aid!r} is taken by another refund")
+                money = tx.money(session_id)
+                check_refund(session_id, money, cents)
+                payer = money.payer
+                assert payer is not None
+                record = AdjustmentRecord(aid, session_id, "refund", cents, payer, who, why, when)
+                writes = Writes(tx)
+                writes.insert("adjustment", [ADJUSTMENTS.values(record)])
+                writes.flush()
+                return Recorded(record)
+
+        return self.ledger.retrying(work)
+
+    def dispute(
+        self,
+        session_id: str,
+        *,
+        operator: str,
+        reason: str,
+        at: datetime | None = None,
+        dispute_id: str | None = None,
+    ) -> Recorded:
+        """The driver disputes the session's charge: it joins the review queue until a
+        resolution decides it (dismiss, waive: refund everything paid, fee: refund down to
+        it). The same dispute again changes nothing."""
+        who, why = _text("operator", operator), _text("reason", reason)
+        when = _when(at)
+        did = _text("dispute id", dispute_id) if dispute_id else _derived("dp", session_id, why)
+
+        def work() -> Recorded:
+            with self.ledger.store.transaction() as tx:
+                if tx.stored_session(session_id) is None:
+                    raise ReviewError(f"unknown session {session_id!r}")
+                tx.lock([f"session:{session_id}"])
+                done = tx.dispute(did)
+                if done is not None:
+                    if done.session_id == session_id:
+                        return Recorded(done, again=True)
+                    raise ReviewError(f"dispute id {did!r} is taken by another dispute")
+                open_ = tx.open_dispute(session_id)
+                if open_ is not None:
+                    raise ReviewError(f"{session_id} is disputed already ({open_.dispute_id})")
+                if tx.money(session_id).charged_cents <= 0:
+                    raise ReviewError(f"{session_id} has no charge to dispute")
+                record = DisputeRecord(did, session_id, who, why, when)
+                writes = Writes(tx)
+                writes.insert("dispute", [DISPUTES.values(record)])
+                writes.flush()
+                return Recorded(record)
+
+        return self.ledger.retrying(work)
+
+    def record_payment(
+        self,
+        key: str,
+        status: PaymentStatus | str,
+        *,
+        detail: str = "",
+        reference: str | None = None,
+        at: datetime | None = None,
+    ) -> Recorded:
+        """The payment side's answer to instruction ``key`` (the first answer counts; a
+        repeat changes nothing). A declined charge makes its stay a debt again."""
+        answer = PaymentStatus(status)
+        when = _when(at)
+        return self.ledger.retrying(
+            lambda: self._record_payment(key, answer, detail, reference, when)
+        )
+
+    def _record_payment(
+        self,
+        key: str,
+        status: PaymentStatus,
+        detail: str,
+        reference: str | None,
+        when: datetime,
+    ) -> Recorded:
+        kind, _, rest = key.partition(":")
+        with self.ledger.store.transaction() as tx:
+            if kind == PaymentKind.CHARGE:
+                sid = rest.rpartition(":")[0]
+            elif kind == PaymentKind.REFUND and (found := tx.adjustment(rest)) is not None:
+                sid = found.session_id
+            else:
+                raise MoneyError(f"unknown payment instruction {key!r}")
+            stored = tx.stored_session(sid)
+            if stored is None:
+                raise MoneyError(f"unknown payment instruction {key!r}")
+            s = stored.session
+            tx.lock([f"lot:{s.lot_id}", f"plate:{s.plate}", f"session:{sid}"])
+            done = tx.payment_results([key]).get(key)
+            if done is not None:
+                return Recorded(done, again=True)
+            money = tx.money(sid)
+            charge = next((c for c in money.charges if c.key == key), None)
+            if kind == PaymentKind.CHARGE and charge is None:
+                raise MoneyError(f"unknown payment instruction {key!r}")
+            record = PaymentResultRecord(key, kind, sid, status.value, when, detail, reference)
+            writes = Writes(tx)
+            writes.insert("payment_result", [PAYMENT_RESULTS.values(record)])
+            debt = False
+            stored = tx.stored_session(sid)  # again, under the locks
+            assert stored is not None
+            last = max((c.attempt for c in money.charges), default=0)
+            if (
+                status is PaymentStatus.DECLINED
+                and charge is not None
+                and charge.attempt == last
+                and stored.charged
+                and stored.account == charge.account
+            ):
+                lapsed = declined(stored.session, charge.cents)
+                writes.update(
+                    "session", "session_id", [session_values(lapsed.session, lapsed, stored)]
+                )
+                debt = True
+            writes.flush()
+            return Recorded(record, debt=debt)
+
+    def money(self, session_id: str) -> Money:
+        """The session's charges, refunds and the payment side's answers."""
+        with self.ledger.store.transaction() as tx:
+            return tx.money(session_id)
+
+    def statement(self, account: str) -> Statement:
+        """The account's charges, declines and refunds in order, and its debts."""
+        charges, refunds, results, debts = self.ledger.store.account_money(account)
+        return statement(account, charges, refunds, results, debts)
 
 
 def _write(
@@ -197,9 +421,10 @@ def _write(
     other: _Target | None,
     decision: Decision,
     record: ResolutionRecord,
+    refund: AdjustmentRecord | None,
 ) -> ChargeReport | None:
     """The decision's rows: waiting exits made sessions, the sessions, the resolution, the
-    charge (parents before children)."""
+    charge or the refund (parents before children)."""
     writes = Writes(tx)
     gone = [t.pending.passage_id for t in (target, other) if t is not None and t.pending]
     writes.delete("pending_exit", "passage_id", gone)
@@ -216,10 +441,20 @@ def _write(
     money = decision.money
     if money is not None and money.charge_cents is not None and money.account is not None:
         s = money.session
+        attempt = tx.charge_attempts([s.session_id]).get(s.session_id, 0) + 1
         charge = ChargeReport(
-            s.session_id, s.lot_id, s.plate, money.account, money.charge_cents, record.created_at
+            s.session_id,
+            s.lot_id,
+            s.plate,
+            money.account,
+            money.charge_cents,
+            record.created_at,
+            attempt,
+            ChargeSource.REVIEW.value,
         )
         writes.insert("charge", [CHARGES.values(charge)])
+    if refund is not None:
+        writes.insert("adjustment", [ADJUSTMENTS.values(refund)])
     writes.flush()
     return charge
 
@@ -253,16 +488,10 @@ def _target(tx: Transaction, sid: str, lot: str, *, pairing: bool = False) -> _T
         return _Target(ItemKind.OVERSTAY, s, stored, None)
     if pairing:
         raise ReviewError(f"{sid} is {s.status}: only open stays and reviews pair")
+    disputed = tx.open_dispute(sid)
+    if disputed is not None:
+        return _Target(ItemKind.DISPUTE, s, stored, None, disputed)
     return _Target(None, s, stored, None)
-
-
-def _resolution_of(tx: Transaction, sid: str) -> ResolutionRecord | None:
-    """The resolution that decided ``sid`` (as a review, or as an open stay)."""
-    for kind in (ItemKind.REVIEW, ItemKind.OVERSTAY):
-        done = tx.resolution(item_key(kind, sid))
-        if done is not None:
-            return done
-    return None
 
 
 def _text(name: str, value: str, max_chars: int = 500) -> str:
@@ -270,3 +499,15 @@ def _text(name: str, value: str, max_chars: int = 500) -> str:
     if text_fault(text, max_chars) is not None:
         raise ReviewError(f"{name} must be a line of text, not {value!r}")
     return text
+
+
+def _when(at: datetime | None) -> datetime:
+    when = datetime.now(UTC) if at is None else at
+    require_aware("at", when)
+    return when.astimezone(UTC)
+
+
+def _derived(prefix: str, *parts: object) -> str:
+    """An id derived from what a record says: the same record twice gets the same id."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8", "surrogatepass"))
+    return f"{prefix}-{digest.hexdigest()[:16]}"

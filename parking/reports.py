@@ -49,6 +49,62 @@ class ChargeReport:
     account: str
     cents: int
     charged_at: datetime
+    attempt: int = 1  # 2, 3, ...: collected again after the payment side declined
+    source: str = "exit"  # exit, debt (collected at binding), review (a resolution)
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of its payment instruction."""
+        return charge_key(self.session_id, self.attempt)
+
+
+def charge_key(session_id: str, attempt: int) -> str:
+    return f"charge:{session_id}:{attempt}"
+
+
+def refund_key(adjustment_id: str) -> str:
+    return f"refund:{adjustment_id}"
+
+
+@dataclass(frozen=True)
+class AdjustmentRecord:
+    """A refund: money paid back to ``account`` for a session."""
+
+    adjustment_id: str
+    session_id: str
+    kind: str  # refund
+    cents: int
+    account: str
+    operator: str
+    reason: str
+    created_at: datetime
+    resolution_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return refund_key(self.adjustment_id)
+
+
+@dataclass(frozen=True)
+class DisputeRecord:
+    dispute_id: str
+    session_id: str
+    operator: str
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PaymentResultRecord:
+    """What the payment side answered for an instruction (first answer counts)."""
+
+    key: str
+    kind: str  # charge, refund
+    session_id: str
+    status: str  # paid, declined
+    received_at: datetime
+    detail: str = ""
+    reference: str | None = None
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,17 @@ def _candidate(other: Session | PendingExit) -> Candidate:
     return Candidate(other.session_id, other.plate, other.status, other.entry_at, other.exit_at)
 
 
+@dataclass(frozen=True)
+class Disputed:
+    """A dispute not decided yet: the disputed stay and what is charged for it in force."""
+
+    dispute_id: str
+    session: Session
+    reason: str
+    since: datetime
+    charged_cents: int
+
+
 def queue(
     reviews: Iterable[tuple[Session, int | None]],
     overstays: Iterable[Session],
@@ -237,11 +248,12 @@ def queue(
     *,
     grace: timedelta,
     max_stay: timedelta,
+    disputes: Iterable[Disputed] = (),
 ) -> list[ReviewItem]:
     """The review queue: sessions in review (with their recorded fee), open stays past the
-    limit, exits waiting for their entry; oldest first. ``passages`` must hold their
-    passages with the reads, ``pool`` the sessions of their lots and look-alike keys that
-    they may be paired with, ``bindings`` the accounts of their plates."""
+    limit, exits waiting for their entry, disputes; oldest first. ``passages`` must hold
+    their passages with the reads, ``pool`` the sessions of their lots and look-alike keys
+    that they may be paired with, ``bindings`` the accounts of their plates."""
     pool = list(pool)
     items: list[ReviewItem] = []
 
@@ -252,13 +264,15 @@ def queue(
         since: datetime,
         fee_cents: int | None = None,
         due: datetime | None = None,
+        dispute: Disputed | None = None,
     ) -> ReviewItem:
         ids = (s.entry_passage_id, s.exit_passage_id)
         own = [passages[p] for p in ids if p is not None and p in passages]
         reads = sorted((r for p in own for r in p.reads), key=lambda r: (r.ts, r.read_id))
         plates = {s.plate, *(p for x in own for p in x.plates)}
+        dispute_id = None if dispute is None else dispute.dispute_id
         return ReviewItem(
-            key=item_key(kind, s.session_id),
+            key=item_key(kind, s.session_id, dispute_id),
             kind=kind,
             reason=reason,
             session_id=s.session_id,
@@ -271,8 +285,10 @@ def queue(
             fee_cents=fee_cents,
             accounts=tuple(sorted({bindings[p] for p in plates if p in bindings})),
             reads=tuple(reads),
-            candidates=candidates_for(s, pool),
+            candidates=() if dispute is not None else candidates_for(s, pool),
             related=s.related,
+            detail="" if dispute is None else dispute.reason,
+            dispute_id=dispute_id,
         )
 
     for s, fee_cents in reviews:
@@ -283,6 +299,9 @@ def queue(
     for x in pending:
         s = waiting_session(x, passages[x.passage_id])
         items.append(item(ItemKind.WAITING, s, x.reason.value, x.since, due=x.since + grace))
+    for d in disputes:
+        kind = ItemKind.DISPUTE
+        items.append(item(kind, d.session, "dispute", d.since, d.charged_cents, dispute=d))
     return sorted(items, key=lambda i: (i.since, i.session_id))
 
 
@@ -446,6 +465,7 @@ __all__ = [
     "Candidate",
     "Case",
     "Decision",
+    "Disputed",
     "ItemKind",
     "Resolution",
     "ReviewError",

@@ -107,6 +107,16 @@ def collect_debt(session: Session, fee: int, account: str) -> Settlement:
     return Settlement(replace(session, status=SessionStatus.SETTLED), fee, account, fee)
 
 
+def declined(session: Session, fee: int) -> Settlement:
+    """A settled stay whose charge the payment side declined: a debt again, on its plate
+    (unpaid), collected as debts are (a later attempt, when a plate is bound)."""
+    if session.status is not SessionStatus.SETTLED:
+        raise ValueError(f"session {session.session_id} is {session.status}, not settled")
+    if fee <= 0:
+        raise ValueError(f"session {session.session_id}: a debt must be positive, not {fee}")
+    return Settlement(replace(session, status=SessionStatus.UNPAID), fee, None, None)
+
+
 @dataclass(frozen=True)
 class AccountChoice:
     """The accounts bound to the plates a stay was read as."""

@@ -10,8 +10,12 @@ Raw evidence and decisions live in different tables:
 * ``passage`` / ``passage_read``: how reads were grouped into passages (decision layer).
 * ``session`` / ``pending_exit``: the state of ``citybrain.parking.book.SessionBook``;
   a passage is the entry (or exit) of at most one session (UNIQUE).
-* ``binding``: plate -> account; ``charge``: the money taken. ``charge.session_id`` is
-  UNIQUE: the database itself guarantees that a session is charged at most once.
+* ``binding``: plate -> account; ``charge``: the money asked of an account.
+  ``(charge.session_id, charge.attempt)`` is UNIQUE: a session is charged once, and again
+  only after the payment side declined the charge (``payment_result``).
+* ``adjustment``: refunds, append-only; ``dispute``: charges a driver disputes;
+  ``payment_result``: what the payment side answered for each instruction (first answer
+  counts).
 * ``resolution``: what a person decided about an item of the review queue, with who, why
   and when; append-only, one per item.
 
@@ -36,6 +40,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
@@ -255,17 +260,101 @@ class Binding(LedgerModel, table=True):
     bound_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class ChargeSource(StrEnum):
+    EXIT = "exit"  # settled at the exit
+    DEBT = "debt"  # a debt collected when its plate was bound
+    REVIEW = "review"  # a resolution of the review queue
+
+
 class Charge(LedgerModel, table=True):
-    """Money taken for one session; ``session_id`` UNIQUE: at most one charge each."""
+    """Money asked of an account for one session. ``(session_id, attempt)`` UNIQUE: a
+    session is charged once (attempt 1); a later attempt exists only after the payment
+    side declined the one before it (the stay became a debt, collected again)."""
 
     __tablename__ = "charge"
-    __table_args__ = (CheckConstraint("cents > 0", name="cents"),)
+    __table_args__ = (
+        CheckConstraint("cents > 0", name="cents"),
+        CheckConstraint("attempt >= 1", name="attempt"),
+        CheckConstraint(_one_of("source", _values(ChargeSource)), name="source"),
+        UniqueConstraint("session_id", "attempt"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    session_id: str = Field(sa_type=String, unique=True, foreign_key="session.session_id")
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id")
+    attempt: int = 1
     account: str = Field(sa_type=String, index=True)
     cents: int = Field(sa_type=BigInteger)
     charged_at: datetime = Field(sa_type=UTCDateTime)
+    source: str = Field(default=ChargeSource.EXIT.value, sa_type=String)
+
+
+class AdjustmentKind(StrEnum):
+    REFUND = "refund"  # money paid back to the account that paid
+
+
+class Adjustment(LedgerModel, table=True):
+    """A refund (or another adjustment) of a session's money: append-only, never an edit of
+    a charge; ``adjustment_id`` UNIQUE (given or derived: the same refund twice is one)."""
+
+    __tablename__ = "adjustment"
+    __table_args__ = (
+        CheckConstraint("cents > 0", name="cents"),
+        CheckConstraint(_one_of("kind", _values(AdjustmentKind)), name="kind"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    adjustment_id: str = Field(sa_type=String, unique=True)
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id", index=True)
+    kind: str = Field(sa_type=String)
+    cents: int = Field(sa_type=BigInteger)
+    account: str = Field(sa_type=String, index=True)  # who gets the money back
+    operator: str = Field(sa_type=String)
+    reason: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    resolution_id: str | None = Field(default=None, sa_type=String)  # a dispute's resolution
+
+
+class Dispute(LedgerModel, table=True):
+    """A charge the driver disputes: append-only; resolved by a resolution of its item."""
+
+    __tablename__ = "dispute"
+
+    id: int | None = Field(default=None, primary_key=True)
+    dispute_id: str = Field(sa_type=String, unique=True)
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id", index=True)
+    operator: str = Field(sa_type=String)
+    reason: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PaymentKind(StrEnum):
+    CHARGE = "charge"
+    REFUND = "refund"
+
+
+class PaymentStatus(StrEnum):
+    PAID = "paid"  # the money moved (a charge collected, a refund paid back)
+    DECLINED = "declined"  # it did not: a declined charge makes the stay a debt again
+
+
+class PaymentResult(LedgerModel, table=True):
+    """What the payment side answered for one instruction (its idempotency ``key``):
+    append-only, the first answer counts (``key`` UNIQUE)."""
+
+    __tablename__ = "payment_result"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", _values(PaymentKind)), name="kind"),
+        CheckConstraint(_one_of("status", _values(PaymentStatus)), name="status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_type=String, unique=True)
+    kind: str = Field(sa_type=String)
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id", index=True)
+    status: str = Field(sa_type=String)
+    detail: str = Field(default="", sa_type=Text)
+    reference: str | None = Field(default=None, sa_type=String)  # the provider's own id
+    received_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class ResolutionRow(LedgerModel, table=True):

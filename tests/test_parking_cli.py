@@ -102,3 +102,36 @@ def test_review_and_resolve(db: str, capsys: pytest.CaptureFixture[str]) -> None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was resolved already: entry by ana" in err
     assert [(c.session_id, c.cents) for c in ledger.charges()] == [("L01/x", 1000)]
+
+
+def test_refund_dispute_and_statement(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from citybrain.parking.office import BackOffice
+
+    ledger = open_ledger(db)
+    ledger.bind("浙A12345", "acc")  # collects the fixture's stay: 20.00
+    (charge,) = ledger.charges()
+    who = ["--db", db, "--operator", "ana", "--reason", "barrier was open"]
+    assert main(["parking", "refund", "L01/a", "--cents", "500", *who]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "awaits the payment side" in err
+    BackOffice(ledger).record_payment(charge.key, "paid")
+    assert main(["parking", "refund", "L01/a", "--cents", "2500", *who]) == 2
+    assert "exceeds what was paid for L01/a: 20.00 paid" in capsys.readouterr().err
+    assert main(["parking", "refund", "L01/a", "--cents", "500", *who]) == 0
+    assert capsys.readouterr().out.startswith("L01/a refunded: 5.00 to acc (id rf-")
+    assert main(["parking", "refund", "L01/a", "--cents", "500", *who]) == 0
+    assert "was refunded so already" in capsys.readouterr().out
+    assert main(["parking", "dispute", "L01/a", *who]) == 0
+    assert "it is in the review queue" in capsys.readouterr().out
+    assert main(["parking", "resolve", "L01/a", "--waive", *who]) == 0
+    assert "15.00 refunded to acc" in capsys.readouterr().out
+    assert main(["parking", "statement", "--account", "acc", "--db", db, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert [(x["kind"], x["cents"]) for x in s["lines"]] == [
+        ("charge", 2000),
+        ("refund", -500),
+        ("refund", -1500),
+    ]
+    assert (s["balance_cents"], s["owed_cents"]) == (0, 0)
+    assert main(["parking", "refund", "L01/zz", "--cents", "1", *who]) == 2
+    assert "unknown session 'L01/zz'" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    cast,
     exists,
     func,
     literal,
@@ -34,19 +35,26 @@ from sqlalchemy import select as sa_select
 
 from citybrain.parking.book import PendingExit
 from citybrain.parking.matching import Session, SessionStatus
+from citybrain.parking.money import Money
 from citybrain.parking.passages import Passage, Read
 from citybrain.parking.reports import (
+    AdjustmentRecord,
     ChargeReport,
     DeadLetterReport,
     DebtReport,
+    DisputeRecord,
+    PaymentResultRecord,
     ResolutionRecord,
     SessionReport,
 )
 from citybrain.parking.store.port import Loaded, ReviewState, Transaction, Write
 from citybrain.parking.store.rows import (
+    ADJUSTMENTS,
     CHARGES,
     DEAD_LETTERS,
     DEBTS,
+    DISPUTES,
+    PAYMENT_RESULTS,
     PENDING,
     READS,
     RESOLUTIONS,
@@ -380,10 +388,66 @@ class SqlTransaction:
         found = self._select(sa_select(r).where(r.c.item == item))
         return RESOLUTIONS.of(found[0]) if found else None
 
+    def last_resolution(self, session_id: str) -> ResolutionRecord | None:
+        r = table("resolution")
+        query = sa_select(r).where(r.c.session_id == session_id).order_by(r.c.id.desc()).limit(1)
+        found = self._select(query)
+        return RESOLUTIONS.of(found[0]) if found else None
+
     def resolution_by_id(self, resolution_id: str) -> ResolutionRecord | None:
         r = table("resolution")
         found = self._select(sa_select(r).where(r.c.resolution_id == resolution_id))
         return RESOLUTIONS.of(found[0]) if found else None
+
+    def money(self, session_id: str) -> Money:
+        """The session's charges (every attempt), refunds, and the answers to them."""
+        c, a = table("charge").c, table("adjustment")
+        charges = [
+            CHARGES.of(r) for r in self._select(_charges_query().where(c.session_id == session_id))
+        ]
+        query = sa_select(a).where(a.c.session_id == session_id).order_by(a.c.id)
+        refunds = [ADJUSTMENTS.of(r) for r in self._select(query)]
+        keys = [*(x.key for x in charges), *(x.key for x in refunds)]
+        return Money(tuple(charges), tuple(refunds), self.payment_results(keys))
+
+    def payment_results(self, keys: Collection[str]) -> dict[str, PaymentResultRecord]:
+        r = table("payment_result")
+        out: dict[str, PaymentResultRecord] = {}
+        for chunk in chunks(sorted(set(keys))):
+            for row in self._select(sa_select(r).where(r.c.key.in_(chunk))):
+                out[row.key] = PAYMENT_RESULTS.of(row)
+        return out
+
+    def charge_attempts(self, session_ids: Collection[str]) -> dict[str, int]:
+        """The last attempt charged for each session that was charged."""
+        c = table("charge").c
+        out: dict[str, int] = {}
+        for chunk in chunks(sorted(set(session_ids))):
+            query = (
+                sa_select(c.session_id, func.max(c.attempt))
+                .where(c.session_id.in_(chunk))
+                .group_by(c.session_id)
+            )
+            out.update((sid, int(n)) for sid, n in self._select(query))
+        return out
+
+    def adjustment(self, adjustment_id: str) -> AdjustmentRecord | None:
+        a = table("adjustment")
+        found = self._select(sa_select(a).where(a.c.adjustment_id == adjustment_id))
+        return ADJUSTMENTS.of(found[0]) if found else None
+
+    def dispute(self, dispute_id: str) -> DisputeRecord | None:
+        d = table("dispute")
+        found = self._select(sa_select(d).where(d.c.dispute_id == dispute_id))
+        return DISPUTES.of(found[0]) if found else None
+
+    def open_dispute(self, session_id: str) -> DisputeRecord | None:
+        """The session's dispute that no resolution decided yet."""
+        d, r = table("dispute"), table("resolution")
+        decided = exists().where(r.c.item == literal("dispute:", String) + d.c.dispute_id)
+        query = sa_select(d).where(d.c.session_id == session_id, not_(decided)).order_by(d.c.id)
+        found = self._select(query)
+        return DISPUTES.of(found[0]) if found else None
 
     def paired_into(self, session_id: str) -> str | None:
         """The stay a resolution paired this session into (it was retired then)."""
@@ -432,21 +496,58 @@ class SqlStore:
         return [SESSION_REPORTS.of(r) for r in rows]
 
     def charges(self, account: str | None) -> list[ChargeReport]:
-        charge, s = table("charge"), table("session").c
-        c = charge.c
-        query = (
-            sa_select(c.session_id, s.lot_id, s.plate, c.account, c.cents, c.charged_at)
-            .join_from(charge, table("session"), s.session_id == c.session_id)
-            .order_by(c.id)
-        )
+        query = _charges_query()
         if account is not None:
-            query = query.where(c.account == account)
+            query = query.where(table("charge").c.account == account)
         return [CHARGES.of(r) for r in self._select(query)]
 
     def charge_totals(self) -> dict[str, int]:
-        c = table("charge").c
-        query = sa_select(c.account, func.sum(c.cents)).group_by(c.account).order_by(c.account)
+        """Cents charged per account, charges in force (not declined)."""
+        c, r = table("charge").c, table("payment_result").c
+        key = _charge_key_sql()
+        declined = exists().where(r.key == key, r.status == "declined")
+        query = (
+            sa_select(c.account, func.sum(c.cents))
+            .where(not_(declined))
+            .group_by(c.account)
+            .order_by(c.account)
+        )
         return {account: int(total) for account, total in self._select(query)}
+
+    def account_money(
+        self, account: str
+    ) -> tuple[
+        list[ChargeReport], list[AdjustmentRecord], dict[str, PaymentResultRecord], list[DebtReport]
+    ]:
+        """An account's charges, the refunds paid back to it, the answers to them, and the
+        debts its declined charges left (still unpaid)."""
+        c, a = table("charge").c, table("adjustment")
+        with self.transaction() as tx:
+            assert isinstance(tx, SqlTransaction)
+            charges = [
+                CHARGES.of(r) for r in tx._select(_charges_query().where(c.account == account))
+            ]
+            query = sa_select(a).where(a.c.account == account).order_by(a.c.id)
+            refunds = [ADJUSTMENTS.of(r) for r in tx._select(query)]
+            results = tx.payment_results([*(x.key for x in charges), *(x.key for x in refunds)])
+            declined = sorted(
+                {
+                    x.session_id
+                    for x in charges
+                    if x.key in results and results[x.key].status == "declined"
+                }
+            )
+            s = table("session")
+            debts = [
+                DEBTS.of(r)
+                for chunk in chunks(declined)
+                for r in tx._select(
+                    sa_select(s).where(
+                        s.c.session_id.in_(chunk), s.c.status == SessionStatus.UNPAID.value
+                    )
+                )
+            ]
+        return charges, refunds, results, sorted(debts, key=lambda d: d.session_id)
 
     def debts(self, plate: str | None) -> list[DebtReport]:
         session = table("session")
@@ -519,6 +620,18 @@ class SqlStore:
                 for pid in (x.session.entry_passage_id, x.session.exit_passage_id)
                 if pid is not None
             } | {x.passage_id for x in pending}
+            d, r = table("dispute"), table("resolution")
+            decided = exists().where(r.c.item == literal("dispute:", String) + d.c.dispute_id)
+            query = sa_select(d).where(not_(decided)).order_by(d.c.id)
+            disputes = []
+            for row in tx._select(query):
+                record = DISPUTES.of(row)
+                disputed = tx.stored_session(record.session_id)
+                assert disputed is not None
+                if lot is None or disputed.session.lot_id == lot:
+                    disputes.append((record, disputed.session, tx.money(record.session_id)))
+                    s_ = disputed.session
+                    pids |= {p for p in (s_.entry_passage_id, s_.exit_passage_id) if p}
             passages = tx.passages(pids)
             plates = {plate for ps in passages.values() for plate in ps.plates}
             plates |= {x.session.plate for x in items}
@@ -530,7 +643,28 @@ class SqlStore:
             passages=passages,
             pool=pool,
             bindings=bindings,
+            disputes=disputes,
         )
+
+
+def _charges_query() -> Any:
+    """Charges with their session's lot and plate, in the order they were made."""
+    charge, s = table("charge"), table("session").c
+    c = charge.c
+    columns = (c.session_id, s.lot_id, s.plate, c.account, c.cents, c.charged_at)
+    return (
+        sa_select(*columns, c.attempt, c.source)
+        .join_from(charge, table("session"), s.session_id == c.session_id)
+        .order_by(c.id)
+    )
+
+
+def _charge_key_sql() -> Any:
+    """A charge's payment key in SQL (``reports.charge_key``)."""
+    c = table("charge").c
+    return (
+        literal("charge:", String) + c.session_id + literal(":", String) + cast(c.attempt, String)
+    )
 
 
 def _unresolved(prefix: str) -> Any:

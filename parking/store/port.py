@@ -35,11 +35,15 @@ from sqlalchemy import Engine
 from citybrain.errors import CitybrainError
 from citybrain.parking.book import PendingExit, SessionBook
 from citybrain.parking.matching import Session
+from citybrain.parking.money import Money
 from citybrain.parking.passages import Passage, Read
 from citybrain.parking.reports import (
+    AdjustmentRecord,
     ChargeReport,
     DeadLetterReport,
     DebtReport,
+    DisputeRecord,
+    PaymentResultRecord,
     ResolutionRecord,
     SessionReport,
 )
@@ -98,6 +102,7 @@ class ReviewState:
     passages: dict[str, Passage]
     pool: list[Session | PendingExit]
     bindings: dict[str, str]
+    disputes: list[tuple[DisputeRecord, Session, Money]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -170,11 +175,32 @@ class Transaction(Protocol):
     def resolution(self, item: str) -> ResolutionRecord | None:
         """The resolution of a review item (``review.item_key``)."""
 
+    def last_resolution(self, session_id: str) -> ResolutionRecord | None:
+        """The latest resolution of any item of the session."""
+
     def resolution_by_id(self, resolution_id: str) -> ResolutionRecord | None:
         """The resolution of that id."""
 
     def paired_into(self, session_id: str) -> str | None:
         """The stay a resolution paired this session into, if any."""
+
+    def money(self, session_id: str) -> Money:
+        """The session's charges (every attempt), refunds, and the answers to them."""
+
+    def payment_results(self, keys: Collection[str]) -> dict[str, PaymentResultRecord]:
+        """The payment side's answers among these instruction keys."""
+
+    def charge_attempts(self, session_ids: Collection[str]) -> dict[str, int]:
+        """The last attempt charged for each session that was charged."""
+
+    def adjustment(self, adjustment_id: str) -> AdjustmentRecord | None:
+        """The refund of that id."""
+
+    def dispute(self, dispute_id: str) -> DisputeRecord | None:
+        """The dispute of that id."""
+
+    def open_dispute(self, session_id: str) -> DisputeRecord | None:
+        """The session's dispute that no resolution decided yet."""
 
 
 class Store(Protocol):
@@ -209,6 +235,14 @@ class Store(Protocol):
 
     def session(self, session_id: str) -> SessionReport | None:
         """One session."""
+
+    def account_money(
+        self, account: str
+    ) -> tuple[
+        list[ChargeReport], list[AdjustmentRecord], dict[str, PaymentResultRecord], list[DebtReport]
+    ]:
+        """An account's charges, the refunds paid back to it, the answers to them, and the
+        debts its declined charges left (still unpaid)."""
 
     def resolutions(self) -> list[ResolutionRecord]:
         """Every resolution, in the order they were made."""

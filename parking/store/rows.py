@@ -29,19 +29,25 @@ from citybrain.parking.passages import Passage, Read, passage_of
 from citybrain.parking.plates import lookalike_key
 from citybrain.parking.readcontract import Rejection
 from citybrain.parking.reports import (
+    AdjustmentRecord,
     ChargeReport,
     DeadLetterReport,
     DebtReport,
+    DisputeRecord,
+    PaymentResultRecord,
     ResolutionRecord,
     SessionReport,
 )
 from citybrain.parking.settlement import Settlement
 from citybrain.parking.tables import (
+    Adjustment,
     Binding,
     Charge,
     DeadLetter,
+    Dispute,
     LedgerModel,
     PassageRow,
+    PaymentResult,
     PendingExitRow,
     ReadRow,
     ResolutionRow,
@@ -192,6 +198,9 @@ CHARGES = RowMap(Charge, ChargeReport)
 SESSION_REPORTS = RowMap(SessionRow, SessionReport)
 DEBTS = RowMap(SessionRow, DebtReport, renamed={"cents": "fee_cents"})
 RESOLUTIONS = RowMap(ResolutionRow, ResolutionRecord)
+ADJUSTMENTS = RowMap(Adjustment, AdjustmentRecord)
+DISPUTES = RowMap(Dispute, DisputeRecord)
+PAYMENT_RESULTS = RowMap(PaymentResult, PaymentResultRecord)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,11 +294,14 @@ def dead_letter_values(
 
 
 __all__ = [
+    "ADJUSTMENTS",
     "BINDINGS",
     "CHARGES",
     "DEAD_LETTERS",
     "DEBTS",
+    "DISPUTES",
     "PASSAGES",
+    "PAYMENT_RESULTS",
     "PENDING",
     "READS",
     "RESOLUTIONS",
