@@ -103,6 +103,11 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _office_options(dispute)
     dispute.set_defaults(handler=_dispute)
 
+    receipt = cmds.add_parser("receipt", help="a stay's receipt: the tariff's steps and money")
+    receipt.add_argument("session")
+    _office_options(receipt)
+    receipt.set_defaults(handler=_receipt)
+
     statement = cmds.add_parser("statement", help="an account's charges, refunds and debts")
     statement.add_argument("--account", required=True)
     _office_options(statement)
@@ -431,6 +436,17 @@ def _dispute(args: argparse.Namespace) -> int:
         return 0
     verb = "was disputed so already" if done.again else "disputed"
     print(f"{args.session} {verb} (id {_id_of(done.record)}): it is in the review queue")
+    return 0
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    from citybrain.parking.receipts import render_text, to_json
+
+    r = _office(args).receipt(args.session)
+    if args.json:
+        print(json.dumps(to_json(r), ensure_ascii=False, indent=2))
+    else:
+        print(render_text(r), end="")
     return 0
 
 

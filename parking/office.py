@@ -32,6 +32,7 @@ from citybrain.parking.ledger import Ledger, Writes
 from citybrain.parking.matching import Session, SessionStatus, stay_plates
 from citybrain.parking.money import Money, MoneyError, Statement, check_refund, statement
 from citybrain.parking.readcontract import text_fault
+from citybrain.parking.receipts import Receipt, ReceiptError, receipt
 from citybrain.parking.reports import (
     AdjustmentRecord,
     ChargeReport,
@@ -404,6 +405,19 @@ class BackOffice:
             writes.flush()
             return Recorded(record, debt=debt)
 
+    def receipt(self, session_id: str) -> Receipt:
+        """The receipt of a decided stay: its tariff steps as the settlement used them, and
+        its money (``citybrain.parking.receipts``)."""
+        with self.ledger.store.transaction() as tx:
+            stored = tx.stored_session(session_id)
+            if stored is None:
+                raise ReceiptError(f"unknown session {session_id!r}")
+            money = tx.money(session_id)
+            priced = tx.resolution(item_key(ItemKind.REVIEW, session_id))
+            if priced is None:
+                priced = tx.resolution(item_key(ItemKind.OVERSTAY, session_id))
+        return receipt(_report_of(stored), stored.breakdown, self.ledger.tariffs, money, priced)
+
     def money(self, session_id: str) -> Money:
         """The session's charges, refunds and the payment side's answers."""
         with self.ledger.store.transaction() as tx:
@@ -511,3 +525,21 @@ def _derived(prefix: str, *parts: object) -> str:
     """An id derived from what a record says: the same record twice gets the same id."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8", "surrogatepass"))
     return f"{prefix}-{digest.hexdigest()[:16]}"
+
+
+def _report_of(stored: StoredSession) -> SessionReport:
+    s = stored.session
+    reason = None if s.review_reason is None else s.review_reason.value
+    return SessionReport(
+        s.session_id,
+        s.lot_id,
+        s.plate,
+        s.exit_plate,
+        s.entry_at,
+        s.exit_at,
+        stored.fee_cents,
+        s.status.value,
+        stored.account,
+        reason,
+        s.related,
+    )

@@ -369,7 +369,7 @@ def decide(case: Case, request: Resolution, tariff: Tariff | None) -> Decision:
     account = _payer(stay, choice, request.account, cents)
     if account is not None:
         stay = bound_label(stay, AccountChoice(choice.plates, (account,)), bindings)
-    money = settle_fee(stay, cents, account)
+    money = settle_fee(stay, cents, account, breakdown)
     return Decision(money.session, other, money, breakdown)
 
 

@@ -48,7 +48,7 @@ from citybrain.parking.matching import (
     settle,
 )
 from citybrain.parking.plates import lookalike_key
-from citybrain.parking.tariff import Tariff, fee_cents
+from citybrain.parking.tariff import Fee, Tariff, fee
 
 
 @dataclass(frozen=True)
@@ -60,40 +60,50 @@ class Settlement:
     account: str | None  # who pays (None: unpaid, review, or a free stay without binding)
     charge_cents: int | None  # cents to charge now; None when nothing is charged
     candidates: tuple[str, ...] = ()  # the accounts of a stay sent to review, sorted
+    breakdown: Fee | None = None  # the tariff's steps, when the tariff priced the stay now
 
     @property
     def charged(self) -> bool:
         return self.charge_cents is not None
 
 
-def stay_fee(session: Session, tariff: Tariff) -> int:
-    """The fee of a closed session, in cents."""
+def stay_breakdown(session: Session, tariff: Tariff) -> Fee:
+    """The fee of a closed session with its steps (``tariff.Fee``)."""
     if session.entry_at is None or session.exit_at is None:
         raise ValueError(f"session {session.session_id} needs both an entry and an exit")
     if tariff.lot_id != session.lot_id:
         raise ValueError(f"tariff of {tariff.lot_id} used for a session of {session.lot_id}")
-    return fee_cents(tariff, session.entry_at, session.exit_at)
+    return fee(tariff, session.entry_at, session.exit_at)
+
+
+def stay_fee(session: Session, tariff: Tariff) -> int:
+    """The fee of a closed session, in cents."""
+    return stay_breakdown(session, tariff).total_cents
 
 
 def settle_closed(session: Session, tariff: Tariff, account: str | None) -> Settlement:
     """Settle a closed session with the account bound to its plate (or none)."""
     if session.status is not SessionStatus.CLOSED:
         raise ValueError(f"session {session.session_id} is {session.status}, not closed")
-    return settle_fee(session, stay_fee(session, tariff), account)
+    priced = stay_breakdown(session, tariff)
+    return settle_fee(session, priced.total_cents, account, priced)
 
 
-def settle_fee(session: Session, cents: int, account: str | None) -> Settlement:
-    """Settle a closed session at ``cents`` (its tariff's fee, or one a person set): free,
-    charged to ``account``, or a debt on its plate."""
+def settle_fee(
+    session: Session, cents: int, account: str | None, breakdown: Fee | None = None
+) -> Settlement:
+    """Settle a closed session at ``cents`` (its tariff's fee, with its ``breakdown``, or
+    one a person set): free, charged to ``account``, or a debt on its plate."""
     if session.status is not SessionStatus.CLOSED:
         raise ValueError(f"session {session.session_id} is {session.status}, not closed")
     if cents < 0:
         raise ValueError(f"session {session.session_id}: a fee must not be negative, not {cents}")
     if cents == 0:
-        return Settlement(settle(session, account_bound=True), 0, account, None)
+        return Settlement(settle(session, account_bound=True), 0, account, None, (), breakdown)
     if account is None:
-        return Settlement(settle(session, account_bound=False), cents, None, None)
-    return Settlement(settle(session, account_bound=True), cents, account, cents)
+        unpaid = settle(session, account_bound=False)
+        return Settlement(unpaid, cents, None, None, (), breakdown)
+    return Settlement(settle(session, account_bound=True), cents, account, cents, (), breakdown)
 
 
 def collect_debt(session: Session, fee: int, account: str) -> Settlement:
@@ -171,6 +181,6 @@ def settle_stay(
         return settle_closed(bound_label(session, choice, bindings), tariff, choice.account)
     if session.status is not SessionStatus.CLOSED:
         raise ValueError(f"session {session.session_id} is {session.status}, not closed")
-    cents = stay_fee(session, tariff)
+    priced = stay_breakdown(session, tariff)
     review = send_to_review(session, ReviewReason.AMBIGUOUS, session.related)
-    return Settlement(review, cents, None, None, choice.accounts)
+    return Settlement(review, priced.total_cents, None, None, choice.accounts, priced)

@@ -229,6 +229,8 @@ class SessionRow(LedgerModel, table=True):
     fee_cents: int | None = Field(default=None, sa_type=BigInteger)
     account: str | None = Field(default=None, sa_type=String)
     charged: bool = False
+    # The tariff's steps as the settlement used them (JSON, ``receipts.breakdown_json``).
+    breakdown: str | None = Field(default=None, sa_type=Text)
 
 
 class PendingExitRow(LedgerModel, table=True):

@@ -135,3 +135,15 @@ def test_refund_dispute_and_statement(db: str, capsys: pytest.CaptureFixture[str
     assert (s["balance_cents"], s["owed_cents"]) == (0, 0)
     assert main(["parking", "refund", "L01/zz", "--cents", "1", *who]) == 2
     assert "unknown session 'L01/zz'" in capsys.readouterr().err
+
+
+def test_receipt(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["parking", "receipt", "L01/a", "--db", db]) == 0
+    shown = capsys.readouterr().out
+    assert "Entry    2026-11-22 09:00:00" in shown and "Exit     2026-11-22 10:31:00" in shown
+    assert "08:00-20:00  4 x 5.00 = 20.00" in shown and "Owed     20.00" in shown
+    assert main(["parking", "receipt", "L01/a", "--db", db, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["fee_cents"], data["priced_by"], data["net_cents"]) == (2000, "tariff", 0)
+    assert main(["parking", "receipt", "L01/b", "--db", db]) == 2
+    assert capsys.readouterr().err.strip() == "citybrain: error: unknown session 'L01/b'"

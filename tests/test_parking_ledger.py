@@ -389,7 +389,7 @@ def test_migrated_schema_matches_the_models(ledger: Ledger) -> None:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
         )
-        assert context.get_current_revision() == head == "0004"
+        assert context.get_current_revision() == head == "0005"
         assert compare_metadata(context, metadata) == []
         conn.rollback()
 
@@ -444,26 +444,19 @@ def test_downgrade_and_upgrade_again(ledger: Ledger) -> None:
 def test_upgrade_of_a_0001_database_keeps_its_data_and_adds_the_index(
     fresh_url: Callable[[], str],
 ) -> None:
-    # A ledger created (and used) at revision 0001, as deployed before 0002 existed.
+    # A ledger used at revision 0001, as deployed before 0002 existed: its data written by
+    # today's code (the columns 0001 has are written as they were), then taken down to 0001.
     engine = make_engine(fresh_url())
     try:
-        upgrade(engine, "0001")
+        upgrade(engine)
         old = Ledger(engine, default_tariffs())
         record(old, "r1", "in", "浙A12345", 0)
         record(old, "r2", "out", "浙A12345", 60)
-        # A debt collected by a bind, as 0001's code wrote it (the binding's time is the
-        # charge's; SQLite keeps UTC wall time).
-        t = at(90).astimezone(UTC)
-        when = t.replace(tzinfo=None) if engine.dialect.name == "sqlite" else t
+        old.bind("浙A12345", "acct", at=at(90))  # collects the debt: a charge at the bind's time
+        config = _alembic_config()
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO binding VALUES ('浙A12345', 'acct', :t)"), {"t": when})
-            conn.execute(
-                text(
-                    "INSERT INTO charge (session_id, account, cents, charged_at) "
-                    "VALUES ('L01/r1', 'acct', 1000, :t)"
-                ),
-                {"t": when},
-            )
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0001")
         with engine.connect() as conn:
             found = inspect(conn)
             tables = {
@@ -501,7 +494,7 @@ def test_upgrade_of_a_0001_database_keeps_its_data_and_adds_the_index(
         after = snapshot(ledger)
         assert all(rows == [] for t, rows in after.items() if t not in tables)
         record(ledger, "r3", "in", "浙A12345", 120)
-        assert [s.status for s in ledger.sessions()] == ["unpaid", "open"]
+        assert [s.status for s in ledger.sessions()] == ["settled", "open"]
     finally:
         ledger.close()
 

@@ -28,6 +28,7 @@ from citybrain.parking.matching import Session, SessionStatus
 from citybrain.parking.passages import Passage, Read, passage_of
 from citybrain.parking.plates import lookalike_key
 from citybrain.parking.readcontract import Rejection
+from citybrain.parking.receipts import breakdown_json
 from citybrain.parking.reports import (
     AdjustmentRecord,
     ChargeReport,
@@ -222,27 +223,39 @@ class StoredSession(NamedTuple):
     fee_cents: int | None
     account: str | None
     charged: bool
+    breakdown: str | None = None  # the tariff's steps (JSON), when the tariff priced it
 
 
 def stored_session(row: Any) -> StoredSession:
-    return StoredSession(SESSIONS.of(row), row.fee_cents, row.account, row.charged)
+    return StoredSession(SESSIONS.of(row), row.fee_cents, row.account, row.charged, row.breakdown)
 
 
 def session_values(
     s: Session, money: Settlement | None, stored: StoredSession | None
 ) -> dict[str, Any]:
-    """The ``session`` row of ``s``; without a settlement, the money columns of ``stored``."""
+    """The ``session`` row of ``s``; without a settlement, the money columns of ``stored``.
+    The breakdown is the settlement's when it priced the stay, else the stored one."""
     if s.status is SessionStatus.CLOSED:
         raise ValueError(f"session {s.session_id} must be settled before it is stored")
+    kept = None if stored is None else stored.breakdown
     if money is not None:
+        priced = kept if money.breakdown is None else breakdown_json(money.breakdown)
         return SESSIONS.values(
-            s, fee_cents=money.fee_cents, account=money.account, charged=money.charged
+            s,
+            fee_cents=money.fee_cents,
+            account=money.account,
+            charged=money.charged,
+            breakdown=priced,
         )
     if stored is not None:
         return SESSIONS.values(
-            s, fee_cents=stored.fee_cents, account=stored.account, charged=stored.charged
+            s,
+            fee_cents=stored.fee_cents,
+            account=stored.account,
+            charged=stored.charged,
+            breakdown=kept,
         )
-    return SESSIONS.values(s, fee_cents=None, account=None, charged=False)
+    return SESSIONS.values(s, fee_cents=None, account=None, charged=False, breakdown=None)
 
 
 def read_values(read: Read, received_at: datetime, payload: bytes) -> dict[str, Any]:
