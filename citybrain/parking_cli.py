@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -108,6 +108,12 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _office_options(receipt)
     receipt.set_defaults(handler=_receipt)
 
+    occupancy = cmds.add_parser("occupancy", help="cars in each lot against its capacity")
+    occupancy.add_argument("--date", help="hour by hour over this local day (YYYY-MM-DD)")
+    occupancy.add_argument("--lot")
+    _office_options(occupancy)
+    occupancy.set_defaults(handler=_occupancy)
+
     statement = cmds.add_parser("statement", help="an account's charges, refunds and debts")
     statement.add_argument("--account", required=True)
     _office_options(statement)
@@ -160,6 +166,14 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
     return value
+
+
+def _date(text: str, flag: str = "--date") -> date:
+    """A date given on the command line (a bad one: a one-line error)."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CitybrainError(f"{flag}: not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _cents(text: str) -> int:
@@ -447,6 +461,52 @@ def _receipt(args: argparse.Namespace) -> int:
         print(json.dumps(to_json(r), ensure_ascii=False, indent=2))
     else:
         print(render_text(r), end="")
+    return 0
+
+
+def _occupancy(args: argparse.Namespace) -> int:
+    back = _office(args)
+    now = datetime.now(UTC)
+    if args.date is None:
+        lots = back.occupancy(now, args.lot)
+        if args.json:
+            rows = [{**_plain(o), "free": o.free, "percent": o.percent} for o in lots]
+            print(json.dumps(rows, ensure_ascii=False, indent=2))
+            return 0
+        print(f"{'lot':<8} {'capacity':>8} {'occupied':>8} {'free':>6} {'%':>6}  over the limit")
+        for o in lots:
+            cap = "-" if o.capacity is None else str(o.capacity)
+            free = "-" if o.free is None else str(o.free)
+            pct = "-" if o.percent is None else f"{o.percent:.0f}"
+            over = f"{o.overstays} (in the review queue)" if o.overstays else "0"
+            print(f"{o.lot_id:<8} {cap:>8} {o.occupied:>8} {free:>6} {pct:>6}  {over}")
+        return 0
+    days = back.occupancy_day(_date(args.date), now, args.lot)
+    if args.json:
+        out = [
+            {
+                "lot_id": d.lot_id,
+                "date": d.day.isoformat(),
+                "capacity": d.capacity,
+                "peak": d.peak,
+                "peak_at": None if d.peak_at is None else d.peak_at.isoformat(),
+                "hours": [
+                    {"start": h.start.isoformat(), "at_start": h.at_start, "peak": h.peak}
+                    for h in d.hours
+                ],
+            }
+            for d in days
+        ]
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    for d in days:
+        cap = "" if d.capacity is None else f" of {d.capacity}"
+        when = "" if d.peak_at is None else f" at {d.peak_at.strftime('%H:%M')}"
+        print(f"{d.lot_id} {d.day.isoformat()}: peak {d.peak}{cap}{when}")
+        for h in d.hours:
+            print(
+                f"  {h.start.strftime('%H:%M')}  {h.at_start:>5} at the start, {h.peak:>5} at most"
+            )
     return 0
 
 

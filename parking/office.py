@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from citybrain.parking.book import PendingExit
 from citybrain.parking.ledger import Ledger, Writes
 from citybrain.parking.matching import Session, SessionStatus, stay_plates
 from citybrain.parking.money import Money, MoneyError, Statement, check_refund, statement
+from citybrain.parking.occupancy import DayOccupancy, LotNow, day_bounds, day_profile
 from citybrain.parking.readcontract import text_fault
 from citybrain.parking.receipts import Receipt, ReceiptError, receipt
 from citybrain.parking.reports import (
@@ -417,6 +419,39 @@ class BackOffice:
             if priced is None:
                 priced = tx.resolution(item_key(ItemKind.OVERSTAY, session_id))
         return receipt(_report_of(stored), stored.breakdown, self.ledger.tariffs, money, priced)
+
+    # ---- occupancy ---------------------------------------------------------------------------
+
+    def lots(self) -> list[str]:
+        """Every lot the tariffs or the settings name."""
+        return sorted(set(self.ledger.tariffs) | set(self.settings.lots))
+
+    def occupancy(self, now: datetime, lot: str | None = None) -> list[LotNow]:
+        """Open stays per lot against its capacity, and how many are past the review limit."""
+        require_aware("now", now)
+        counts = self.ledger.store.occupancy(now - self.settings.review.max_stay)
+        lots = sorted(set(self.lots()) | set(counts)) if lot is None else [lot]
+        return [
+            LotNow(name, self.settings.capacity(name), *counts.get(name, (0, 0))) for name in lots
+        ]
+
+    def occupancy_day(self, day: date, now: datetime, lot: str | None = None) -> list[DayOccupancy]:
+        """Occupancy hour by hour over the lots' local ``day``."""
+        require_aware("now", now)
+        out = []
+        for name in self.lots() if lot is None else [lot]:
+            zone = self._zone(name)
+            start, end = day_bounds(day, zone)
+            stays = self.ledger.store.stays_between(name, start, end)
+            capacity = self.settings.capacity(name)
+            out.append(day_profile(name, day, zone, stays, now=now, capacity=capacity))
+        return out
+
+    def _zone(self, lot: str) -> ZoneInfo:
+        tariff = self.ledger.tariffs.get(lot)
+        if tariff is None:
+            raise ReviewError(f"unknown lot {lot!r} (no tariff names its time zone)")
+        return tariff.timezone
 
     def money(self, session_id: str) -> Money:
         """The session's charges, refunds and the payment side's answers."""

@@ -147,3 +147,32 @@ def test_receipt(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert (data["fee_cents"], data["priced_by"], data["net_cents"]) == (2000, "tariff", 0)
     assert main(["parking", "receipt", "L01/b", "--db", db]) == 2
     assert capsys.readouterr().err.strip() == "citybrain: error: unknown session 'L01/b'"
+
+
+def test_occupancy(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = open_ledger(db)
+    ledger.record(
+        "L01", read("c", "in", "浙B11111", "2026-11-22T11:00:00+08:00"), datetime.now(UTC)
+    )
+    config = tmp_path / "parking.toml"
+    config.write_text("[lots.L01]\ncapacity = 4\n", encoding="utf-8")
+    assert main(["parking", "occupancy", "--db", db, "--config", str(config), "--json"]) == 0
+    rows = {r["lot_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (rows["L01"]["occupied"], rows["L01"]["free"], rows["L01"]["percent"]) == (1, 3, 25.0)
+    assert rows["L01"]["overstays"] == 1  # it entered long ago (more than 72 h)
+    args = ["parking", "occupancy", "--db", db, "--date", "2026-11-22", "--lot", "L01"]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("L01 2026-11-22: peak 1 of 400 at 09:00")  # shipped capacity
+    assert "  10:00      1 at the start,     1 at most" in shown  # the stay until 10:31
+    assert "  11:00      1 at the start,     1 at most" in shown  # the car still there
+    assert main([*args[:-4], "--date", "22/11/2026"]) == 2
+    assert capsys.readouterr().err == (
+        "citybrain: error: --date: not a date (YYYY-MM-DD): '22/11/2026'\n"
+    )
+    config.write_text("[lots.L01]\ncapacity = -4\n", encoding="utf-8")
+    assert main(["parking", "occupancy", "--db", db, "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == f"citybrain: error: {config}: lots.L01.capacity must be at least 1, not -4"
+    )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     cast,
     exists,
     func,
@@ -36,6 +37,7 @@ from sqlalchemy import select as sa_select
 from citybrain.parking.book import PendingExit
 from citybrain.parking.matching import Session, SessionStatus
 from citybrain.parking.money import Money
+from citybrain.parking.occupancy import Stay
 from citybrain.parking.passages import Passage, Read
 from citybrain.parking.reports import (
     AdjustmentRecord,
@@ -570,6 +572,33 @@ class SqlStore:
         s = table("session")
         found = self._select(sa_select(s).where(s.c.session_id == session_id))
         return SESSION_REPORTS.of(found[0]) if found else None
+
+    def occupancy(self, overstay_cut: datetime) -> dict[str, tuple[int, int]]:
+        """Per lot with open stays: how many, and how many entered before the cut."""
+        c = table("session").c
+        older = func.sum(case((c.entry_at < overstay_cut, 1), else_=0))
+        query = (
+            sa_select(c.lot_id, func.count(), older)
+            .where(c.status == SessionStatus.OPEN.value)
+            .group_by(c.lot_id)
+        )
+        return {lot: (int(n), int(over or 0)) for lot, n, over in self._select(query)}
+
+    def stays_between(self, lot: str, start: datetime, end: datetime) -> list[Stay]:
+        """The lot's stays with an entry that overlap ``[start, end)``: decided ones (both
+        times), and open ones."""
+        c = table("session").c
+        decided = (SessionStatus.SETTLED.value, SessionStatus.UNPAID.value)
+        timed = and_(c.exit_at.is_not(None), c.exit_at > start)
+        stays = or_(
+            and_(c.status.in_(decided), timed),
+            and_(c.status == SessionStatus.REVIEW.value, timed),  # priced, accounts disagree
+            c.status == SessionStatus.OPEN.value,
+        )
+        query = sa_select(c.entry_at, c.exit_at).where(
+            c.lot_id == lot, c.entry_at.is_not(None), c.entry_at < end, stays
+        )
+        return [Stay(entry, leave) for entry, leave in self._select(query)]
 
     def resolutions(self) -> list[ResolutionRecord]:
         r = table("resolution")

@@ -36,6 +36,7 @@ from citybrain.errors import CitybrainError
 from citybrain.parking.book import PendingExit, SessionBook
 from citybrain.parking.matching import Session
 from citybrain.parking.money import Money
+from citybrain.parking.occupancy import Stay
 from citybrain.parking.passages import Passage, Read
 from citybrain.parking.reports import (
     AdjustmentRecord,
@@ -246,6 +247,12 @@ class Store(Protocol):
 
     def resolutions(self) -> list[ResolutionRecord]:
         """Every resolution, in the order they were made."""
+
+    def occupancy(self, overstay_cut: datetime) -> dict[str, tuple[int, int]]:
+        """Per lot with open stays: how many, and how many entered before the cut."""
+
+    def stays_between(self, lot: str, start: datetime, end: datetime) -> list[Stay]:
+        """The lot's stays with an entry that overlap ``[start, end)``."""
 
     def review_state(self, lot: str | None, overstay_cut: datetime) -> ReviewState:
         """What the review queue (of one lot) is made of; open stays that entered before
