@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -113,6 +113,21 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     occupancy.add_argument("--lot")
     _office_options(occupancy)
     occupancy.set_defaults(handler=_occupancy)
+
+    report = cmds.add_parser("report", help="a lot's day: stays, revenue, debts, occupancy")
+    report.add_argument("--date", required=True, help="the lot's local day (YYYY-MM-DD)")
+    report.add_argument("--lot")
+    _office_options(report)
+    report.set_defaults(handler=_day_report)
+
+    export = cmds.add_parser("export", help="CSV (RFC 4180, UTF-8) on standard output")
+    export.add_argument("kind", choices=["sessions", "charges", "adjustments", "reviews"])
+    export.add_argument("--from", dest="first", required=True, help="first local day")
+    export.add_argument("--to", dest="last", required=True, help="last local day (included)")
+    export.add_argument("--lot")
+    export.add_argument("--db", default=DEFAULT_DB, help="SQLAlchemy URL (SQLite or PostgreSQL)")
+    export.add_argument("--config", type=Path, help="parking settings TOML")
+    export.set_defaults(handler=_export)
 
     statement = cmds.add_parser("statement", help="an account's charges, refunds and debts")
     statement.add_argument("--account", required=True)
@@ -507,6 +522,55 @@ def _occupancy(args: argparse.Namespace) -> int:
             print(
                 f"  {h.start.strftime('%H:%M')}  {h.at_start:>5} at the start, {h.peak:>5} at most"
             )
+    return 0
+
+
+def _day_report(args: argparse.Namespace) -> int:
+    day = _date(args.date)
+    back = _office(args)
+    days = back.report(day, datetime.now(UTC), args.lot)
+    if args.json:
+        rows = []
+        for d in days:
+            row = _plain(d)
+            row["net_cents"] = d.net_cents
+            for name in ("mean_stay", "longest_stay"):
+                span = getattr(d, name)
+                row[name] = None if span is None else round(span.total_seconds())
+            row["day"] = d.day.isoformat()
+            rows.append(row)
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    for d in days:
+        cap = "" if d.capacity is None else f" of {d.capacity}"
+        when = "" if d.peak_at is None else f" at {d.peak_at.strftime('%H:%M')}"
+        print(f"{d.lot_id} {d.day.isoformat()}")
+        print(f"  stays            {d.stays} ({d.free_stays} free)")
+        print(f"  revenue          {d.revenue_cents / 100:.2f}")
+        print(f"  refunds          {d.refunds_cents / 100:.2f}")
+        print(f"  net              {d.net_cents / 100:.2f}")
+        print(f"  debts created    {d.debts_created} ({d.debts_created_cents / 100:.2f})")
+        print(f"  debts collected  {d.debts_collected} ({d.debts_collected_cents / 100:.2f})")
+        print(f"  mean stay        {_minutes(d.mean_stay)}")
+        print(f"  longest stay     {_minutes(d.longest_stay)}")
+        print(f"  peak occupancy   {d.peak_occupancy}{cap}{when}")
+    return 0
+
+
+def _minutes(span: timedelta | None) -> str:
+    return "-" if span is None else f"{span.total_seconds() / 60:.0f} min"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from citybrain.parking.daybook import ExportKind
+
+    first, last = _date(args.first, "--from"), _date(args.last, "--to")
+    if last < first:
+        raise CitybrainError(f"--from {first.isoformat()} is after --to {last.isoformat()}")
+    text = _office(args).export(ExportKind(args.kind), first, last, args.lot)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.buffer.flush()
     return 0
 
 

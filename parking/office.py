@@ -29,6 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from citybrain.parking.book import PendingExit
+from citybrain.parking.daybook import ExportKind, LotDay, csv_text, export_rows, lot_day
 from citybrain.parking.ledger import Ledger, Writes
 from citybrain.parking.matching import Session, SessionStatus, stay_plates
 from citybrain.parking.money import Money, MoneyError, Statement, check_refund, statement
@@ -446,6 +447,35 @@ class BackOffice:
             capacity = self.settings.capacity(name)
             out.append(day_profile(name, day, zone, stays, now=now, capacity=capacity))
         return out
+
+    # ---- reports and export ----------------------------------------------------------------
+
+    def report(self, day: date, now: datetime, lot: str | None = None) -> list[LotDay]:
+        """Each lot's numbers for its local ``day`` (``citybrain.parking.daybook``)."""
+        require_aware("now", now)
+        out = []
+        for name in self.lots() if lot is None else [lot]:
+            zone = self._zone(name)
+            start, end = day_bounds(day, zone)
+            period = self.ledger.store.period(name, start, end)
+            stays = self.ledger.store.stays_between(name, start, end)
+            capacity = self.settings.capacity(name)
+            occupied = day_profile(name, day, zone, stays, now=now, capacity=capacity)
+            out.append(lot_day(period, day, zone, occupied))
+        return out
+
+    def export(self, kind: ExportKind, first: date, last: date, lot: str | None = None) -> str:
+        """RFC 4180 CSV of ``kind`` over the lots' local days ``first`` to ``last``."""
+        if last < first:
+            raise ReviewError(
+                f"the date range is backwards: from {first.isoformat()} to {last.isoformat()}"
+            )
+        rows: list[dict[str, str | int | None]] = []
+        for name in self.lots() if lot is None else [lot]:
+            zone = self._zone(name)
+            start, end = day_bounds(first, zone)[0], day_bounds(last, zone)[1]
+            rows.extend(export_rows(kind, self.ledger.store.period(name, start, end), zone))
+        return csv_text(kind, rows)
 
     def _zone(self, lot: str) -> ZoneInfo:
         tariff = self.ledger.tariffs.get(lot)

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy import select as sa_select
 
 from citybrain.parking.book import PendingExit
+from citybrain.parking.daybook import Period
 from citybrain.parking.matching import Session, SessionStatus
 from citybrain.parking.money import Money
 from citybrain.parking.occupancy import Stay
@@ -599,6 +600,64 @@ class SqlStore:
             c.lot_id == lot, c.entry_at.is_not(None), c.entry_at < end, stays
         )
         return [Stay(entry, leave) for entry, leave in self._select(query)]
+
+    def period(self, lot: str, start: datetime, end: datetime) -> Period:
+        """What a lot's report or export of ``[start, end)`` is made of
+        (``daybook.Period``)."""
+        s, a, x, r = (table(n) for n in ("session", "adjustment", "payment_result", "resolution"))
+        c = table("charge").c
+        sc = s.c
+
+        def during(column: Any) -> Any:
+            return and_(column >= start, column < end)
+
+        ended = or_(during(sc.exit_at), and_(sc.exit_at.is_(None), during(sc.entry_at)))
+        of_lot = sc.lot_id == lot
+        with self.transaction() as tx:
+            assert isinstance(tx, SqlTransaction)
+            sessions = [
+                SESSION_REPORTS.of(row) for row in tx._select(sa_select(s).where(of_lot, ended))
+            ]
+            ids = {y.session_id for y in sessions}
+            declined = sa_select(x.c.session_id).join_from(x, s, x.c.session_id == sc.session_id)
+            ids |= {
+                row.session_id
+                for row in tx._select(declined.where(of_lot, during(x.c.received_at)))
+            }
+            charges: dict[tuple[str, int], ChargeReport] = {}
+            refunds: dict[str, AdjustmentRecord] = {}
+            by_session = sa_select(a).join_from(a, s, a.c.session_id == sc.session_id)
+            for chunk in chunks(sorted(ids)):
+                for row in tx._select(_charges_query().where(c.session_id.in_(chunk))):
+                    charge = CHARGES.of(row)
+                    charges[(charge.session_id, charge.attempt)] = charge
+                for row in tx._select(by_session.where(a.c.session_id.in_(chunk))):
+                    refunds[row.adjustment_id] = ADJUSTMENTS.of(row)
+            for row in tx._select(_charges_query().where(of_lot, during(c.charged_at))):
+                charge = CHARGES.of(row)
+                charges[(charge.session_id, charge.attempt)] = charge
+            for row in tx._select(by_session.where(of_lot, during(a.c.created_at))):
+                refunds[row.adjustment_id] = ADJUSTMENTS.of(row)
+            keys = [*(y.key for y in charges.values()), *(y.key for y in refunds.values())]
+            results = tx.payment_results(keys)
+            decided = sa_select(r).join_from(r, s, r.c.session_id == sc.session_id)
+            resolutions = [
+                RESOLUTIONS.of(row)
+                for row in tx._select(
+                    decided.where(of_lot, during(r.c.created_at)).order_by(r.c.id)
+                )
+            ]
+        order = sorted(charges.values(), key=lambda y: (y.charged_at, y.session_id, y.attempt))
+        return Period(
+            lot,
+            start,
+            end,
+            tuple(sorted(sessions, key=lambda y: (first_time(y), y.session_id))),
+            tuple(order),
+            tuple(sorted(refunds.values(), key=lambda y: (y.created_at, y.adjustment_id))),
+            results,
+            tuple(resolutions),
+        )
 
     def resolutions(self) -> list[ResolutionRecord]:
         r = table("resolution")

@@ -34,6 +34,7 @@ from sqlalchemy import Engine
 
 from citybrain.errors import CitybrainError
 from citybrain.parking.book import PendingExit, SessionBook
+from citybrain.parking.daybook import Period
 from citybrain.parking.matching import Session
 from citybrain.parking.money import Money
 from citybrain.parking.occupancy import Stay
@@ -247,6 +248,9 @@ class Store(Protocol):
 
     def resolutions(self) -> list[ResolutionRecord]:
         """Every resolution, in the order they were made."""
+
+    def period(self, lot: str, start: datetime, end: datetime) -> Period:
+        """What a lot's report or export of ``[start, end)`` is made of."""
 
     def occupancy(self, overstay_cut: datetime) -> dict[str, tuple[int, int]]:
         """Per lot with open stays: how many, and how many entered before the cut."""
