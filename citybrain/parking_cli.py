@@ -47,8 +47,40 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=5.0,
         help="wait up to this long after a read for more to share its transaction (default 5)",
     )
+    serve.add_argument(
+        "--client-id",
+        default="citybrain-parking-service",
+        help="this service's MQTT session (one per service; default citybrain-parking-service)",
+    )
+    serve.add_argument(
+        "--group",
+        help="share the reads with the other services of this group (MQTT shared subscription)",
+    )
+    serve.add_argument("--topic-root", default="citybrain/parking", help=argparse.SUPPRESS)
     _credentials(serve)
     serve.set_defaults(handler=_serve)
+
+    adapter = cmds.add_parser(
+        "pay-adapter", help="a reference payment side: pays everything, or declines by rule"
+    )
+    adapter.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    adapter.add_argument(
+        "--book", type=Path, default=Path("payment-adapter.db"), help="its answers (SQLite)"
+    )
+    adapter.add_argument(
+        "--decline-account",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="decline the charges of accounts matching this pattern (repeatable)",
+    )
+    adapter.add_argument(
+        "--decline-over-cents", type=_cents, help="decline charges above this many cents"
+    )
+    adapter.add_argument("--client-id", default="citybrain-payment-adapter")
+    adapter.add_argument("--topic-root", default="citybrain/parking", help=argparse.SUPPRESS)
+    _credentials(adapter)
+    adapter.set_defaults(handler=_pay_adapter)
 
     gw = cmds.add_parser("gateway", help="publish a lot's camera reads, keeping an outbox")
     gw.add_argument("--lot", required=True)
@@ -251,8 +283,19 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from citybrain.parking.office import BackOffice
+    from citybrain.parking.outbox import run_dispatcher
     from citybrain.parking.service import run_service
+    from citybrain.parking.settings import load_parking_settings
 
+    if args.group is not None:
+        from citybrain.parking.mqtt import check_group
+
+        try:
+            check_group(args.group)
+        except ValueError as exc:
+            raise CitybrainError(str(exc)) from None
+    settings = load_parking_settings(args.config)
     ledger = _ledger(args.db, args.tariffs, args.config)
     stop = _stop_on_signals()
 
@@ -261,16 +304,61 @@ def _serve(args: argparse.Namespace) -> int:
             ledger.expire(datetime.now(UTC))
 
     threading.Thread(target=expire_loop, daemon=True).start()
-    print(f"serving {args.broker} into {args.db}", file=sys.stderr)
+    payments = None
+    if settings.payments.enabled:
+
+        def dispatch() -> None:
+            run_dispatcher(
+                BackOffice(ledger, settings),
+                args.broker,
+                client_id=f"{args.client_id}-payments",
+                topic_root=args.topic_root,
+                group=args.group,
+                username=args.username,
+                password=args.password,
+                ca_file=args.ca_file,
+                stop=stop,
+            )
+
+        payments = threading.Thread(target=dispatch, name="parking-payments", daemon=True)
+        payments.start()
+    print(f"serving {args.broker} into {args.db} as {args.client_id}", file=sys.stderr)
     stats = run_service(
         args.broker,
         ledger,
+        client_id=args.client_id,
+        group=args.group,
+        topic_root=args.topic_root,
         username=args.username,
         password=args.password,
         ca_file=args.ca_file,
         stop=stop,
         batch_size=args.batch_size,
         batch_window=args.batch_window_ms / 1000,
+    )
+    if payments is not None:
+        payments.join(10)
+    print(f"stopped: {stats}", file=sys.stderr)
+    return 0
+
+
+def _pay_adapter(args: argparse.Namespace) -> int:
+    from citybrain.parking.payadapter import DeclineRules, run_adapter
+
+    rules = DeclineRules(tuple(args.decline_account), args.decline_over_cents)
+    stop = _stop_on_signals()
+    print(f"answering payment instructions on {args.broker}", file=sys.stderr)
+    stats = run_adapter(
+        args.broker,
+        args.book,
+        rules,
+        client_id=args.client_id,
+        topic_root=args.topic_root,
+        username=args.username,
+        password=args.password,
+        ca_file=args.ca_file,
+        stop=stop,
+        on_ready=lambda: print("READY", file=sys.stderr, flush=True),
     )
     print(f"stopped: {stats}", file=sys.stderr)
     return 0

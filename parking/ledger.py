@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -75,7 +75,13 @@ from citybrain.parking.readcontract import (
     check_read,
     text_fault,
 )
-from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
+from citybrain.parking.reports import (
+    AdjustmentRecord,
+    ChargeReport,
+    DeadLetterReport,
+    DebtReport,
+    SessionReport,
+)
 from citybrain.parking.settlement import (
     Settlement,
     choose_account,
@@ -86,14 +92,18 @@ from citybrain.parking.settlement import (
 from citybrain.parking.store.engine import MIGRATIONS, make_engine, store_for, upgrade
 from citybrain.parking.store.port import LedgerError, Loaded, Transaction, Write
 from citybrain.parking.store.rows import (
+    ADJUSTMENTS,
     BINDINGS,
     CHARGES,
+    OUTBOX,
     PASSAGES,
     PENDING,
     BoundPlate,
     StoredSession,
+    charge_instruction,
     dead_letter_values,
     read_values,
+    refund_instruction,
     session_values,
 )
 from citybrain.parking.tariff import Tariff, parse_tariffs
@@ -275,6 +285,23 @@ class Writes:
             writes, self.pending = self.pending, []
             self.count += self.tx.write(writes)
         return self.count
+
+
+def money_writes(
+    writes: Writes,
+    charges: Sequence[ChargeReport] = (),
+    refunds: Sequence[tuple[AdjustmentRecord, str]] = (),
+) -> None:
+    """Charges and refunds (with their session's lot), each with its payment instruction in
+    the outbox, in the same transaction: exactly one instruction per charge or refund
+    (``citybrain.parking.payments``)."""
+    writes.insert("charge", [CHARGES.values(c) for c in charges])
+    writes.insert("adjustment", [ADJUSTMENTS.values(r) for r, _ in refunds])
+    instructions = [
+        *(charge_instruction(c) for c in charges),
+        *(refund_instruction(r, lot) for r, lot in refunds),
+    ]
+    writes.insert("payment_outbox", [OUTBOX.values(i) for i in instructions])
 
 
 def _grown(passage: dict[str, Any]) -> dict[str, Any]:
@@ -654,15 +681,13 @@ class Ledger:
         ]
         writes.update("pending_exit", "passage_id", moved)
         charges = [
-            CHARGES.values(
-                ChargeReport(
-                    sid,
-                    money.session.lot_id,
-                    money.session.plate,
-                    money.account,
-                    money.charge_cents,
-                    closed_by[sid][1],
-                )
+            ChargeReport(
+                sid,
+                money.session.lot_id,
+                money.session.plate,
+                money.account,
+                money.charge_cents,
+                closed_by[sid][1],
             )
             for sid, money in sorted(
                 settled.items(),
@@ -670,7 +695,7 @@ class Ledger:
             )
             if money.charge_cents is not None and money.account is not None
         ]
-        writes.insert("charge", charges)
+        money_writes(writes, charges)
         return changed
 
     def _write_sessions(
@@ -721,7 +746,7 @@ class Ledger:
         accounts = self._accounts(tx, closed)
         new: list[dict[str, Any]] = []
         old: list[dict[str, Any]] = []
-        charges: list[dict[str, Any]] = []
+        charges: list[ChargeReport] = []
         for s in changed:
             money = None
             if s.status is SessionStatus.CLOSED:
@@ -733,7 +758,7 @@ class Ledger:
                 charge = ChargeReport(
                     s.session_id, s.lot_id, s.plate, money.account, money.charge_cents, at
                 )
-                charges.append(CHARGES.values(charge))
+                charges.append(charge)
         after = {p.passage_id: p for p in book.pending_exits() if p.lot_id == lot}
         writes.delete("pending_exit", "passage_id", [p for p in state.pending if p not in after])
         writes.insert("session", new)
@@ -746,7 +771,7 @@ class Ledger:
             if pid in state.pending and state.pending[pid] != p
         ]
         writes.update("pending_exit", "passage_id", moved)
-        writes.insert("charge", charges)
+        money_writes(writes, charges)
         writes.flush()
         return tuple(s.session_id for s in changed)
 
@@ -849,6 +874,6 @@ class Ledger:
                     )
                 )
             writes.update("session", "session_id", sessions)
-            writes.insert("charge", [CHARGES.values(c) for c in charged])
+            money_writes(writes, charged)
             writes.flush()
             return BindOutcome(plate, account, previous, tuple(charged))

@@ -23,17 +23,19 @@ locks (a declined charge makes the stay a debt again, which the rules and bindin
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from citybrain.parking.book import PendingExit
 from citybrain.parking.daybook import ExportKind, LotDay, csv_text, export_rows, lot_day
-from citybrain.parking.ledger import Ledger, Writes
+from citybrain.parking.ledger import Ledger, Writes, money_writes
 from citybrain.parking.matching import Session, SessionStatus, stay_plates
 from citybrain.parking.money import Money, MoneyError, Statement, check_refund, statement
 from citybrain.parking.occupancy import DayOccupancy, LotNow, day_bounds, day_profile
+from citybrain.parking.payments import Answer, Instruction, next_send
 from citybrain.parking.readcontract import text_fault
 from citybrain.parking.receipts import Receipt, ReceiptError, receipt
 from citybrain.parking.reports import (
@@ -62,9 +64,8 @@ from citybrain.parking.settings import ParkingSettings
 from citybrain.parking.settlement import declined
 from citybrain.parking.store.port import Transaction
 from citybrain.parking.store.rows import (
-    ADJUSTMENTS,
-    CHARGES,
     DISPUTES,
+    OUTBOX,
     PAYMENT_RESULTS,
     RESOLUTIONS,
     StoredSession,
@@ -282,7 +283,8 @@ class BackOffice:
 
         def work() -> Recorded:
             with self.ledger.store.transaction() as tx:
-                if tx.stored_session(session_id) is None:
+                stored = tx.stored_session(session_id)
+                if stored is None:
                     raise MoneyError(f"unknown session {session_id!r}")
                 tx.lock([f"session:{session_id}"])
                 done = tx.adjustment(aid)
@@ -296,7 +298,7 @@ class BackOffice:
                 assert payer is not None
                 record = AdjustmentRecord(aid, session_id, "refund", cents, payer, who, why, when)
                 writes = Writes(tx)
-                writes.insert("adjustment", [ADJUSTMENTS.values(record)])
+                money_writes(writes, refunds=[(record, stored.session.lot_id)])
                 writes.flush()
                 return Recorded(record)
 
@@ -352,61 +354,110 @@ class BackOffice:
     ) -> Recorded:
         """The payment side's answer to instruction ``key`` (the first answer counts; a
         repeat changes nothing). A declined charge makes its stay a debt again."""
-        answer = PaymentStatus(status)
-        when = _when(at)
-        return self.ledger.retrying(
-            lambda: self._record_payment(key, answer, detail, reference, when)
-        )
+        answer = Answer(key, PaymentStatus(status).value, detail, reference)
+        (done,) = self.record_payments([answer], at=at)
+        if done is None:
+            raise MoneyError(f"unknown payment instruction {key!r}")
+        return done
 
-    def _record_payment(
-        self,
-        key: str,
-        status: PaymentStatus,
-        detail: str,
-        reference: str | None,
-        when: datetime,
-    ) -> Recorded:
-        kind, _, rest = key.partition(":")
+    def record_payments(
+        self, answers: Sequence[Answer], *, at: datetime | None = None
+    ) -> list[Recorded | None]:
+        """Several answers in one transaction; one outcome each (None: no instruction of
+        that key exists: nothing recorded). Answered instructions leave the outbox."""
+        when = _when(at)
+        return self.ledger.retrying(lambda: self._record_payments(answers, when))
+
+    def _record_payments(self, answers: Sequence[Answer], when: datetime) -> list[Recorded | None]:
         with self.ledger.store.transaction() as tx:
-            if kind == PaymentKind.CHARGE:
-                sid = rest.rpartition(":")[0]
-            elif kind == PaymentKind.REFUND and (found := tx.adjustment(rest)) is not None:
-                sid = found.session_id
-            else:
-                raise MoneyError(f"unknown payment instruction {key!r}")
-            stored = tx.stored_session(sid)
-            if stored is None:
-                raise MoneyError(f"unknown payment instruction {key!r}")
-            s = stored.session
-            tx.lock([f"lot:{s.lot_id}", f"plate:{s.plate}", f"session:{sid}"])
-            done = tx.payment_results([key]).get(key)
-            if done is not None:
-                return Recorded(done, again=True)
-            money = tx.money(sid)
-            charge = next((c for c in money.charges if c.key == key), None)
-            if kind == PaymentKind.CHARGE and charge is None:
-                raise MoneyError(f"unknown payment instruction {key!r}")
-            record = PaymentResultRecord(key, kind, sid, status.value, when, detail, reference)
-            writes = Writes(tx)
-            writes.insert("payment_result", [PAYMENT_RESULTS.values(record)])
-            debt = False
-            stored = tx.stored_session(sid)  # again, under the locks
-            assert stored is not None
-            last = max((c.attempt for c in money.charges), default=0)
-            if (
-                status is PaymentStatus.DECLINED
-                and charge is not None
-                and charge.attempt == last
-                and stored.charged
-                and stored.account == charge.account
-            ):
-                lapsed = declined(stored.session, charge.cents)
-                writes.update(
-                    "session", "session_id", [session_values(lapsed.session, lapsed, stored)]
+            refunds = tx.adjustments(
+                [a.key.partition(":")[2] for a in answers if a.key.startswith("refund:")]
+            )
+            sessions: dict[str, str] = {}  # key -> session
+            for a in answers:
+                kind, _, rest = a.key.partition(":")
+                if kind == PaymentKind.CHARGE and rest.rpartition(":")[0]:
+                    sessions[a.key] = rest.rpartition(":")[0]
+                elif kind == PaymentKind.REFUND and rest in refunds:
+                    sessions[a.key] = refunds[rest].session_id
+            stored = tx.stored_sessions(set(sessions.values()))
+            declines = {
+                sessions[a.key]
+                for a in answers
+                if a.status == PaymentStatus.DECLINED and a.key.startswith("charge:")
+            } & set(stored)
+            if declines:  # the stays may become debts: the rules' and the bindings' locks
+                keys = set()
+                for lapsing in declines:
+                    s = stored[lapsing].session
+                    keys |= {f"lot:{s.lot_id}", f"plate:{s.plate}", f"session:{lapsing}"}
+                tx.lock(keys)
+                stored.update(tx.stored_sessions(declines))  # again, under the locks
+            money = tx.moneys(set(stored))
+            known = tx.payment_results([a.key for a in answers])
+            out: list[Recorded | None] = []
+            fresh: list[PaymentResultRecord] = []
+            lapsed: list[dict[str, Any]] = []
+            for a in answers:
+                sid = sessions.get(a.key)
+                m = money.get(sid or "", Money())
+                kinds = {c.key: "charge" for c in m.charges} | {r.key: "refund" for r in m.refunds}
+                if sid is None or sid not in stored or a.key not in kinds:
+                    out.append(None)
+                    continue
+                if a.key in known:
+                    out.append(Recorded(known[a.key], again=True))
+                    continue
+                record = PaymentResultRecord(
+                    a.key, kinds[a.key], sid, a.status, when, a.detail, a.reference
                 )
-                debt = True
+                known[a.key] = record
+                fresh.append(record)
+                debt = False
+                charge = next((c for c in m.charges if c.key == a.key), None)
+                row = stored[sid]
+                last = max((c.attempt for c in m.charges), default=0)
+                if (
+                    a.status == PaymentStatus.DECLINED
+                    and charge is not None
+                    and charge.attempt == last
+                    and row.charged
+                    and row.account == charge.account
+                ):
+                    gone = declined(row.session, charge.cents)
+                    lapsed.append(session_values(gone.session, gone, row))
+                    stored[sid] = row._replace(session=gone.session, account=None, charged=False)
+                    debt = True
+                out.append(Recorded(record, debt=debt))
+            writes = Writes(tx)
+            writes.insert(
+                "payment_result", [PAYMENT_RESULTS.values(r) for r in fresh], ignore="key"
+            )
+            writes.delete("payment_outbox", "key", [r.key for r in fresh])
+            writes.update("session", "session_id", lapsed)
             writes.flush()
-            return Recorded(record, debt=debt)
+            return out
+
+    def claim_payments(self, now: datetime, limit: int) -> list[Instruction]:
+        """Up to ``limit`` instructions due at ``now``, marked sent (due again after the
+        resend interval, doubling): the dispatcher sends them next. Two dispatchers never
+        claim the same one at once."""
+        require_aware("now", now)
+        resend = self.settings.payments.resend_after_s
+
+        def work() -> list[Instruction]:
+            with self.ledger.store.transaction() as tx:
+                due = tx.due_instructions(now, limit)
+                sent = [
+                    replace(i, sends=i.sends + 1, due_at=next_send(now, i.sends + 1, resend))
+                    for i in due
+                ]
+                writes = Writes(tx)
+                writes.update("payment_outbox", "key", [OUTBOX.values(i) for i in sent])
+                writes.flush()
+                return sent
+
+        return self.ledger.retrying(work)
 
     def receipt(self, session_id: str) -> Receipt:
         """The receipt of a decided stay: its tariff steps as the settlement used them, and
@@ -531,9 +582,10 @@ def _write(
             attempt,
             ChargeSource.REVIEW.value,
         )
-        writes.insert("charge", [CHARGES.values(charge)])
-    if refund is not None:
-        writes.insert("adjustment", [ADJUSTMENTS.values(refund)])
+    lot = target.session.lot_id
+    money_writes(
+        writes, [] if charge is None else [charge], [] if refund is None else [(refund, lot)]
+    )
     writes.flush()
     return charge
 

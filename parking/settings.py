@@ -10,6 +10,10 @@ negative``)::
     grace_minutes = 10      # an exit with no entry waits this long before it needs a person
     max_stay_hours = 72     # an open stay older than this is listed for review
 
+    [payments]
+    resend_after_s = 30     # an unanswered payment instruction is sent again (doubling)
+    currency = "CNY"
+
     [lots.L01]
     capacity = 400          # spaces: occupancy is counted against it
 """
@@ -56,6 +60,25 @@ class ReviewSettings:
 
 
 @dataclass(frozen=True)
+class PaymentSettings:
+    """The payment outbox (``citybrain.parking.payments``)."""
+
+    enabled: bool = True  # parking serve sends instructions and records answers
+    resend_after_s: float = 30.0  # an unanswered instruction is sent again (doubling)
+    batch: int = 200  # instructions claimed, or answers recorded, per transaction
+    currency: str = "CNY"  # ISO 4217, in every instruction
+
+    def __post_init__(self) -> None:
+        _check_number("payments.resend_after_s", self.resend_after_s, minimum=0, strict=True)
+        if self.batch < 1:
+            raise ConfigError(f"payments.batch must be at least 1, not {self.batch}")
+        if len(self.currency) != 3 or not self.currency.isalpha() or not self.currency.isupper():
+            raise ConfigError(
+                f"payments.currency must be an ISO 4217 code such as CNY, not {self.currency!r}"
+            )
+
+
+@dataclass(frozen=True)
 class LotSettings:
     """One lot: how many cars it holds."""
 
@@ -66,6 +89,7 @@ class LotSettings:
 class ParkingSettings:
     review: ReviewSettings = field(default_factory=ReviewSettings)
     lots: Mapping[str, LotSettings] = field(default_factory=dict)
+    payments: PaymentSettings = field(default_factory=PaymentSettings)
 
     def __post_init__(self) -> None:
         for lot, settings in self.lots.items():

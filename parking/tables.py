@@ -383,3 +383,25 @@ class ResolutionRow(LedgerModel, table=True):
     operator: str = Field(sa_type=String)
     reason: str = Field(sa_type=Text)
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PaymentOutbox(LedgerModel, table=True):
+    """A payment instruction not answered yet (``citybrain.parking.payments``): written in
+    the transaction that makes its charge or refund, sent until an answer is recorded,
+    then deleted (the answer stays in ``payment_result``)."""
+
+    __tablename__ = "payment_outbox"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", _values(PaymentKind)), name="kind"),
+        CheckConstraint("cents > 0", name="cents"),
+    )
+
+    key: str = Field(sa_type=String, primary_key=True)  # the idempotency key
+    kind: str = Field(sa_type=String)
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id")
+    lot_id: str = Field(sa_type=String)
+    account: str = Field(sa_type=String)
+    cents: int = Field(sa_type=BigInteger)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    due_at: datetime = Field(sa_type=UTCDateTime, index=True)  # sent (again) from then on
+    sends: int = 0

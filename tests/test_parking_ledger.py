@@ -389,7 +389,7 @@ def test_migrated_schema_matches_the_models(ledger: Ledger) -> None:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
         )
-        assert context.get_current_revision() == head == "0005"
+        assert context.get_current_revision() == head == "0006"
         assert compare_metadata(context, metadata) == []
         conn.rollback()
 

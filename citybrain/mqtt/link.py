@@ -67,10 +67,12 @@ from citybrain.mqtt.wire import (
     PubAck,
     Publish,
     SubAck,
+    UnsubAck,
     encode_connect,
     encode_puback,
     encode_publish,
     encode_subscribe,
+    encode_unsubscribe,
 )
 
 log = logging.getLogger(__name__)
@@ -263,6 +265,23 @@ class Link:
                     self._subscribing.discard(packet_id)
                     return packet.codes
 
+    def unsubscribe(self, topic_filter: str, timeout: float = 10.0) -> None:
+        """Unsubscribe and wait for the UNSUBACK (a filter the session does not have is
+        answered alike). Deliveries that arrive meanwhile are kept for the next ``poll``."""
+        packet_id = self._packet_id()
+        self._subscribing.add(packet_id)
+        self._out += encode_unsubscribe(packet_id, topic_filter)
+        self.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectionLost("no UNSUBACK from the broker")
+            for packet in self._receive(left, None, want=UnsubAck):
+                if isinstance(packet, UnsubAck) and packet.packet_id == packet_id:
+                    self._subscribing.discard(packet_id)
+                    return
+
     @property
     def in_flight(self) -> int:
         """Our QoS 1 publishes the broker has not PUBACKed yet."""
@@ -391,7 +410,7 @@ class Link:
                         "which this link does not take (it subscribes at QoS 1 at most)"
                     )
                 rest.append(packet)
-            elif isinstance(packet, SubAck):
+            elif isinstance(packet, SubAck | UnsubAck):
                 rest.append(packet)
             # PINGRESP: hearing anything is enough
         return rest

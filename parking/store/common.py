@@ -40,6 +40,7 @@ from citybrain.parking.matching import Session, SessionStatus
 from citybrain.parking.money import Money
 from citybrain.parking.occupancy import Stay
 from citybrain.parking.passages import Passage, Read
+from citybrain.parking.payments import Instruction
 from citybrain.parking.reports import (
     AdjustmentRecord,
     ChargeReport,
@@ -57,6 +58,7 @@ from citybrain.parking.store.rows import (
     DEAD_LETTERS,
     DEBTS,
     DISPUTES,
+    OUTBOX,
     PAYMENT_RESULTS,
     PENDING,
     READS,
@@ -404,14 +406,55 @@ class SqlTransaction:
 
     def money(self, session_id: str) -> Money:
         """The session's charges (every attempt), refunds, and the answers to them."""
+        return self.moneys([session_id]).get(session_id, Money())
+
+    def moneys(self, session_ids: Collection[str]) -> dict[str, Money]:
+        """``money`` of several sessions (those with any), in a few queries."""
         c, a = table("charge").c, table("adjustment")
-        charges = [
-            CHARGES.of(r) for r in self._select(_charges_query().where(c.session_id == session_id))
-        ]
-        query = sa_select(a).where(a.c.session_id == session_id).order_by(a.c.id)
-        refunds = [ADJUSTMENTS.of(r) for r in self._select(query)]
-        keys = [*(x.key for x in charges), *(x.key for x in refunds)]
-        return Money(tuple(charges), tuple(refunds), self.payment_results(keys))
+        charges: dict[str, list[ChargeReport]] = {}
+        refunds: dict[str, list[AdjustmentRecord]] = {}
+        for chunk in chunks(sorted(set(session_ids))):
+            for row in self._select(_charges_query().where(c.session_id.in_(chunk))):
+                charges.setdefault(row.session_id, []).append(CHARGES.of(row))
+            query = sa_select(a).where(a.c.session_id.in_(chunk)).order_by(a.c.id)
+            for row in self._select(query):
+                refunds.setdefault(row.session_id, []).append(ADJUSTMENTS.of(row))
+        keys = [x.key for xs in charges.values() for x in xs]
+        keys += [x.key for xs in refunds.values() for x in xs]
+        results = self.payment_results(keys)
+        return {
+            sid: Money(tuple(charges.get(sid, ())), tuple(refunds.get(sid, ())), results)
+            for sid in set(charges) | set(refunds)
+        }
+
+    def stored_sessions(self, session_ids: Collection[str]) -> dict[str, StoredSession]:
+        s = table("session")
+        out: dict[str, StoredSession] = {}
+        for chunk in chunks(sorted(set(session_ids))):
+            for row in self._select(sa_select(s).where(s.c.session_id.in_(chunk))):
+                out[row.session_id] = stored_session(row)
+        return out
+
+    def adjustments(self, adjustment_ids: Collection[str]) -> dict[str, AdjustmentRecord]:
+        a = table("adjustment")
+        out: dict[str, AdjustmentRecord] = {}
+        for chunk in chunks(sorted(set(adjustment_ids))):
+            for row in self._select(sa_select(a).where(a.c.adjustment_id.in_(chunk))):
+                out[row.adjustment_id] = ADJUSTMENTS.of(row)
+        return out
+
+    def due_instructions(self, now: datetime, limit: int) -> list[Instruction]:
+        """Up to ``limit`` outbox entries due at ``now``, oldest due first, held for this
+        transaction (PostgreSQL: rows another transaction holds are skipped)."""
+        o = table("payment_outbox")
+        query = (
+            sa_select(o)
+            .where(o.c.due_at <= now)
+            .order_by(o.c.due_at, o.c.key)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [OUTBOX.of(row) for row in self._select(query)]
 
     def payment_results(self, keys: Collection[str]) -> dict[str, PaymentResultRecord]:
         r = table("payment_result")

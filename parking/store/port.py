@@ -39,6 +39,7 @@ from citybrain.parking.matching import Session
 from citybrain.parking.money import Money
 from citybrain.parking.occupancy import Stay
 from citybrain.parking.passages import Passage, Read
+from citybrain.parking.payments import Instruction
 from citybrain.parking.reports import (
     AdjustmentRecord,
     ChargeReport,
@@ -188,6 +189,18 @@ class Transaction(Protocol):
 
     def money(self, session_id: str) -> Money:
         """The session's charges (every attempt), refunds, and the answers to them."""
+
+    def moneys(self, session_ids: Collection[str]) -> dict[str, Money]:
+        """``money`` of several sessions (those with any)."""
+
+    def stored_sessions(self, session_ids: Collection[str]) -> dict[str, StoredSession]:
+        """The sessions among these ids."""
+
+    def adjustments(self, adjustment_ids: Collection[str]) -> dict[str, AdjustmentRecord]:
+        """The refunds among these ids."""
+
+    def due_instructions(self, now: datetime, limit: int) -> list[Instruction]:
+        """Up to ``limit`` outbox entries due at ``now``, held for this transaction."""
 
     def payment_results(self, keys: Collection[str]) -> dict[str, PaymentResultRecord]:
         """The payment side's answers among these instruction keys."""

@@ -26,6 +26,7 @@ from sqlalchemy import Table
 from citybrain.parking.book import PendingExit
 from citybrain.parking.matching import Session, SessionStatus
 from citybrain.parking.passages import Passage, Read, passage_of
+from citybrain.parking.payments import Instruction
 from citybrain.parking.plates import lookalike_key
 from citybrain.parking.readcontract import Rejection
 from citybrain.parking.receipts import breakdown_json
@@ -48,6 +49,7 @@ from citybrain.parking.tables import (
     Dispute,
     LedgerModel,
     PassageRow,
+    PaymentOutbox,
     PaymentResult,
     PendingExitRow,
     ReadRow,
@@ -202,6 +204,35 @@ RESOLUTIONS = RowMap(ResolutionRow, ResolutionRecord)
 ADJUSTMENTS = RowMap(Adjustment, AdjustmentRecord)
 DISPUTES = RowMap(Dispute, DisputeRecord)
 PAYMENT_RESULTS = RowMap(PaymentResult, PaymentResultRecord)
+OUTBOX = RowMap(PaymentOutbox, Instruction, generated=())
+
+
+def charge_instruction(charge: ChargeReport) -> Instruction:
+    """A charge's payment instruction, due at once."""
+    return Instruction(
+        charge.key,
+        "charge",
+        charge.session_id,
+        charge.lot_id,
+        charge.account,
+        charge.cents,
+        charge.charged_at,
+        charge.charged_at,
+    )
+
+
+def refund_instruction(refund: AdjustmentRecord, lot_id: str) -> Instruction:
+    """A refund's payment instruction, due at once."""
+    return Instruction(
+        refund.key,
+        "refund",
+        refund.session_id,
+        lot_id,
+        refund.account,
+        refund.cents,
+        refund.created_at,
+        refund.created_at,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +344,7 @@ __all__ = [
     "DEAD_LETTERS",
     "DEBTS",
     "DISPUTES",
+    "OUTBOX",
     "PASSAGES",
     "PAYMENT_RESULTS",
     "PENDING",
@@ -323,10 +355,12 @@ __all__ = [
     "BoundPlate",
     "RowMap",
     "StoredSession",
+    "charge_instruction",
     "dead_letter_values",
     "key_of",
     "passage_with",
     "read_values",
+    "refund_instruction",
     "session_values",
     "stored_session",
 ]
