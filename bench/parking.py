@@ -31,6 +31,15 @@ one charge per charged session and no other.
 
 The Mosquitto ceiling is measured in the same run: a paho QoS 1 publisher and a paho QoS 1
 subscriber, no database.
+
+The back office is on in every end-to-end run (issue 16): each service runs as
+``citybrain parking serve`` does, with its expiry loop (exits without entries to review)
+and its payment dispatcher (every charge's instruction published to the payment side,
+answers recorded), a reference payment adapter (``parking pay-adapter``) answers them, and
+an office process asks for the occupancy, the review queue and the day's report every
+``--office-every`` seconds. After a run the outbox must drain: one answer per charge, the
+adapter's book equal to the ledger's answers. ``--services 1,2`` runs the throughput rows
+with one service and with two (a shared subscription group on one ledger), side by side.
 """
 
 from __future__ import annotations
@@ -148,6 +157,9 @@ class Expected:
     sessions: dict[str, tuple[str, int | None]]  # session id -> (status, fee)
     charges: int
     charged_cents: int
+    # (lot, plate, entry, exit) -> (status, fee): the stays whatever their ids (a passage is
+    # named after the first of its reads to arrive, which several services may reorder)
+    stays: dict[tuple[str, str, Any, Any], tuple[str, int | None]] = field(default_factory=dict)
 
 
 def expected_outcome(work: Workload, tariffs: dict[str, Any]) -> Expected:
@@ -180,12 +192,13 @@ def expected_outcome(work: Workload, tariffs: dict[str, Any]) -> Expected:
                 if money.charge_cents is not None:
                     charges += 1
                     cents += money.charge_cents
-    sessions = {
-        s.session_id: (s.status.value, fees.get(s.session_id))
-        for book in books.values()
-        for s in book.sessions()
+    every = [s for book in books.values() for s in book.sessions()]
+    sessions = {s.session_id: (s.status.value, fees.get(s.session_id)) for s in every}
+    stays = {
+        (s.lot_id, s.plate, s.entry_at, s.exit_at): (s.status.value, fees.get(s.session_id))
+        for s in every
     }
-    return Expected(len(work.lines), sessions, charges, cents)
+    return Expected(len(work.lines), sessions, charges, cents, stays)
 
 
 # ---------------------------------------------------------------------------- databases
@@ -235,8 +248,9 @@ def prepare_ledger(url: str, tariffs_path: Path, accounts: dict[str, str]) -> No
     ledger.close()
 
 
-def verify(url: str, tariffs_path: Path, expected: Expected) -> list[str]:
-    """Exactly-once checks; returns the problems found (empty: all good)."""
+def verify(url: str, tariffs_path: Path, expected: Expected, by_content: bool = False) -> list[str]:
+    """Exactly-once checks; returns the problems found (empty: all good). ``by_content``:
+    stays are compared by lot, plate and times, not by id (several services)."""
     from sqlalchemy import text
 
     from citybrain.parking.ledger import open_ledger
@@ -269,13 +283,20 @@ def verify(url: str, tariffs_path: Path, expected: Expected) -> list[str]:
                 f"charges {charges} / {cents} cents, expected "
                 f"{expected.charges} / {expected.charged_cents}"
             )
-        got = {s.session_id: (s.status, s.fee_cents) for s in ledger.sessions()}
-        if got != expected.sessions:
-            wrong = sorted(
-                k
-                for k in got.keys() | expected.sessions.keys()
-                if got.get(k) != expected.sessions.get(k)
-            )
+        found = ledger.sessions()
+        want: dict[Any, tuple[str, int | None]] = dict(expected.sessions)
+        got: dict[Any, tuple[str, int | None]] = {
+            s.session_id: (s.status, s.fee_cents) for s in found
+        }
+        if by_content:
+            want = dict(expected.stays)
+            got = {
+                (s.lot_id, s.plate, s.entry_at, s.exit_at): (s.status, s.fee_cents) for s in found
+            }
+            if len(got) != len(found):
+                problems.append(f"{len(found) - len(got)} stays recorded twice")
+        if got != want:
+            wrong = sorted(str(k) for k in got.keys() | want.keys() if got.get(k) != want.get(k))
             problems.append(f"{len(wrong)} sessions differ from the rules, e.g. {wrong[:3]}")
     finally:
         ledger.close()
@@ -308,16 +329,42 @@ def child_serve(args: argparse.Namespace) -> None:
             started.append(time.process_time())
         print("READY", flush=True)
 
+    threads = []
+    if args.with_office:  # as `citybrain parking serve` runs: expiry and payments
+        from citybrain.parking.office import BackOffice
+        from citybrain.parking.outbox import run_dispatcher
+        from citybrain.parking.settings import load_parking_settings
+
+        def expire_loop() -> None:
+            while not stop.wait(60.0):
+                ledger.expire(dt.datetime.now(dt.UTC))
+
+        def dispatch() -> None:
+            run_dispatcher(
+                BackOffice(ledger, load_parking_settings()),
+                args.broker,
+                client_id=f"{args.client_id}-payments",
+                topic_root=args.root,
+                group=args.group,
+                stop=stop,
+            )
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (expire_loop, dispatch)]
+        for thread in threads:
+            thread.start()
     stats = run_service(
         args.broker,
         ledger,
         client_id=args.client_id,
         topic_root=args.root,
+        group=args.group,
         stop=stop,
         on_ready=ready,
         batch_size=args.batch_size,
         batch_window=args.batch_window_ms / 1000,
     )
+    for thread in threads:
+        thread.join(10)
     if profiler is not None and profile:
         profiler.disable()
         profiler.dump_stats(f"{profile}.{os.getpid()}")
@@ -327,6 +374,80 @@ def child_serve(args: argparse.Namespace) -> None:
         json.dumps({"batches": stats.batches, "recorded": stats.recorded, "cpu_s": cpu}),
         flush=True,
     )
+
+
+def child_adapter(args: argparse.Namespace) -> None:
+    """The reference payment adapter (``citybrain parking pay-adapter``), paying all."""
+    from citybrain.parking.payadapter import run_adapter
+
+    start = time.process_time()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stats = run_adapter(
+        args.broker,
+        Path(args.outbox),
+        client_id=f"{args.client_id}-adapter",
+        topic_root=args.root,
+        stop=stop,
+        on_ready=lambda: print("READY", flush=True),
+    )
+    print(json.dumps({"cpu_s": time.process_time() - start, "answered": stats.answered}))
+
+
+def child_office(args: argparse.Namespace) -> None:
+    """An operator's screens: occupancy and the review queue every ``--office-every``
+    seconds, the day's report every ten times that."""
+    from citybrain.parking.ledger import open_ledger
+    from citybrain.parking.office import BackOffice
+    from citybrain.parking.tariff import load_tariffs
+
+    ledger = open_ledger(args.db_url, tariffs=load_tariffs(Path(args.tariffs)))
+    back = BackOffice(ledger)
+    start = time.process_time()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("READY", flush=True)
+    asked = 0
+    while not stop.wait(args.office_every):
+        now = dt.datetime.now(dt.UTC)
+        back.occupancy(now)
+        back.review(now)
+        if asked % 10 == 0:
+            back.report(T0.date(), now)
+        asked += 1
+    print(json.dumps({"cpu_s": time.process_time() - start, "asked": asked}), flush=True)
+
+
+def payments_settled(url: str, book: Path, timeout: float) -> list[str]:
+    """Wait for the outbox to drain; then one answer per charge, and the adapter's book
+    equal to the ledger's answers. Returns the problems found."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                left = conn.execute(text("SELECT count(*) FROM payment_outbox")).scalar_one()
+                charges = conn.execute(text("SELECT count(*) FROM charge")).scalar_one()
+                answers = dict(conn.execute(text("SELECT key, status FROM payment_result")).all())
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    with contextlib.closing(sqlite3.connect(book)) as db:
+        kept = dict(db.execute("SELECT key, status FROM answer").fetchall())
+    problems = []
+    if left:
+        problems.append(f"{left} payment instructions unanswered after {timeout:.0f} s")
+    if len(answers) != charges:
+        problems.append(f"{len(answers)} payment answers for {charges} charges")
+    if kept != answers:
+        problems.append("the adapter's answers differ from the ledger's")
+    return problems
 
 
 def child_gateway(args: argparse.Namespace) -> None:
@@ -500,13 +621,22 @@ class Run:
     busy_cores: float | None = None  # the whole machine's CPU use during the run, in cores
     servers_cpu_s: dict[str, float] = field(default_factory=dict)  # postgres, mosquitto
     problems: list[str] = field(default_factory=list)
+    services: int = 1  # settlement services sharing the reads
+    adapter_cpu_s: float | None = None  # the reference payment adapter
+    office_cpu_s: float | None = None  # the office's screens
 
     def per_read_us(self, seconds: float | None) -> str:
         return "" if seconds is None or not self.reads else f"{seconds / self.reads * 1e6:.0f}"
 
 
 def run_once(
-    args: argparse.Namespace, broker: str, kind: str, db: str, work: Workload, workdir: Path
+    args: argparse.Namespace,
+    broker: str,
+    kind: str,
+    db: str,
+    work: Workload,
+    workdir: Path,
+    services: int = 1,
 ) -> Run:
     from citybrain.parking.tariff import load_tariffs
 
@@ -514,31 +644,55 @@ def run_once(
     expected = expected_outcome(work, load_tariffs(tariffs_path))
     root = f"cbbench/{uuid.uuid4().hex[:8]}/parking"
     client_id = f"cbbench-{uuid.uuid4().hex[:8]}"
-    result = Run(db, kind, len(work.lines))
-    lanes_cpu = 0.0  # the service's ledger processes, from its subscription on
+    result = Run(db, kind, len(work.lines), services=services)
+    lanes_cpu = 0.0  # the services' ledger processes, from their subscriptions on
     rundir = workdir / f"{db}-{kind}-{uuid.uuid4().hex[:6]}"
     rundir.mkdir()
+    book = rundir / "adapter.db"
     with fresh_database(db, workdir) as url:
         prepare_ledger(url, tariffs_path, work.accounts)
         checkpoint(url)
         common = ["--broker", broker, "--root", root, "--client-id", client_id]
-        service = spawn(
-            "serve",
-            *common,
-            "--db-url",
-            url,
-            "--tariffs",
-            str(tariffs_path),
-            "--batch-size",
-            str(args.batch_size),
-            "--batch-window-ms",
-            str(args.batch_window_ms),
-        )
+        office_on = ["--with-office"] if args.back_office else []
+        grouped = ["--group", f"cbbench-{uuid.uuid4().hex[:6]}"] if services > 1 else []
+        service_procs = [
+            spawn(
+                "serve",
+                *common[:-1],
+                f"{client_id}-s{i}",
+                *grouped,
+                *office_on,
+                "--db-url",
+                url,
+                "--tariffs",
+                str(tariffs_path),
+                "--batch-size",
+                str(args.batch_size),
+                "--batch-window-ms",
+                str(args.batch_window_ms),
+            )
+            for i in range(services)
+        ]
+        helpers = []
+        if args.back_office:
+            helpers.append(spawn("adapter", *common, "--outbox", str(book)))
+            helpers.append(
+                spawn(
+                    "office",
+                    "--db-url",
+                    url,
+                    "--tariffs",
+                    str(tariffs_path),
+                    "--office-every",
+                    str(args.office_every),
+                )
+            )
         acks = AckClock(broker, root)
         gateways: list[subprocess.Popen[bytes]] = []
         try:
-            wait_ready(service)
-            lanes_before = children_ticks(service.pid)
+            for proc in [*service_procs, *helpers]:
+                wait_ready(proc)
+            lanes_before = {p.pid: children_ticks(p.pid) for p in service_procs}
             by_lot: dict[str, list[str]] = {lot: [] for lot in work.lots}
             for lot, line in work.lines:
                 by_lot[lot].append(line)
@@ -600,8 +754,9 @@ def run_once(
                 pacer.join()
             result.busy_cores = busy_cores(busy_before, time.monotonic() - started)
             hz = os.sysconf("SC_CLK_TCK")
-            lanes_after = children_ticks(service.pid)
-            lanes_cpu = sum(t - lanes_before.get(pid, 0) for pid, t in lanes_after.items()) / hz
+            for proc in service_procs:
+                before, after = lanes_before[proc.pid], children_ticks(proc.pid)
+                lanes_cpu += sum(t - before.get(pid, 0) for pid, t in after.items()) / hz
             result.servers_cpu_s = {
                 k: (v - servers_before[k]) / hz for k, v in process_ticks(SERVERS).items()
             }
@@ -632,22 +787,40 @@ def run_once(
                     result.p50_ms = statistics.median(delays)
                     result.p99_ms = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
                     result.max_ms = delays[-1]
+            if args.back_office and not result.problems:
+                result.problems += payments_settled(url, book, args.stall * 2)
         finally:
             for gw in gateways:
                 if gw.poll() is None:
                     gw.kill()
                     gw.wait()
             acks.close()
-            service.send_signal(signal.SIGTERM)
-            try:
-                out, _ = service.communicate(timeout=30)
-                stats = json.loads(out.decode().strip().splitlines()[-1])
-                result.batches = int(stats["batches"])
-                result.service_cpu_s = float(stats["cpu_s"]) + lanes_cpu
-            except Exception:
-                service.kill()
-                service.wait()
-        result.problems += verify(url, tariffs_path, expected)
+            batches, service_cpu = 0, lanes_cpu
+            for proc in service_procs:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    out, _ = proc.communicate(timeout=30)
+                    stats = json.loads(out.decode().strip().splitlines()[-1])
+                    batches += int(stats["batches"])
+                    service_cpu += float(stats["cpu_s"])
+                except Exception:
+                    proc.kill()
+                    proc.wait()
+                    service_cpu = float("nan")
+            result.batches, result.service_cpu_s = batches, service_cpu
+            helper_cpu: list[float | None] = []
+            for proc in helpers:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    out, _ = proc.communicate(timeout=30)
+                    helper_cpu.append(float(json.loads(out.decode().splitlines()[-1])["cpu_s"]))
+                except Exception:
+                    proc.kill()
+                    proc.wait()
+                    helper_cpu.append(None)
+            if helpers:
+                result.adapter_cpu_s, result.office_cpu_s = helper_cpu
+        result.problems += verify(url, tariffs_path, expected, by_content=services > 1)
     return result
 
 
@@ -823,8 +996,9 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         "",
         "| database | run | reads | reads/s | of ceiling | p50 ms | p99 ms | max ms | "
         "transactions | service CPU µs/read | gateways CPU µs/read | PostgreSQL CPU µs/read "
-        "| Mosquitto CPU µs/read | machine busy (cores) | exactly once |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Mosquitto CPU µs/read | payment adapter CPU µs/read | office screens CPU µs/read "
+        "| machine busy (cores) | exactly once |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(v: float | None) -> str:
@@ -839,15 +1013,19 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
             "throughput": "end to end, max throughput",
             "latency": f"end to end, fixed {args.rate:g} reads/s",
         }.get(r.kind, r.kind)
+        if r.kind == "throughput" and r.services > 1:
+            what += f", {r.services} services"
         if r.kind == "throughput" and args.repeat > 1:
-            draws[r.db] = draws.get(r.db, 0) + 1
-            what += f" (draw {draws[r.db]} of {args.repeat})"
+            key = f"{r.db}/{r.services}"
+            draws[key] = draws.get(key, 0) + 1
+            what += f" (draw {draws[key]} of {args.repeat})"
         lines.append(
             f"| {r.db} | {what} | {r.reads:,} | {rate} | {share} | {ms(r.p50_ms)} | "
             f"{ms(r.p99_ms)} | {ms(r.max_ms)} | {r.batches if r.batches is not None else ''} "
             f"| {r.per_read_us(r.service_cpu_s)} | {r.per_read_us(r.gateway_cpu_s)} "
             f"| {r.per_read_us(r.servers_cpu_s.get('postgres') if r.db == 'postgresql' else None)} "
             f"| {r.per_read_us(r.servers_cpu_s.get('mosquitto'))} "
+            f"| {r.per_read_us(r.adapter_cpu_s)} | {r.per_read_us(r.office_cpu_s)} "
             f"| {'' if r.busy_cores is None else f'{r.busy_cores:.2f}'} | {ok} |"
         )
     lines += [
@@ -856,7 +1034,8 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         f"subscriber, no database, {args.ceiling_count:,} messages): {ceiling_rate:,.0f} msg/s.",
         "",
     ]
-    pg = [r for r in runs if r.db == "postgresql" and r.kind == "throughput"]
+    pg = [r for r in runs if r.db == "postgresql" and r.kind == "throughput" and r.services == 1]
+    pg2 = [r for r in runs if r.db == "postgresql" and r.kind == "throughput" and r.services > 1]
     lat = [r for r in runs if r.db == "postgresql" and r.kind == "latency"]
     verdicts = []
     typical = sorted(pg, key=lambda r: r.rate)[(len(pg) - 1) // 2] if pg else None
@@ -879,7 +1058,21 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
             f"{TARGET_P99_MS:.0f} ms: " + ("met" if met else "NOT met")
         )
     if verdicts:
-        lines.append("Targets (issue 4): " + "; ".join(verdicts) + ".")
+        office = (
+            " (back office on: expiry, payments, adapter, office screens)"
+            if args.back_office
+            else ""
+        )
+        lines.append("Targets (issues 4 and 16" + office + "): " + "; ".join(verdicts) + ".")
+    if pg and pg2:
+        one = sorted(r.rate for r in pg)[(len(pg) - 1) // 2]
+        two = sorted(r.rate for r in pg2)[(len(pg2) - 1) // 2]
+        lines += [
+            "",
+            f"One service against two (a shared subscription group, one PostgreSQL ledger, "
+            f"the same machine): {one:,.0f} against {two:,.0f} reads/s (median draws; "
+            f"{two / one:.2f}x).",
+        ]
     if typical is not None and typical.service_cpu_s:
         run = typical
         parts = {
@@ -1087,10 +1280,36 @@ def main(argv: list[str] | None = None) -> int:
         help="throughput runs per database (each on a fresh database): draws of a noisy machine",
     )
     p.add_argument("--write", type=Path, help="update the parking-bench section of this file")
+    p.add_argument(
+        "--services",
+        default="1",
+        help="settlement services of the throughput rows, e.g. 1,2 (PostgreSQL only for 2)",
+    )
+    p.add_argument(
+        "--no-back-office",
+        dest="back_office",
+        action="store_false",
+        help="run the services alone (no expiry loop, payments, adapter or office screens)",
+    )
+    p.add_argument("--office-every", type=float, default=5.0, help="office screens, seconds")
     # internal: the child processes
-    p.add_argument("--child", choices=["serve", "gateway", "publish"], help=argparse.SUPPRESS)
-    for name in ("--root", "--client-id", "--db-url", "--tariffs", "--lot", "--feed", "--outbox"):
+    p.add_argument(
+        "--child",
+        choices=["serve", "gateway", "publish", "adapter", "office"],
+        help=argparse.SUPPRESS,
+    )
+    for name in (
+        "--root",
+        "--client-id",
+        "--db-url",
+        "--tariffs",
+        "--lot",
+        "--feed",
+        "--outbox",
+        "--group",
+    ):
         p.add_argument(name, help=argparse.SUPPRESS)
+    p.add_argument("--with-office", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child == "serve":
@@ -1102,10 +1321,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.child == "publish":
         child_publish(args)
         return 0
+    if args.child == "adapter":
+        child_adapter(args)
+        return 0
+    if args.child == "office":
+        child_office(args)
+        return 0
     args.argv = argv
     args.load = os.getloadavg()
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    try:
+        services = sorted({int(n) for n in args.services.split(",")})
+    except ValueError:
+        p.error("--services takes counts of services, e.g. 1,2")
+    if not services or min(services) < 1:
+        p.error("--services takes counts of services, e.g. 1,2")
     dbs = [d.strip() for d in args.db.split(",") if d.strip()]
     if not dbs or any(d not in ("postgresql", "sqlite") for d in dbs):
         p.error("--db takes postgresql, sqlite or both (comma-separated)")
@@ -1120,9 +1351,12 @@ def main(argv: list[str] | None = None) -> int:
             ceiling_rate = ceiling(broker, args.ceiling_count)
             print(f"Mosquitto ceiling: {ceiling_rate:,.0f} msg/s", file=sys.stderr)
             for db in dbs:
-                plan = [("throughput", throughput)] * args.repeat + [("latency", latency)]
-                for kind, work in plan:
-                    run = run_once(args, broker, kind, db, work, workdir)
+                counts = [n for n in services if n == 1 or db == "postgresql"]
+                # one service and two alternate, draw by draw: side by side in one run
+                plan = [("throughput", throughput, n) for _ in range(args.repeat) for n in counts]
+                plan.append(("latency", latency, 1))
+                for kind, work, n in plan:
+                    run = run_once(args, broker, kind, db, work, workdir, n)
                     runs.append(run)
                     print(run, file=sys.stderr)
                 if args.ledger_reads:

@@ -369,56 +369,59 @@ class BackOffice:
         return self.ledger.retrying(lambda: self._record_payments(answers, when))
 
     def _record_payments(self, answers: Sequence[Answer], when: datetime) -> list[Recorded | None]:
+        """The answers' instructions are found in the outbox by key (an answered one has
+        left it: its answer is recorded already); a paid answer only writes its result
+        and removes the instruction. A declined charge takes its stay's locks and, if it
+        is the stay's last attempt and still charged to that account, makes it a debt."""
         with self.ledger.store.transaction() as tx:
-            refunds = tx.adjustments(
-                [a.key.partition(":")[2] for a in answers if a.key.startswith("refund:")]
+            keys = list(dict.fromkeys(a.key for a in answers))
+            waiting = tx.outbox_entries(keys)
+            known = tx.payment_results([k for k in keys if k not in waiting])
+            lapsing = sorted(
+                {
+                    waiting[a.key].session_id
+                    for a in answers
+                    if a.key in waiting
+                    and a.status == PaymentStatus.DECLINED
+                    and waiting[a.key].kind == PaymentKind.CHARGE
+                }
             )
-            sessions: dict[str, str] = {}  # key -> session
-            for a in answers:
-                kind, _, rest = a.key.partition(":")
-                if kind == PaymentKind.CHARGE and rest.rpartition(":")[0]:
-                    sessions[a.key] = rest.rpartition(":")[0]
-                elif kind == PaymentKind.REFUND and rest in refunds:
-                    sessions[a.key] = refunds[rest].session_id
-            stored = tx.stored_sessions(set(sessions.values()))
-            declines = {
-                sessions[a.key]
-                for a in answers
-                if a.status == PaymentStatus.DECLINED and a.key.startswith("charge:")
-            } & set(stored)
-            if declines:  # the stays may become debts: the rules' and the bindings' locks
-                keys = set()
-                for lapsing in declines:
-                    s = stored[lapsing].session
-                    keys |= {f"lot:{s.lot_id}", f"plate:{s.plate}", f"session:{lapsing}"}
-                tx.lock(keys)
-                stored.update(tx.stored_sessions(declines))  # again, under the locks
-            money = tx.moneys(set(stored))
-            known = tx.payment_results([a.key for a in answers])
+            stored: dict[str, StoredSession] = {}
+            money: dict[str, Money] = {}
+            if lapsing:  # the stays may become debts: the rules' and the bindings' locks
+                found = tx.stored_sessions(lapsing)
+                locks = set()
+                for lapse in found.values():
+                    s = lapse.session
+                    locks |= {f"lot:{s.lot_id}", f"plate:{s.plate}", f"session:{s.session_id}"}
+                tx.lock(locks)
+                stored = tx.stored_sessions(lapsing)  # again, under the locks
+                money = tx.moneys(lapsing)
             out: list[Recorded | None] = []
             fresh: list[PaymentResultRecord] = []
             lapsed: list[dict[str, Any]] = []
             for a in answers:
-                sid = sessions.get(a.key)
-                m = money.get(sid or "", Money())
-                kinds = {c.key: "charge" for c in m.charges} | {r.key: "refund" for r in m.refunds}
-                if sid is None or sid not in stored or a.key not in kinds:
-                    out.append(None)
-                    continue
                 if a.key in known:
                     out.append(Recorded(known[a.key], again=True))
                     continue
+                entry = waiting.get(a.key)
+                if entry is None:
+                    out.append(None)
+                    continue
+                sid = entry.session_id
                 record = PaymentResultRecord(
-                    a.key, kinds[a.key], sid, a.status, when, a.detail, a.reference
+                    a.key, entry.kind, sid, a.status, when, a.detail, a.reference
                 )
                 known[a.key] = record
                 fresh.append(record)
                 debt = False
+                row = stored.get(sid)
+                m = money.get(sid, Money())
                 charge = next((c for c in m.charges if c.key == a.key), None)
-                row = stored[sid]
                 last = max((c.attempt for c in m.charges), default=0)
                 if (
                     a.status == PaymentStatus.DECLINED
+                    and row is not None
                     and charge is not None
                     and charge.attempt == last
                     and row.charged

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,7 +45,8 @@ from citybrain.parking.payments import (
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.2  # the longest the dispatcher waits for answers before looking at the outbox
+CLAIM_EVERY_S = 0.1  # the outbox is looked at this often (at once after a full claim)
+GATHER_S = 0.05  # answers that arrive within this of the first are recorded together
 
 
 class DispatcherRefused(RuntimeError):
@@ -112,16 +114,25 @@ def run_dispatcher(
         if on_ready is not None:
             on_ready()
         healthy = True
+        next_claim = 0.0
         try:
             while not stop.is_set():
-                due = office.claim_payments(clock(), pay.batch)
-                for instruction in due:
-                    link.publish(topic, instruction.payload(pay.currency), QOS)
-                    stats.sent += 1
-                    stats.resent += instruction.sends > 1
-                link.flush()
-                arrived = link.poll(0.0 if len(due) == pay.batch else POLL_S)
+                if time.monotonic() >= next_claim:
+                    due = office.claim_payments(clock(), pay.batch)
+                    for instruction in due:
+                        link.publish(topic, instruction.payload(pay.currency), QOS)
+                        stats.sent += 1
+                        stats.resent += instruction.sends > 1
+                    link.flush()
+                    full = len(due) == pay.batch
+                    next_claim = time.monotonic() + (0.0 if full else CLAIM_EVERY_S)
+                arrived = link.poll(max(0.0, next_claim - time.monotonic()))
                 if arrived:
+                    gather_until = time.monotonic() + GATHER_S
+                    while (
+                        len(arrived) < pay.batch and (left := gather_until - time.monotonic()) > 0
+                    ):
+                        arrived += link.poll(left)
                     _record(office, link, arrived, stats, pay.batch)
                     link.flush()
                     backoff.reset()

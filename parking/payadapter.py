@@ -21,7 +21,7 @@ import hashlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from pathlib import Path
 from citybrain.mqtt.address import BrokerSettings
 from citybrain.mqtt.backoff import Backoff
 from citybrain.mqtt.link import ConnectionLost, Link, open_subscribed
+from citybrain.mqtt.wire import Publish
 from citybrain.parking.mqtt import QOS, TOPIC_ROOT
 from citybrain.parking.payments import (
     Answer,
@@ -77,36 +78,45 @@ class AnswerBook:
 
     def answer(self, order: Order, rules: DeclineRules) -> tuple[Answer, bool]:
         """The answer to ``order``, and whether it is new (money moved now)."""
+        return self.answer_many([order], rules)[0]
+
+    def answer_many(
+        self, orders: Sequence[Order], rules: DeclineRules
+    ) -> list[tuple[Answer, bool]]:
+        """The answers to ``orders``, kept in one transaction (one fsync for a burst)."""
         db = self.db
+        out: list[tuple[Answer, bool]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            found = db.execute(
-                "SELECT status, detail, reference FROM answer WHERE key = ?", (order.key,)
-            ).fetchone()
-            if found is not None:
-                db.execute("COMMIT")
-                return Answer(order.key, found[0], found[1], found[2]), False
-            status, detail = rules.decide(order)
-            reference = "ref-" + hashlib.sha256(order.key.encode()).hexdigest()[:12]
-            db.execute(
-                "INSERT INTO answer VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    order.key,
-                    order.kind,
-                    order.account,
-                    order.cents,
-                    status,
-                    detail,
-                    reference,
-                    datetime.now(UTC).isoformat(),
-                ),
-            )
+            for order in orders:
+                found = db.execute(
+                    "SELECT status, detail, reference FROM answer WHERE key = ?", (order.key,)
+                ).fetchone()
+                if found is not None:
+                    out.append((Answer(order.key, found[0], found[1], found[2]), False))
+                    continue
+                status, detail = rules.decide(order)
+                reference = "ref-" + hashlib.sha256(order.key.encode()).hexdigest()[:12]
+                db.execute(
+                    "INSERT INTO answer VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        order.key,
+                        order.kind,
+                        order.account,
+                        order.cents,
+                        status,
+                        detail,
+                        reference,
+                        datetime.now(UTC).isoformat(),
+                    ),
+                )
+                out.append((Answer(order.key, status, detail, reference), True))
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-        return Answer(order.key, status, detail, reference), True
+        return out
 
     def close(self) -> None:
         self.db.close()
@@ -160,18 +170,22 @@ def run_adapter(
                 on_ready()
             try:
                 while not stop.is_set():
-                    for message in link.poll(0.2):
+                    arrived = link.poll(0.2)
+                    orders: list[tuple[Publish, Order]] = []
+                    for message in arrived:
                         try:
-                            order = parse_order(message.payload)
+                            orders.append((message, parse_order(message.payload)))
                         except PaymentError as exc:
                             log.warning("adapter: ignoring a malformed instruction: %s", exc)
                             stats.malformed += 1
-                        else:
-                            answer, new = answers.answer(order, rules)
-                            stats.answered += new
-                            stats.repeated += not new
-                            stats.declined += new and answer.status == "declined"
-                            link.publish(results, answer.payload(), QOS)
+                    # kept first (one transaction), then answered, then acknowledged
+                    done = answers.answer_many([o for _, o in orders], rules) if orders else []
+                    for answer, new in done:
+                        stats.answered += new
+                        stats.repeated += not new
+                        stats.declined += new and answer.status == "declined"
+                        link.publish(results, answer.payload(), QOS)
+                    for message in arrived:
                         link.ack(message.packet_id, message.qos)
                     link.flush()
                     backoff.reset()

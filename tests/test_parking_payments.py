@@ -238,13 +238,13 @@ def adapter_main() -> None:
     that a kill meets it mid-stream)."""
     import citybrain.parking.payadapter as pay
 
-    original = pay.AnswerBook.answer
+    original = pay.AnswerBook.answer_many
 
-    def slow(self: Any, *a: Any, **kw: Any) -> Any:
-        time.sleep(0.01)
-        return original(self, *a, **kw)
+    def slow(self: Any, orders: Any, rules: Any) -> Any:
+        time.sleep(0.01 * len(orders))
+        return original(self, orders, rules)
 
-    pay.AnswerBook.answer = slow  # type: ignore[method-assign]
+    pay.AnswerBook.answer_many = slow  # type: ignore[method-assign]
     run_adapter(
         os.environ["CB_URL"],
         Path(os.environ["CB_BOOK"]),
@@ -320,13 +320,13 @@ def test_broker_restarts_lose_no_instruction_nor_answer(
     keys = stays(ledger, 80)
     back = BackOffice(ledger, FAST)
     book = tmp_path / "adapter.db"
-    original = pay.AnswerBook.answer
+    original = pay.AnswerBook.answer_many
 
-    def slow(self: Any, *a: Any, **kw: Any) -> Any:  # the restarts fall mid-stream
-        time.sleep(0.01)
-        return original(self, *a, **kw)
+    def slow(self: Any, orders: Any, rules: Any) -> Any:  # the restarts fall mid-stream
+        time.sleep(0.01 * len(orders))
+        return original(self, orders, rules)
 
-    monkeypatch.setattr(pay.AnswerBook, "answer", slow)
+    monkeypatch.setattr(pay.AnswerBook, "answer_many", slow)
     recorded = back.record_payments
 
     def trickle(answers: Any, **kw: Any) -> Any:  # answers recorded one by one, slowly

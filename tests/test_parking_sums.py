@@ -125,7 +125,6 @@ def test_receipts_reports_statements_and_export_add_up(ledger: Ledger, seed: int
     truth = ledger_truth(ledger)
     assert truth > 0
 
-
     # Receipts: one per decided stay; every charged stay has one.
     receipts = [
         back.receipt(s.session_id) for s in ledger.sessions() if s.status in ("settled", "unpaid")

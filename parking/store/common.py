@@ -443,6 +443,15 @@ class SqlTransaction:
                 out[row.adjustment_id] = ADJUSTMENTS.of(row)
         return out
 
+    def outbox_entries(self, keys: Collection[str]) -> dict[str, Instruction]:
+        """The outbox entries (unanswered instructions) among these keys."""
+        o = table("payment_outbox")
+        out: dict[str, Instruction] = {}
+        for chunk in chunks(sorted(set(keys))):
+            for row in self._select(sa_select(o).where(o.c.key.in_(chunk))):
+                out[row.key] = OUTBOX.of(row)
+        return out
+
     def due_instructions(self, now: datetime, limit: int) -> list[Instruction]:
         """Up to ``limit`` outbox entries due at ``now``, oldest due first, held for this
         transaction (PostgreSQL: rows another transaction holds are skipped)."""

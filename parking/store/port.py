@@ -199,6 +199,9 @@ class Transaction(Protocol):
     def adjustments(self, adjustment_ids: Collection[str]) -> dict[str, AdjustmentRecord]:
         """The refunds among these ids."""
 
+    def outbox_entries(self, keys: Collection[str]) -> dict[str, Instruction]:
+        """The outbox entries (unanswered instructions) among these keys."""
+
     def due_instructions(self, now: datetime, limit: int) -> list[Instruction]:
         """Up to ``limit`` outbox entries due at ``now``, held for this transaction."""
 
