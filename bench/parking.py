@@ -1312,20 +1312,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-office", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child == "serve":
-        child_serve(args)
-        return 0
-    if args.child == "gateway":
-        child_gateway(args)
-        return 0
-    if args.child == "publish":
-        child_publish(args)
-        return 0
-    if args.child == "adapter":
-        child_adapter(args)
-        return 0
-    if args.child == "office":
-        child_office(args)
+    if args.child is not None:
+        children = {
+            "serve": child_serve,
+            "gateway": child_gateway,
+            "publish": child_publish,
+            "adapter": child_adapter,
+            "office": child_office,
+        }
+        children[args.child](args)
         return 0
     args.argv = argv
     args.load = os.getloadavg()

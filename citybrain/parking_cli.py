@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from citybrain.errors import CitybrainError
 
@@ -195,14 +195,23 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     val.set_defaults(handler=_validate)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _whole(minimum: int, what: str = "an integer") -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole(1)
+_cents = _whole(0, "a whole number of cents")
 
 
 def _non_negative_float(text: str) -> float:
@@ -221,16 +230,6 @@ def _date(text: str, flag: str = "--date") -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise CitybrainError(f"{flag}: not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _cents(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of cents: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
 
 
 def _office_options(p: argparse.ArgumentParser) -> None:
@@ -312,12 +311,9 @@ def _serve(args: argparse.Namespace) -> int:
                 BackOffice(ledger, settings),
                 args.broker,
                 client_id=f"{args.client_id}-payments",
-                topic_root=args.topic_root,
                 group=args.group,
-                username=args.username,
-                password=args.password,
-                ca_file=args.ca_file,
                 stop=stop,
+                **_mqtt_options(args),
             )
 
         payments = threading.Thread(target=dispatch, name="parking-payments", daemon=True)
@@ -328,18 +324,32 @@ def _serve(args: argparse.Namespace) -> int:
         ledger,
         client_id=args.client_id,
         group=args.group,
-        topic_root=args.topic_root,
-        username=args.username,
-        password=args.password,
-        ca_file=args.ca_file,
         stop=stop,
         batch_size=args.batch_size,
         batch_window=args.batch_window_ms / 1000,
+        **_mqtt_options(args),
     )
     if payments is not None:
         payments.join(10)
     print(f"stopped: {stats}", file=sys.stderr)
     return 0
+
+
+class _MqttOptions(TypedDict):
+    topic_root: str
+    username: str | None
+    password: str | None
+    ca_file: str | None
+
+
+def _mqtt_options(args: argparse.Namespace) -> _MqttOptions:
+    """The broker options a command's MQTT clients share."""
+    return _MqttOptions(
+        topic_root=args.topic_root,
+        username=args.username,
+        password=args.password,
+        ca_file=args.ca_file,
+    )
 
 
 def _pay_adapter(args: argparse.Namespace) -> int:
@@ -353,12 +363,9 @@ def _pay_adapter(args: argparse.Namespace) -> int:
         args.book,
         rules,
         client_id=args.client_id,
-        topic_root=args.topic_root,
-        username=args.username,
-        password=args.password,
-        ca_file=args.ca_file,
         stop=stop,
         on_ready=lambda: print("READY", file=sys.stderr, flush=True),
+        **_mqtt_options(args),
     )
     print(f"stopped: {stats}", file=sys.stderr)
     return 0
@@ -603,14 +610,18 @@ def _occupancy(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return 0
     for d in days:
-        cap = "" if d.capacity is None else f" of {d.capacity}"
-        when = "" if d.peak_at is None else f" at {d.peak_at.strftime('%H:%M')}"
-        print(f"{d.lot_id} {d.day.isoformat()}: peak {d.peak}{cap}{when}")
+        print(f"{d.lot_id} {d.day.isoformat()}: peak {_peak(d.peak, d.capacity, d.peak_at)}")
         for h in d.hours:
             print(
                 f"  {h.start.strftime('%H:%M')}  {h.at_start:>5} at the start, {h.peak:>5} at most"
             )
     return 0
+
+
+def _peak(cars: int, capacity: int | None, at: datetime | None) -> str:
+    """``3 of 400 at 07:20``."""
+    of = "" if capacity is None else f" of {capacity}"
+    return f"{cars}{of}" + ("" if at is None else f" at {at.strftime('%H:%M')}")
 
 
 def _day_report(args: argparse.Namespace) -> int:
@@ -630,8 +641,6 @@ def _day_report(args: argparse.Namespace) -> int:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     for d in days:
-        cap = "" if d.capacity is None else f" of {d.capacity}"
-        when = "" if d.peak_at is None else f" at {d.peak_at.strftime('%H:%M')}"
         print(f"{d.lot_id} {d.day.isoformat()}")
         print(f"  stays            {d.stays} ({d.free_stays} free)")
         print(f"  revenue          {d.revenue_cents / 100:.2f}")
@@ -641,7 +650,7 @@ def _day_report(args: argparse.Namespace) -> int:
         print(f"  debts collected  {d.debts_collected} ({d.debts_collected_cents / 100:.2f})")
         print(f"  mean stay        {_minutes(d.mean_stay)}")
         print(f"  longest stay     {_minutes(d.longest_stay)}")
-        print(f"  peak occupancy   {d.peak_occupancy}{cap}{when}")
+        print(f"  peak occupancy   {_peak(d.peak_occupancy, d.capacity, d.peak_at)}")
     return 0
 
 

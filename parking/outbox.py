@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from citybrain.mqtt.address import BrokerSettings
-from citybrain.mqtt.backoff import Backoff
-from citybrain.mqtt.link import ConnectionLost, Link, Refused, open_subscribed
+from citybrain.mqtt.backoff import hold_subscription
+from citybrain.mqtt.link import Link, Refused
 from citybrain.mqtt.wire import Publish
 from citybrain.parking.mqtt import QOS, TOPIC_ROOT, shared
 from citybrain.parking.office import BackOffice
@@ -92,67 +92,53 @@ def run_dispatcher(
         broker_url, username=username, password=password, ca_file=ca_file
     )
     pay = office.settings.payments
-    stop = stop if stop is not None else threading.Event()
     stats = DispatchStats()
     topic = instructions_topic(topic_root).encode()
-    subscription = shared(results_topic(topic_root), group)
-    backoff = Backoff(0.2, max_backoff)
+    halt = stop if stop is not None else threading.Event()
 
-    def connect() -> Link:
-        return open_subscribed(settings, client_id, subscription, QOS, keepalive)
-
-    while not stop.is_set():
-        try:
-            link = backoff.attempt(connect, url=settings.address.url, who="the dispatcher", log=log)
-        except Refused as exc:
-            raise DispatcherRefused(str(exc)) from None
-        if link is None:
-            backoff.wait(stop)
-            continue
-        stats.connections += 1
-        log.info("payments: connected as %s, answers on %s", client_id, subscription)
-        if on_ready is not None:
-            on_ready()
-        healthy = True
+    def work(link: Link, progress: Callable[[], None]) -> None:
+        log.info("payments: connected as %s", client_id)
         next_claim = 0.0
-        try:
-            while not stop.is_set():
-                if time.monotonic() >= next_claim:
-                    due = office.claim_payments(clock(), pay.batch)
-                    for instruction in due:
-                        link.publish(topic, instruction.payload(pay.currency), QOS)
-                        stats.sent += 1
-                        stats.resent += instruction.sends > 1
-                    link.flush()
-                    full = len(due) == pay.batch
-                    next_claim = time.monotonic() + (0.0 if full else CLAIM_EVERY_S)
-                arrived = link.poll(max(0.0, next_claim - time.monotonic()))
-                if arrived:
-                    gather_until = time.monotonic() + GATHER_S
-                    while (
-                        len(arrived) < pay.batch and (left := gather_until - time.monotonic()) > 0
-                    ):
-                        arrived += link.poll(left)
+        while not halt.is_set():
+            if time.monotonic() >= next_claim:
+                due = office.claim_payments(clock(), pay.batch)
+                for instruction in due:
+                    link.publish(topic, instruction.payload(pay.currency), QOS)
+                    stats.sent += 1
+                    stats.resent += instruction.sends > 1
+                link.flush()
+                full = len(due) == pay.batch
+                next_claim = time.monotonic() + (0.0 if full else CLAIM_EVERY_S)
+            arrived = link.poll(max(0.0, next_claim - time.monotonic()))
+            if arrived:
+                gather_until = time.monotonic() + GATHER_S
+                while len(arrived) < pay.batch and (left := gather_until - time.monotonic()) > 0:
+                    arrived += link.poll(left)
+                try:
                     _record(office, link, arrived, stats, pay.batch)
-                    link.flush()
-                    backoff.reset()
-        except ConnectionLost as exc:
-            log.warning("payments: connection lost: %s", exc)
-        except Exception:
-            # The ledger failed: nothing of this batch was recorded or acknowledged; the
-            # broker redelivers the answers on the next connection.
-            log.exception("payments: recording answers failed; reconnecting")
-            stats.failures += 1
-            healthy = False
-        if healthy and not stop.is_set():
-            link.abort()
-            backoff.lost()
-        elif healthy:
-            link.close()
-        else:
-            link.abort()
-            backoff.failed()
-        backoff.wait(stop)
+                except Exception:
+                    # Nothing of this batch was recorded or acknowledged: the broker
+                    # redelivers the answers on the next connection.
+                    stats.failures += 1
+                    raise
+                link.flush()
+                progress()
+
+    try:
+        stats.connections = hold_subscription(
+            settings,
+            client_id,
+            shared(results_topic(topic_root), group),
+            work,
+            stop=halt,
+            who="the payment dispatcher",
+            log=log,
+            keepalive=keepalive,
+            on_ready=on_ready,
+            max_backoff=max_backoff,
+        )
+    except Refused as exc:
+        raise DispatcherRefused(str(exc)) from None
     return stats
 
 

@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from citybrain.mqtt.address import BrokerSettings
-from citybrain.mqtt.backoff import Backoff
-from citybrain.mqtt.link import ConnectionLost, Link, open_subscribed
+from citybrain.mqtt.backoff import hold_subscription
+from citybrain.mqtt.link import Link
 from citybrain.mqtt.wire import Publish
 from citybrain.parking.mqtt import QOS, TOPIC_ROOT
 from citybrain.parking.payments import (
@@ -150,51 +150,46 @@ def run_adapter(
     settings = BrokerSettings.from_url(
         broker_url, username=username, password=password, ca_file=ca_file
     )
-    stop = stop if stop is not None else threading.Event()
     answers = AnswerBook(book)
     stats = AdapterStats()
     results = results_topic(topic_root).encode()
-    backoff = Backoff(0.2, max_backoff)
+    halt = stop if stop is not None else threading.Event()
 
-    def connect() -> Link:
-        return open_subscribed(settings, client_id, instructions_topic(topic_root), QOS, keepalive)
+    def work(link: Link, progress: Callable[[], None]) -> None:
+        while not halt.is_set():
+            arrived = link.poll(0.2)
+            orders: list[tuple[Publish, Order]] = []
+            for message in arrived:
+                try:
+                    orders.append((message, parse_order(message.payload)))
+                except PaymentError as exc:
+                    log.warning("adapter: ignoring a malformed instruction: %s", exc)
+                    stats.malformed += 1
+            # kept first (one transaction), then answered, then acknowledged
+            done = answers.answer_many([o for _, o in orders], rules) if orders else []
+            for answer, new in done:
+                stats.answered += new
+                stats.repeated += not new
+                stats.declined += new and answer.status == "declined"
+                link.publish(results, answer.payload(), QOS)
+            for message in arrived:
+                link.ack(message.packet_id, message.qos)
+            link.flush()
+            progress()
 
     try:
-        while not stop.is_set():
-            link = backoff.attempt(connect, url=settings.address.url, who="the adapter", log=log)
-            if link is None:
-                backoff.wait(stop)
-                continue
-            stats.connections += 1
-            if on_ready is not None:
-                on_ready()
-            try:
-                while not stop.is_set():
-                    arrived = link.poll(0.2)
-                    orders: list[tuple[Publish, Order]] = []
-                    for message in arrived:
-                        try:
-                            orders.append((message, parse_order(message.payload)))
-                        except PaymentError as exc:
-                            log.warning("adapter: ignoring a malformed instruction: %s", exc)
-                            stats.malformed += 1
-                    # kept first (one transaction), then answered, then acknowledged
-                    done = answers.answer_many([o for _, o in orders], rules) if orders else []
-                    for answer, new in done:
-                        stats.answered += new
-                        stats.repeated += not new
-                        stats.declined += new and answer.status == "declined"
-                        link.publish(results, answer.payload(), QOS)
-                    for message in arrived:
-                        link.ack(message.packet_id, message.qos)
-                    link.flush()
-                    backoff.reset()
-                link.close()
-            except ConnectionLost as exc:
-                log.warning("adapter: connection lost: %s", exc)
-                link.abort()
-                backoff.lost()
-                backoff.wait(stop)
+        stats.connections = hold_subscription(
+            settings,
+            client_id,
+            instructions_topic(topic_root),
+            work,
+            stop=halt,
+            who="the payment adapter",
+            log=log,
+            keepalive=keepalive,
+            on_ready=on_ready,
+            max_backoff=max_backoff,
+        )
     finally:
         answers.close()
     return stats

@@ -10,11 +10,11 @@ through ``citybrain.parking.store.rows``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -72,6 +72,7 @@ from citybrain.parking.store.rows import (
 from citybrain.parking.tables import UTCDateTime, metadata
 
 IN_CHUNK = 500  # ids per IN (...) list
+R = TypeVar("R")
 
 
 def table(name: str) -> Table:
@@ -428,28 +429,25 @@ class SqlTransaction:
         }
 
     def stored_sessions(self, session_ids: Collection[str]) -> dict[str, StoredSession]:
-        s = table("session")
-        out: dict[str, StoredSession] = {}
-        for chunk in chunks(sorted(set(session_ids))):
-            for row in self._select(sa_select(s).where(s.c.session_id.in_(chunk))):
-                out[row.session_id] = stored_session(row)
-        return out
+        return self._keyed("session", "session_id", session_ids, stored_session)
 
     def adjustments(self, adjustment_ids: Collection[str]) -> dict[str, AdjustmentRecord]:
-        a = table("adjustment")
-        out: dict[str, AdjustmentRecord] = {}
-        for chunk in chunks(sorted(set(adjustment_ids))):
-            for row in self._select(sa_select(a).where(a.c.adjustment_id.in_(chunk))):
-                out[row.adjustment_id] = ADJUSTMENTS.of(row)
-        return out
+        return self._keyed("adjustment", "adjustment_id", adjustment_ids, ADJUSTMENTS.of)
 
     def outbox_entries(self, keys: Collection[str]) -> dict[str, Instruction]:
         """The outbox entries (unanswered instructions) among these keys."""
-        o = table("payment_outbox")
-        out: dict[str, Instruction] = {}
+        return self._keyed("payment_outbox", "key", keys, OUTBOX.of)
+
+    def _keyed(
+        self, name: str, column: str, keys: Collection[str], of: Callable[[Any], R]
+    ) -> dict[str, R]:
+        """The rows of table ``name`` whose ``column`` is among ``keys``, made domain values
+        by ``of``, by key (off the hot path: IN lists in chunks)."""
+        t = table(name)
+        out: dict[str, R] = {}
         for chunk in chunks(sorted(set(keys))):
-            for row in self._select(sa_select(o).where(o.c.key.in_(chunk))):
-                out[row.key] = OUTBOX.of(row)
+            for row in self._select(sa_select(t).where(t.c[column].in_(chunk))):
+                out[getattr(row, column)] = of(row)
         return out
 
     def due_instructions(self, now: datetime, limit: int) -> list[Instruction]:
@@ -466,12 +464,7 @@ class SqlTransaction:
         return [OUTBOX.of(row) for row in self._select(query)]
 
     def payment_results(self, keys: Collection[str]) -> dict[str, PaymentResultRecord]:
-        r = table("payment_result")
-        out: dict[str, PaymentResultRecord] = {}
-        for chunk in chunks(sorted(set(keys))):
-            for row in self._select(sa_select(r).where(r.c.key.in_(chunk))):
-                out[row.key] = PAYMENT_RESULTS.of(row)
-        return out
+        return self._keyed("payment_result", "key", keys, PAYMENT_RESULTS.of)
 
     def charge_attempts(self, session_ids: Collection[str]) -> dict[str, int]:
         """The last attempt charged for each session that was charged."""
