@@ -282,8 +282,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from citybrain.parking.office import BackOffice
-    from citybrain.parking.outbox import run_dispatcher
+    from citybrain.parking.outbox import start_dispatcher, stop_dispatcher
     from citybrain.parking.service import run_service
     from citybrain.parking.settings import load_parking_settings
 
@@ -304,20 +303,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     threading.Thread(target=expire_loop, daemon=True).start()
     payments = None
-    if settings.payments.enabled:
-
-        def dispatch() -> None:
-            run_dispatcher(
-                BackOffice(ledger, settings),
-                args.broker,
-                client_id=f"{args.client_id}-payments",
-                group=args.group,
-                stop=stop,
-                **_mqtt_options(args),
-            )
-
-        payments = threading.Thread(target=dispatch, name="parking-payments", daemon=True)
-        payments.start()
+    if settings.payments.enabled:  # in a process of its own
+        payments = start_dispatcher(
+            ledger.opener(),
+            settings,
+            args.broker,
+            client_id=f"{args.client_id}-payments",
+            group=args.group,
+            **_mqtt_options(args),
+        )
     print(f"serving {args.broker} into {args.db} as {args.client_id}", file=sys.stderr)
     stats = run_service(
         args.broker,
@@ -330,7 +324,7 @@ def _serve(args: argparse.Namespace) -> int:
         **_mqtt_options(args),
     )
     if payments is not None:
-        payments.join(10)
+        stop_dispatcher(payments)
     print(f"stopped: {stats}", file=sys.stderr)
     return 0
 

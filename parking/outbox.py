@@ -23,11 +23,16 @@ Exactly once, whatever dies when (``citybrain.parking.payments`` has the contrac
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from citybrain.mqtt.address import BrokerSettings
 from citybrain.mqtt.backoff import hold_subscription
@@ -42,6 +47,7 @@ from citybrain.parking.payments import (
     parse_answer,
     results_topic,
 )
+from citybrain.parking.settings import ParkingSettings
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +175,56 @@ def _record(
                 stats.declined += answer.status == "declined"
                 stats.debts += done.debt
             link.ack(message.packet_id, message.qos)
+
+
+def start_dispatcher(
+    opener: Callable[[], Any],
+    settings: ParkingSettings,
+    broker_url: str,
+    **options: Any,
+) -> multiprocessing.process.BaseProcess:
+    """``run_dispatcher`` in a process of its own (``parking serve`` runs it so: the
+    service's network loop keeps its interpreter to itself), on the ledger ``opener``
+    opens (``Ledger.opener``). SIGTERM stops it; it also stops when its parent dies."""
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(
+        target=_dispatcher_main,
+        args=(opener, settings, broker_url, options, os.getpid()),
+        name="parking-payments",
+        daemon=True,
+    )
+    process.start()
+    return process
+
+
+def stop_dispatcher(process: multiprocessing.process.BaseProcess, timeout: float = 10.0) -> None:
+    if process.is_alive():
+        process.terminate()  # SIGTERM: it finishes what it has in hand
+        process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def _dispatcher_main(
+    opener: Callable[[], Any],
+    settings: ParkingSettings,
+    broker_url: str,
+    options: dict[str, Any],
+    parent: int,
+) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's: it stops us
+
+    def orphaned() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    ledger = opener()
+    try:
+        run_dispatcher(BackOffice(ledger, settings), broker_url, stop=stop, **options)
+    finally:
+        ledger.close()

@@ -361,3 +361,66 @@ def test_broker_restarts_lose_no_instruction_nor_answer(
     assert book_rows(book) == got and not outbox_keys(ledger)
     assert all(n < len(keys) for n in midway), midway  # both fell mid-stream
     assert stats.connections >= 2 and adapter_stats.connections >= 2
+
+
+def test_parking_serve_and_the_pay_adapter_on_the_command_line(
+    mqtt_url: str, sessions: mq.Sessions, root: str, tmp_path: Path
+) -> None:
+    """`citybrain parking serve` (its dispatcher in a process of its own) and `citybrain
+    parking pay-adapter`, as an operator starts them: a bound stay is charged, its
+    instruction answered, a blocked account's charge declined into a debt."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = open_ledger(db)
+    ledger.bind("浙A12345", "acct-a", at=at(-1))
+    ledger.bind("浙B12345", "blocked-b", at=at(-1))
+    cli = [sys.executable, "-m", "citybrain.cli", "parking"]
+    common = ["--broker", mqtt_url, "--topic-root", root]
+    serve = subprocess.Popen(
+        [*cli, "serve", "--db", db, "--client-id", sessions.new("svc"), *common]
+    )
+    adapter = subprocess.Popen(
+        [
+            *cli,
+            "pay-adapter",
+            "--book",
+            str(tmp_path / "book.db"),
+            "--decline-account",
+            "blocked-*",
+            "--client-id",
+            sessions.new("adapter"),
+            *common,
+        ]
+    )
+    sessions.ids.append(f"{sessions.ids[0]}-payments")
+
+    def stored() -> int:
+        with ledger.engine.connect() as conn:
+            n = int(conn.execute(text("SELECT count(*) FROM read")).scalar_one())
+            conn.rollback()
+        return n
+
+    try:
+        pub = mq.Publisher(mqtt_url)
+        try:
+            reads = [
+                read_msg(rid, direction, plate, at(minute))
+                for plate, car in (("浙A12345", "a"), ("浙B12345", "b"))
+                for rid, direction, minute in ((f"{car}-in", "in", 0), (f"{car}-out", "out", 95))
+            ]
+            deadline = time.monotonic() + 60
+            while stored() < len(reads):  # sent again until stored, as a gateway does
+                assert time.monotonic() < deadline and serve.poll() is None
+                for body in reads:
+                    pub.publish(f"{root}/L01/reads", body)
+                time.sleep(0.5)
+        finally:
+            pub.close()
+        mq.wait_until(lambda: len(results(ledger)) == 2, 60, "both answers")
+    finally:
+        for proc in (serve, adapter):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    assert sorted(s for _, s in results(ledger)) == ["declined", "paid"]
+    assert [d.plate for d in ledger.debts()] == ["浙B12345"]
+    assert serve.returncode == 0 and adapter.returncode == 0
+    ledger.close()
