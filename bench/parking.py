@@ -483,7 +483,8 @@ def child_adapter(args: argparse.Namespace) -> None:
 
 def child_office(args: argparse.Namespace) -> None:
     """An operator's screens: occupancy and the review queue every ``--office-every``
-    seconds, the day's report every ten times that."""
+    seconds; at the end (SIGTERM), the day's report and its CSV export of charges, timed."""
+    from citybrain.parking.daybook import ExportKind
     from citybrain.parking.ledger import open_ledger
     from citybrain.parking.office import BackOffice
     from citybrain.parking.tariff import load_tariffs
@@ -499,10 +500,16 @@ def child_office(args: argparse.Namespace) -> None:
         now = dt.datetime.now(dt.UTC)
         back.occupancy(now)
         back.review(now)
-        if asked % 10 == 0:
-            back.report(T0.date(), now)
         asked += 1
-    print(json.dumps({"cpu_s": time.process_time() - start, "asked": asked}), flush=True)
+    cpu = time.process_time() - start
+    t = time.perf_counter()
+    back.report(T0.date(), dt.datetime.now(dt.UTC))
+    report_s = time.perf_counter() - t
+    t = time.perf_counter()
+    back.export(ExportKind.CHARGES, T0.date(), T0.date())
+    export_s = time.perf_counter() - t
+    done = {"cpu_s": cpu, "asked": asked, "report_s": report_s, "export_s": export_s}
+    print(json.dumps(done), flush=True)
 
 
 def payments_settled(url: str, book: Path, timeout: float) -> list[str]:
@@ -711,6 +718,8 @@ class Run:
     services: int = 1  # settlement services sharing the reads
     adapter_cpu_s: float | None = None  # the reference payment adapter
     notes: list[str] = field(default_factory=list)
+    report_s: float | None = None  # the day's report at the end of the run (wall)
+    export_s: float | None = None  # the day's CSV export of charges (wall)
     office_cpu_s: float | None = None  # the office's screens
 
     def per_read_us(self, seconds: float | None) -> str:
@@ -896,18 +905,21 @@ def run_once(
                     proc.wait()
                     service_cpu = float("nan")
             result.batches, result.service_cpu_s = batches, service_cpu
-            helper_cpu: list[float | None] = []
+            helper: list[dict[str, float]] = []
             for proc in helpers:
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    out, _ = proc.communicate(timeout=30)
-                    helper_cpu.append(float(json.loads(out.decode().splitlines()[-1])["cpu_s"]))
+                    out, _ = proc.communicate(timeout=120)
+                    helper.append(json.loads(out.decode().splitlines()[-1]))
                 except Exception:
                     proc.kill()
                     proc.wait()
-                    helper_cpu.append(None)
+                    helper.append({})
             if helpers:
-                result.adapter_cpu_s, result.office_cpu_s = helper_cpu
+                result.adapter_cpu_s = helper[0].get("cpu_s")
+                result.office_cpu_s = helper[1].get("cpu_s")
+                result.report_s = helper[1].get("report_s")
+                result.export_s = helper[1].get("export_s")
         result.problems += verify(
             url, tariffs_path, expected, by_content=services > 1, notes=result.notes
         )
@@ -1126,6 +1138,19 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         f"subscriber, no database, {args.ceiling_count:,} messages): {ceiling_rate:,.0f} msg/s.",
         "",
     ]
+    for db in ("postgresql", "sqlite"):
+        timed = [
+            r for r in runs if r.db == db and r.kind == "throughput" and r.report_s is not None
+        ]
+        if timed:
+            reports = ", ".join(f"{r.report_s:.2f}" for r in timed)
+            exports = ", ".join(f"{r.export_s or 0:.2f}" for r in timed)
+            lines += [
+                f"The office at the end of each {db} throughput run (the run's day, "
+                f"{len(args.lots_used)} lots, {timed[0].reads:,} reads): the day's report "
+                f"took {reports} s, the CSV export of the day's charges {exports} s.",
+                "",
+            ]
     pg = [r for r in runs if r.db == "postgresql" and r.kind == "throughput" and r.services == 1]
     pg2 = [r for r in runs if r.db == "postgresql" and r.kind == "throughput" and r.services > 1]
     lat = [r for r in runs if r.db == "postgresql" and r.kind == "latency"]

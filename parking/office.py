@@ -65,7 +65,6 @@ from citybrain.parking.settlement import declined
 from citybrain.parking.store.port import Transaction
 from citybrain.parking.store.rows import (
     DISPUTES,
-    OUTBOX,
     PAYMENT_RESULTS,
     RESOLUTIONS,
     StoredSession,
@@ -456,7 +455,8 @@ class BackOffice:
                     for i in due
                 ]
                 writes = Writes(tx)
-                writes.update("payment_outbox", "key", [OUTBOX.values(i) for i in sent])
+                marks = [{"key": i.key, "sends": i.sends, "due_at": i.due_at} for i in sent]
+                writes.update("payment_outbox", "key", marks)
                 writes.flush()
                 return sent
 
