@@ -496,14 +496,14 @@ def child_office(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("READY", flush=True)
     asked = 0
+    now = dt.datetime.fromisoformat(args.office_now)  # the workload's clock, not today's
     while not stop.wait(args.office_every):
-        now = dt.datetime.now(dt.UTC)
         back.occupancy(now)
         back.review(now)
         asked += 1
     cpu = time.process_time() - start
     t = time.perf_counter()
-    back.report(T0.date(), dt.datetime.now(dt.UTC))
+    back.report(T0.date(), now)
     report_s = time.perf_counter() - t
     t = time.perf_counter()
     back.export(ExportKind.CHARGES, T0.date(), T0.date())
@@ -782,6 +782,10 @@ def run_once(
                     str(tariffs_path),
                     "--office-every",
                     str(args.office_every),
+                    "--office-now",
+                    max(json.loads(line)["ts"] for _, line in work.lines)
+                    if work.lines
+                    else T0.isoformat(),
                 )
             )
         acks = AckClock(broker, root)
@@ -1427,6 +1431,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p.add_argument(name, help=argparse.SUPPRESS)
     p.add_argument("--with-office", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--office-now", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:

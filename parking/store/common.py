@@ -31,6 +31,7 @@ from sqlalchemy import (
     literal_column,
     not_,
     or_,
+    tuple_,
 )
 from sqlalchemy import select as sa_select
 
@@ -732,21 +733,21 @@ class SqlStore:
             items = [stored_session(r) for r in [*reviews, *overstays]]
             pairs = {(x.session.lot_id, x.session.plate_key) for x in items}
             pairs |= {(x.lot_id, key_of(x.plate)) for x in pending}
+            open_or_half = or_(
+                c.status == SessionStatus.OPEN.value,
+                and_(
+                    c.status == SessionStatus.REVIEW.value,
+                    or_(c.entry_at.is_(None), c.exit_at.is_(None)),
+                    unresolved,
+                ),
+            )
+            ordered = sorted(pairs)
             pool: list[Session | PendingExit] = []
-            for pair_lot, key in sorted(pairs):
-                open_or_half = or_(
-                    c.status == SessionStatus.OPEN.value,
-                    and_(
-                        c.status == SessionStatus.REVIEW.value,
-                        or_(c.entry_at.is_(None), c.exit_at.is_(None)),
-                        unresolved,
-                    ),
-                )
-                rows = tx._select(
-                    sa_select(s).where(c.lot_id == pair_lot, c.plate_key == key, open_or_half)
-                )
+            for start in range(0, len(ordered), IN_CHUNK):
+                keyed = tuple_(c.lot_id, c.plate_key).in_(ordered[start : start + IN_CHUNK])
+                rows = tx._select(sa_select(s).where(keyed, open_or_half))
                 pool.extend(stored_session(r).session for r in rows)
-                pool.extend(x for x in pending if x.lot_id == pair_lot and key_of(x.plate) == key)
+            pool.extend(x for x in pending if (x.lot_id, key_of(x.plate)) in pairs)
             pids = {
                 pid
                 for x in items
