@@ -443,26 +443,19 @@ class SqlTransaction:
         self, name: str, column: str, keys: Collection[str], of: Callable[[Any], R]
     ) -> dict[str, R]:
         """The rows of table ``name`` whose ``column`` is among ``keys``, made domain values
-        by ``of``, by key (off the hot path: IN lists in chunks)."""
-        t = table(name)
+        by ``of``, by key (a statement built once per dialect, keys as its list parameter)."""
+        query = _keyed_query(self.sql, name, column)
         out: dict[str, R] = {}
         for chunk in chunks(sorted(set(keys))):
-            for row in self._select(sa_select(t).where(t.c[column].in_(chunk))):
+            for row in self.rows(query, {"keys": chunk}):
                 out[getattr(row, column)] = of(row)
         return out
 
     def due_instructions(self, now: datetime, limit: int) -> list[Instruction]:
         """Up to ``limit`` outbox entries due at ``now``, oldest due first, held for this
         transaction (PostgreSQL: rows another transaction holds are skipped)."""
-        o = table("payment_outbox")
-        query = (
-            sa_select(o)
-            .where(o.c.due_at <= now)
-            .order_by(o.c.due_at, o.c.key)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return [OUTBOX.of(row) for row in self._select(query)]
+        rows = self.rows(_due_query(), {"now": now, "limit": limit})
+        return [OUTBOX.of(row) for row in rows]
 
     def payment_results(self, keys: Collection[str]) -> dict[str, PaymentResultRecord]:
         return self._keyed("payment_result", "key", keys, PAYMENT_RESULTS.of)
@@ -779,6 +772,24 @@ class SqlStore:
             bindings=bindings,
             disputes=disputes,
         )
+
+
+@cache
+def _keyed_query(sql: type[KeySql], name: str, column: str) -> Any:
+    t = table(name)
+    return sa_select(t).where(t.c[column].in_(sql.ids("keys")))
+
+
+@cache
+def _due_query() -> Any:
+    o = table("payment_outbox")
+    return (
+        sa_select(o)
+        .where(o.c.due_at <= bindparam("now", type_=UTCDateTime))
+        .order_by(o.c.due_at, o.c.key)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+    )
 
 
 def _charges_query() -> Any:
