@@ -20,7 +20,11 @@ the packaged Alembic head. Then:
   go out together: on PostgreSQL one statement of data-modifying ``WITH`` clauses over
   ``unnest`` arrays. About a dozen statements per batch instead of a dozen per read.
 * ``expire(now)``: pending exits and stale open sessions past the grace period -> review.
-* ``bind(plate, account)``: binds a plate and charges its debts, each exactly once.
+* ``bind(plate, account)``: binds a plate and charges its debts, each exactly once (a debt
+  left by a declined charge by the next attempt).
+* Every charge is written with its payment instruction (the outbox, ``money_writes``), in
+  the same transaction: one instruction per charge, whatever dies when
+  (``citybrain.parking.payments``).
 * Reports: ``sessions``, ``charges``, ``charge_totals``, ``debts``, ``dead_letters``.
 
 The ledger decides; it does not speak SQL. Its storage is a port,
