@@ -51,8 +51,8 @@ from citybrain.parking.settings import ParkingSettings
 
 log = logging.getLogger(__name__)
 
-CLAIM_EVERY_S = 0.1  # the outbox is looked at this often (at once after a full claim)
-GATHER_S = 0.05  # answers that arrive within this of the first are recorded together
+CLAIM_EVERY_S = 0.25  # the outbox is looked at this often (at once after a full claim)
+GATHER_S = 0.1  # answers that arrive within this of the first are recorded together
 
 
 class DispatcherRefused(RuntimeError):

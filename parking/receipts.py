@@ -103,26 +103,32 @@ def breakdown_of(priced: Fee) -> Breakdown:
 
 
 def breakdown_json(priced: Fee) -> str:
-    """The breakdown as kept with the decision (compact JSON)."""
-    b = breakdown_of(priced)
+    """The breakdown as kept with the decision (compact JSON; read by ``parse_breakdown``).
+    Written for every stay the tariff prices, on the hot path: straight from the fee."""
+    tariff = priced.tariff
+    if tariff is None:
+        raise ValueError("a breakdown needs the fee's tariff")
     data = {
         "v": _VERSION,
-        "tz": b.timezone,
-        "free_minutes": b.free_minutes,
-        "unit_minutes": b.unit_minutes,
-        "cap": b.daily_cap_cents,
-        "free": b.free,
-        "units": b.units,
-        "total": b.total_cents,
+        "tz": tariff.timezone.key,
+        "free_minutes": tariff.free_minutes,
+        "unit_minutes": tariff.unit_minutes,
+        "cap": tariff.daily_cap_cents,
+        "free": priced.free,
+        "units": priced.units,
+        "total": priced.total_cents,
         "windows": [
             [
                 w.start.isoformat(),
                 w.units,
                 w.raw_cents,
                 w.cents,
-                [[x.start, x.end, x.cents_per_unit, x.units] for x in w.bands],
+                [
+                    [_hhmm(u.band.start), _hhmm(u.band.end), u.band.cents_per_unit, u.units]
+                    for u in w.bands
+                ],
             ]
-            for w in b.windows
+            for w in priced.windows
         ],
     }
     return json.dumps(data, separators=(",", ":"))
