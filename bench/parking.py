@@ -31,6 +31,15 @@ one charge per charged session and no other.
 
 The Mosquitto ceiling is measured in the same run: a paho QoS 1 publisher and a paho QoS 1
 subscriber, no database.
+
+The back office is on in every end-to-end run (issue 16): each service runs as
+``citybrain parking serve`` does, with its expiry loop (exits without entries to review)
+and its payment dispatcher (every charge's instruction published to the payment side,
+answers recorded), a reference payment adapter (``parking pay-adapter``) answers them, and
+an office process asks for the occupancy, the review queue and the day's report every
+``--office-every`` seconds. After a run the outbox must drain: one answer per charge, the
+adapter's book equal to the ledger's answers. ``--services 1,2`` runs the throughput rows
+with one service and with two (a shared subscription group on one ledger), side by side.
 """
 
 from __future__ import annotations
@@ -148,6 +157,14 @@ class Expected:
     sessions: dict[str, tuple[str, int | None]]  # session id -> (status, fee)
     charges: int
     charged_cents: int
+    # the stays whatever their ids (a passage is named after the first of its reads to
+    # arrive, which several services may reorder): stay_key -> (status, fee, exit)
+    stays: dict[tuple[Any, ...], tuple[str, int | None, Any]] = field(default_factory=dict)
+
+
+def stay_key(lot: str, plate: str, entry_at: Any, exit_at: Any) -> tuple[Any, ...]:
+    """A stay by its lot, plate and entry (its exit too when it has no entry)."""
+    return (lot, plate, entry_at) if entry_at is not None else (lot, plate, None, exit_at)
 
 
 def expected_outcome(work: Workload, tariffs: dict[str, Any]) -> Expected:
@@ -180,12 +197,17 @@ def expected_outcome(work: Workload, tariffs: dict[str, Any]) -> Expected:
                 if money.charge_cents is not None:
                     charges += 1
                     cents += money.charge_cents
-    sessions = {
-        s.session_id: (s.status.value, fees.get(s.session_id))
-        for book in books.values()
-        for s in book.sessions()
+    every = [s for book in books.values() for s in book.sessions()]
+    sessions = {s.session_id: (s.status.value, fees.get(s.session_id)) for s in every}
+    stays = {
+        stay_key(s.lot_id, s.plate, s.entry_at, s.exit_at): (
+            s.status.value,
+            fees.get(s.session_id),
+            s.exit_at,
+        )
+        for s in every
     }
-    return Expected(len(work.lines), sessions, charges, cents)
+    return Expected(len(work.lines), sessions, charges, cents, stays)
 
 
 # ---------------------------------------------------------------------------- databases
@@ -235,8 +257,20 @@ def prepare_ledger(url: str, tariffs_path: Path, accounts: dict[str, str]) -> No
     ledger.close()
 
 
-def verify(url: str, tariffs_path: Path, expected: Expected) -> list[str]:
-    """Exactly-once checks; returns the problems found (empty: all good)."""
+def verify(
+    url: str,
+    tariffs_path: Path,
+    expected: Expected,
+    by_content: bool = False,
+    notes: list[str] | None = None,
+) -> list[str]:
+    """Exactly-once checks; returns the problems found (empty: all good).
+
+    ``by_content`` (several services): stays are compared by lot, plate and entry, not by
+    id, and a stay may have been decided at a later read of its exit passage than the first
+    (the passage's reads reach two services in either order, and a stay is decided at the
+    first exit read recorded): then its exit is that read's time (within the passage window)
+    and its fee the tariff's of those times. Those are counted in ``notes``."""
     from sqlalchemy import text
 
     from citybrain.parking.ledger import open_ledger
@@ -264,12 +298,16 @@ def verify(url: str, tariffs_path: Path, expected: Expected) -> list[str]:
             problems.append(f"{dead} dead letters")
         if charges != charged:
             problems.append(f"{charges - charged} sessions charged more than once")
+        found = ledger.sessions()
+        if by_content:
+            problems += _verify_stays(ledger, found, expected, int(charges), int(cents), notes)
+            return problems
         if (charges, int(cents)) != (expected.charges, expected.charged_cents):
             problems.append(
                 f"charges {charges} / {cents} cents, expected "
                 f"{expected.charges} / {expected.charged_cents}"
             )
-        got = {s.session_id: (s.status, s.fee_cents) for s in ledger.sessions()}
+        got = {s.session_id: (s.status, s.fee_cents) for s in found}
         if got != expected.sessions:
             wrong = sorted(
                 k
@@ -280,6 +318,75 @@ def verify(url: str, tariffs_path: Path, expected: Expected) -> list[str]:
     finally:
         ledger.close()
     return problems
+
+
+def _verify_stays(
+    ledger: Any,
+    found: list[Any],
+    expected: Expected,
+    charges: int,
+    cents: int,
+    notes: list[str] | None,
+) -> list[str]:
+    """``verify`` by content (several services); see there. Each car's stays at a lot are
+    paired in time order with the rules' ones; a stay's entry or exit may be a later read
+    of that passage (at most the 60 s passage window), its fee then the tariff's."""
+    from citybrain.parking.tariff import fee_cents
+
+    problems: list[str] = []
+    window = dt.timedelta(seconds=60)
+
+    def cars(stays: Any) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
+        out: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        for item in stays:
+            out.setdefault((item[0], item[1]), []).append(item)
+        for items in out.values():
+            items.sort(key=lambda x: (x[2] or x[3], x[3] or x[2]))
+        return out
+
+    want = cars(
+        (key[0], key[1], key[2], exit_at, status, fee)
+        for key, (status, fee, exit_at) in expected.stays.items()
+    )
+    got = cars((s.lot_id, s.plate, s.entry_at, s.exit_at, s.status, s.fee_cents, s) for s in found)
+    if want.keys() != got.keys() or any(len(want[k]) != len(got[k]) for k in want):
+        odd = sorted(
+            str(k) for k in want.keys() | got.keys() if len(want.get(k, ())) != len(got.get(k, ()))
+        )
+        problems.append(f"{len(odd)} cars' stays differ in number from the rules, e.g. {odd[:2]}")
+        return problems
+
+    def near(rule: Any, seen: Any) -> bool:
+        return rule == seen or (
+            rule is not None and seen is not None and rule < seen <= rule + window
+        )
+
+    later = dearer = 0
+    for car, rules in want.items():
+        for rule, seen in zip(rules, got[car], strict=True):
+            _, _, entry, leave, status, fee = rule
+            s = seen[-1]
+            if not (near(entry, s.entry_at) and near(leave, s.exit_at)):
+                problems.append(f"{s.session_id}: {s.entry_at}-{s.exit_at}, rules: {entry}-{leave}")
+                continue
+            if (s.entry_at, s.exit_at) != (entry, leave):
+                later += 1
+                if s.entry_at is not None and s.exit_at is not None:
+                    tariff = ledger.tariffs[s.lot_id]
+                    priced = fee_cents(tariff, s.entry_at, s.exit_at)
+                    dearer += priced != fee
+                    fee = priced
+            if (s.status, s.fee_cents) != (status, fee):
+                problems.append(f"{s.session_id}: {s.status} {s.fee_cents}, rules: {status} {fee}")
+    paid = [s for s in found if s.status == "settled" and (s.fee_cents or 0) > 0 and s.account]
+    if (charges, cents) != (len(paid), sum(s.fee_cents for s in paid)):
+        problems.append(f"charges {charges} / {cents} cents; the settled stays say otherwise")
+    if notes is not None and later:
+        notes.append(
+            f"{later} stays decided at a later read of their entry or exit passage "
+            f"(within 60 s), {dearer} of them at another fee"
+        )
+    return problems[:5]
 
 
 # ---------------------------------------------------------------------------- children
@@ -308,16 +415,43 @@ def child_serve(args: argparse.Namespace) -> None:
             started.append(time.process_time())
         print("READY", flush=True)
 
+    threads = []
+    payments = None
+    if args.with_office:  # as `citybrain parking serve` runs: expiry and payments
+        from citybrain.parking.outbox import start_dispatcher
+        from citybrain.parking.settings import load_parking_settings
+
+        def expire_loop() -> None:
+            while not stop.wait(60.0):
+                ledger.expire(dt.datetime.now(dt.UTC))
+
+        threads = [threading.Thread(target=expire_loop, daemon=True)]
+        threads[0].start()
+        payments = start_dispatcher(
+            ledger.opener(),
+            load_parking_settings(),
+            args.broker,
+            client_id=f"{args.client_id}-payments",
+            topic_root=args.root,
+            group=args.group,
+        )
     stats = run_service(
         args.broker,
         ledger,
         client_id=args.client_id,
         topic_root=args.root,
+        group=args.group,
         stop=stop,
         on_ready=ready,
         batch_size=args.batch_size,
         batch_window=args.batch_window_ms / 1000,
     )
+    for thread in threads:
+        thread.join(10)
+    if payments is not None:
+        from citybrain.parking.outbox import stop_dispatcher
+
+        stop_dispatcher(payments)
     if profiler is not None and profile:
         profiler.disable()
         profiler.dump_stats(f"{profile}.{os.getpid()}")
@@ -327,6 +461,87 @@ def child_serve(args: argparse.Namespace) -> None:
         json.dumps({"batches": stats.batches, "recorded": stats.recorded, "cpu_s": cpu}),
         flush=True,
     )
+
+
+def child_adapter(args: argparse.Namespace) -> None:
+    """The reference payment adapter (``citybrain parking pay-adapter``), paying all."""
+    from citybrain.parking.payadapter import run_adapter
+
+    start = time.process_time()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stats = run_adapter(
+        args.broker,
+        Path(args.outbox),
+        client_id=f"{args.client_id}-adapter",
+        topic_root=args.root,
+        stop=stop,
+        on_ready=lambda: print("READY", flush=True),
+    )
+    print(json.dumps({"cpu_s": time.process_time() - start, "answered": stats.answered}))
+
+
+def child_office(args: argparse.Namespace) -> None:
+    """An operator's screens: occupancy and the review queue every ``--office-every``
+    seconds; at the end (SIGTERM), the day's report and its CSV export of charges, timed."""
+    from citybrain.parking.daybook import ExportKind
+    from citybrain.parking.ledger import open_ledger
+    from citybrain.parking.office import BackOffice
+    from citybrain.parking.tariff import load_tariffs
+
+    ledger = open_ledger(args.db_url, tariffs=load_tariffs(Path(args.tariffs)))
+    back = BackOffice(ledger)
+    start = time.process_time()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("READY", flush=True)
+    asked = 0
+    now = dt.datetime.fromisoformat(args.office_now)  # the workload's clock, not today's
+    while not stop.wait(args.office_every):
+        back.occupancy(now)
+        back.review(now)
+        asked += 1
+    cpu = time.process_time() - start
+    t = time.perf_counter()
+    back.report(T0.date(), now)
+    report_s = time.perf_counter() - t
+    t = time.perf_counter()
+    back.export(ExportKind.CHARGES, T0.date(), T0.date())
+    export_s = time.perf_counter() - t
+    done = {"cpu_s": cpu, "asked": asked, "report_s": report_s, "export_s": export_s}
+    print(json.dumps(done), flush=True)
+
+
+def payments_settled(url: str, book: Path, timeout: float) -> list[str]:
+    """Wait for the outbox to drain; then one answer per charge, and the adapter's book
+    equal to the ledger's answers. Returns the problems found."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                left = conn.execute(text("SELECT count(*) FROM payment_outbox")).scalar_one()
+                charges = conn.execute(text("SELECT count(*) FROM charge")).scalar_one()
+                answers = dict(conn.execute(text("SELECT key, status FROM payment_result")).all())
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    with contextlib.closing(sqlite3.connect(book)) as db:
+        kept = dict(db.execute("SELECT key, status FROM answer").fetchall())
+    problems = []
+    if left:
+        problems.append(f"{left} payment instructions unanswered after {timeout:.0f} s")
+    if len(answers) != charges:
+        problems.append(f"{len(answers)} payment answers for {charges} charges")
+    if kept != answers:
+        problems.append("the adapter's answers differ from the ledger's")
+    return problems
 
 
 def child_gateway(args: argparse.Namespace) -> None:
@@ -500,13 +715,25 @@ class Run:
     busy_cores: float | None = None  # the whole machine's CPU use during the run, in cores
     servers_cpu_s: dict[str, float] = field(default_factory=dict)  # postgres, mosquitto
     problems: list[str] = field(default_factory=list)
+    services: int = 1  # settlement services sharing the reads
+    adapter_cpu_s: float | None = None  # the reference payment adapter
+    notes: list[str] = field(default_factory=list)
+    report_s: float | None = None  # the day's report at the end of the run (wall)
+    export_s: float | None = None  # the day's CSV export of charges (wall)
+    office_cpu_s: float | None = None  # the office's screens
 
     def per_read_us(self, seconds: float | None) -> str:
         return "" if seconds is None or not self.reads else f"{seconds / self.reads * 1e6:.0f}"
 
 
 def run_once(
-    args: argparse.Namespace, broker: str, kind: str, db: str, work: Workload, workdir: Path
+    args: argparse.Namespace,
+    broker: str,
+    kind: str,
+    db: str,
+    work: Workload,
+    workdir: Path,
+    services: int = 1,
 ) -> Run:
     from citybrain.parking.tariff import load_tariffs
 
@@ -514,31 +741,59 @@ def run_once(
     expected = expected_outcome(work, load_tariffs(tariffs_path))
     root = f"cbbench/{uuid.uuid4().hex[:8]}/parking"
     client_id = f"cbbench-{uuid.uuid4().hex[:8]}"
-    result = Run(db, kind, len(work.lines))
-    lanes_cpu = 0.0  # the service's ledger processes, from its subscription on
+    result = Run(db, kind, len(work.lines), services=services)
+    lanes_cpu = 0.0  # the services' ledger processes, from their subscriptions on
     rundir = workdir / f"{db}-{kind}-{uuid.uuid4().hex[:6]}"
     rundir.mkdir()
+    book = rundir / "adapter.db"
     with fresh_database(db, workdir) as url:
         prepare_ledger(url, tariffs_path, work.accounts)
         checkpoint(url)
         common = ["--broker", broker, "--root", root, "--client-id", client_id]
-        service = spawn(
-            "serve",
-            *common,
-            "--db-url",
-            url,
-            "--tariffs",
-            str(tariffs_path),
-            "--batch-size",
-            str(args.batch_size),
-            "--batch-window-ms",
-            str(args.batch_window_ms),
-        )
+        office_on = ["--with-office"] if args.back_office else []
+        grouped = ["--group", f"cbbench-{uuid.uuid4().hex[:6]}"] if services > 1 else []
+        service_procs = [
+            spawn(
+                "serve",
+                *common[:-1],
+                f"{client_id}-s{i}",
+                *grouped,
+                *office_on,
+                "--db-url",
+                url,
+                "--tariffs",
+                str(tariffs_path),
+                "--batch-size",
+                str(args.batch_size),
+                "--batch-window-ms",
+                str(args.batch_window_ms),
+            )
+            for i in range(services)
+        ]
+        helpers = []
+        if args.back_office:
+            helpers.append(spawn("adapter", *common, "--outbox", str(book)))
+            helpers.append(
+                spawn(
+                    "office",
+                    "--db-url",
+                    url,
+                    "--tariffs",
+                    str(tariffs_path),
+                    "--office-every",
+                    str(args.office_every),
+                    "--office-now",
+                    max(json.loads(line)["ts"] for _, line in work.lines)
+                    if work.lines
+                    else T0.isoformat(),
+                )
+            )
         acks = AckClock(broker, root)
         gateways: list[subprocess.Popen[bytes]] = []
         try:
-            wait_ready(service)
-            lanes_before = children_ticks(service.pid)
+            for proc in [*service_procs, *helpers]:
+                wait_ready(proc)
+            lanes_before = {p.pid: children_ticks(p.pid) for p in service_procs}
             by_lot: dict[str, list[str]] = {lot: [] for lot in work.lots}
             for lot, line in work.lines:
                 by_lot[lot].append(line)
@@ -600,8 +855,9 @@ def run_once(
                 pacer.join()
             result.busy_cores = busy_cores(busy_before, time.monotonic() - started)
             hz = os.sysconf("SC_CLK_TCK")
-            lanes_after = children_ticks(service.pid)
-            lanes_cpu = sum(t - lanes_before.get(pid, 0) for pid, t in lanes_after.items()) / hz
+            for proc in service_procs:
+                before, after = lanes_before[proc.pid], children_ticks(proc.pid)
+                lanes_cpu += sum(t - before.get(pid, 0) for pid, t in after.items()) / hz
             result.servers_cpu_s = {
                 k: (v - servers_before[k]) / hz for k, v in process_ticks(SERVERS).items()
             }
@@ -632,22 +888,45 @@ def run_once(
                     result.p50_ms = statistics.median(delays)
                     result.p99_ms = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
                     result.max_ms = delays[-1]
+            if args.back_office and not result.problems:
+                result.problems += payments_settled(url, book, args.stall * 2)
         finally:
             for gw in gateways:
                 if gw.poll() is None:
                     gw.kill()
                     gw.wait()
             acks.close()
-            service.send_signal(signal.SIGTERM)
-            try:
-                out, _ = service.communicate(timeout=30)
-                stats = json.loads(out.decode().strip().splitlines()[-1])
-                result.batches = int(stats["batches"])
-                result.service_cpu_s = float(stats["cpu_s"]) + lanes_cpu
-            except Exception:
-                service.kill()
-                service.wait()
-        result.problems += verify(url, tariffs_path, expected)
+            batches, service_cpu = 0, lanes_cpu
+            for proc in service_procs:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    out, _ = proc.communicate(timeout=30)
+                    stats = json.loads(out.decode().strip().splitlines()[-1])
+                    batches += int(stats["batches"])
+                    service_cpu += float(stats["cpu_s"])
+                except Exception:
+                    proc.kill()
+                    proc.wait()
+                    service_cpu = float("nan")
+            result.batches, result.service_cpu_s = batches, service_cpu
+            helper: list[dict[str, float]] = []
+            for proc in helpers:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    out, _ = proc.communicate(timeout=120)
+                    helper.append(json.loads(out.decode().splitlines()[-1]))
+                except Exception:
+                    proc.kill()
+                    proc.wait()
+                    helper.append({})
+            if helpers:
+                result.adapter_cpu_s = helper[0].get("cpu_s")
+                result.office_cpu_s = helper[1].get("cpu_s")
+                result.report_s = helper[1].get("report_s")
+                result.export_s = helper[1].get("export_s")
+        result.problems += verify(
+            url, tariffs_path, expected, by_content=services > 1, notes=result.notes
+        )
     return result
 
 
@@ -823,8 +1102,9 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         "",
         "| database | run | reads | reads/s | of ceiling | p50 ms | p99 ms | max ms | "
         "transactions | service CPU µs/read | gateways CPU µs/read | PostgreSQL CPU µs/read "
-        "| Mosquitto CPU µs/read | machine busy (cores) | exactly once |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Mosquitto CPU µs/read | payment adapter CPU µs/read | office screens CPU µs/read "
+        "| machine busy (cores) | exactly once |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(v: float | None) -> str:
@@ -835,19 +1115,25 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         rate = f"{r.rate:,.0f} ({r.overall:,.0f})" if r.kind == "throughput" else f"{r.rate:,.0f}"
         share = f"{r.rate / ceiling_rate:.0%}" if ceiling_rate and r.kind == "throughput" else ""
         ok = "yes" if not r.problems else "NO: " + "; ".join(r.problems)
+        if r.notes and not r.problems:
+            ok += " (" + "; ".join(r.notes) + ")"
         what = {
             "throughput": "end to end, max throughput",
             "latency": f"end to end, fixed {args.rate:g} reads/s",
         }.get(r.kind, r.kind)
+        if r.kind == "throughput" and r.services > 1:
+            what += f", {r.services} services"
         if r.kind == "throughput" and args.repeat > 1:
-            draws[r.db] = draws.get(r.db, 0) + 1
-            what += f" (draw {draws[r.db]} of {args.repeat})"
+            key = f"{r.db}/{r.services}"
+            draws[key] = draws.get(key, 0) + 1
+            what += f" (draw {draws[key]} of {args.repeat})"
         lines.append(
             f"| {r.db} | {what} | {r.reads:,} | {rate} | {share} | {ms(r.p50_ms)} | "
             f"{ms(r.p99_ms)} | {ms(r.max_ms)} | {r.batches if r.batches is not None else ''} "
             f"| {r.per_read_us(r.service_cpu_s)} | {r.per_read_us(r.gateway_cpu_s)} "
             f"| {r.per_read_us(r.servers_cpu_s.get('postgres') if r.db == 'postgresql' else None)} "
             f"| {r.per_read_us(r.servers_cpu_s.get('mosquitto'))} "
+            f"| {r.per_read_us(r.adapter_cpu_s)} | {r.per_read_us(r.office_cpu_s)} "
             f"| {'' if r.busy_cores is None else f'{r.busy_cores:.2f}'} | {ok} |"
         )
     lines += [
@@ -856,7 +1142,21 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
         f"subscriber, no database, {args.ceiling_count:,} messages): {ceiling_rate:,.0f} msg/s.",
         "",
     ]
-    pg = [r for r in runs if r.db == "postgresql" and r.kind == "throughput"]
+    for db in ("postgresql", "sqlite"):
+        timed = [
+            r for r in runs if r.db == db and r.kind == "throughput" and r.report_s is not None
+        ]
+        if timed:
+            reports = ", ".join(f"{r.report_s:.2f}" for r in timed)
+            exports = ", ".join(f"{r.export_s or 0:.2f}" for r in timed)
+            lines += [
+                f"The office at the end of each {db} throughput run (the run's day, "
+                f"{len(args.lots_used)} lots, {timed[0].reads:,} reads): the day's report "
+                f"took {reports} s, the CSV export of the day's charges {exports} s.",
+                "",
+            ]
+    pg = [r for r in runs if r.db == "postgresql" and r.kind == "throughput" and r.services == 1]
+    pg2 = [r for r in runs if r.db == "postgresql" and r.kind == "throughput" and r.services > 1]
     lat = [r for r in runs if r.db == "postgresql" and r.kind == "latency"]
     verdicts = []
     typical = sorted(pg, key=lambda r: r.rate)[(len(pg) - 1) // 2] if pg else None
@@ -879,7 +1179,21 @@ def render(args: argparse.Namespace, runs: list[Run], ceiling_rate: float, broke
             f"{TARGET_P99_MS:.0f} ms: " + ("met" if met else "NOT met")
         )
     if verdicts:
-        lines.append("Targets (issue 4): " + "; ".join(verdicts) + ".")
+        office = (
+            " (back office on: expiry, payments, adapter, office screens)"
+            if args.back_office
+            else ""
+        )
+        lines.append("Targets (issues 4 and 16" + office + "): " + "; ".join(verdicts) + ".")
+    if pg and pg2:
+        one = sorted(r.rate for r in pg)[(len(pg) - 1) // 2]
+        two = sorted(r.rate for r in pg2)[(len(pg2) - 1) // 2]
+        lines += [
+            "",
+            f"One service against two (a shared subscription group, one PostgreSQL ledger, "
+            f"the same machine): {one:,.0f} against {two:,.0f} reads/s (median draws; "
+            f"{two / one:.2f}x).",
+        ]
     if typical is not None and typical.service_cpu_s:
         run = typical
         parts = {
@@ -1087,25 +1401,59 @@ def main(argv: list[str] | None = None) -> int:
         help="throughput runs per database (each on a fresh database): draws of a noisy machine",
     )
     p.add_argument("--write", type=Path, help="update the parking-bench section of this file")
+    p.add_argument(
+        "--services",
+        default="1",
+        help="settlement services of the throughput rows, e.g. 1,2 (PostgreSQL only for 2)",
+    )
+    p.add_argument(
+        "--no-back-office",
+        dest="back_office",
+        action="store_false",
+        help="run the services alone (no expiry loop, payments, adapter or office screens)",
+    )
+    p.add_argument("--office-every", type=float, default=5.0, help="office screens, seconds")
     # internal: the child processes
-    p.add_argument("--child", choices=["serve", "gateway", "publish"], help=argparse.SUPPRESS)
-    for name in ("--root", "--client-id", "--db-url", "--tariffs", "--lot", "--feed", "--outbox"):
+    p.add_argument(
+        "--child",
+        choices=["serve", "gateway", "publish", "adapter", "office"],
+        help=argparse.SUPPRESS,
+    )
+    for name in (
+        "--root",
+        "--client-id",
+        "--db-url",
+        "--tariffs",
+        "--lot",
+        "--feed",
+        "--outbox",
+        "--group",
+    ):
         p.add_argument(name, help=argparse.SUPPRESS)
+    p.add_argument("--with-office", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--office-now", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child == "serve":
-        child_serve(args)
-        return 0
-    if args.child == "gateway":
-        child_gateway(args)
-        return 0
-    if args.child == "publish":
-        child_publish(args)
+    if args.child is not None:
+        children = {
+            "serve": child_serve,
+            "gateway": child_gateway,
+            "publish": child_publish,
+            "adapter": child_adapter,
+            "office": child_office,
+        }
+        children[args.child](args)
         return 0
     args.argv = argv
     args.load = os.getloadavg()
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    try:
+        services = sorted({int(n) for n in args.services.split(",")})
+    except ValueError:
+        p.error("--services takes counts of services, e.g. 1,2")
+    if not services or min(services) < 1:
+        p.error("--services takes counts of services, e.g. 1,2")
     dbs = [d.strip() for d in args.db.split(",") if d.strip()]
     if not dbs or any(d not in ("postgresql", "sqlite") for d in dbs):
         p.error("--db takes postgresql, sqlite or both (comma-separated)")
@@ -1120,9 +1468,12 @@ def main(argv: list[str] | None = None) -> int:
             ceiling_rate = ceiling(broker, args.ceiling_count)
             print(f"Mosquitto ceiling: {ceiling_rate:,.0f} msg/s", file=sys.stderr)
             for db in dbs:
-                plan = [("throughput", throughput)] * args.repeat + [("latency", latency)]
-                for kind, work in plan:
-                    run = run_once(args, broker, kind, db, work, workdir)
+                counts = [n for n in services if n == 1 or db == "postgresql"]
+                # one service and two alternate, draw by draw: side by side in one run
+                plan = [("throughput", throughput, n) for _ in range(args.repeat) for n in counts]
+                plan.append(("latency", latency, 1))
+                for kind, work, n in plan:
+                    run = run_once(args, broker, kind, db, work, workdir, n)
                     runs.append(run)
                     print(run, file=sys.stderr)
                 if args.ledger_reads:

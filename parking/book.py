@@ -23,7 +23,9 @@ Lifecycle:
     now match a pending exit, which is retried;
   - a decided stay (settled, unpaid, or sent to review by settlement) keeps its times,
     status and money; only its displayed plate and exit plate follow the reads
-    (``matching.redisplay``) -> ``SessionRevised``.
+    (``matching.redisplay``) -> ``SessionRevised``. A stay an account pays for keeps its
+    label too (the reading bound to that account: ``settlement.bound_label``); only its
+    exit plate follows.
   A close itself is final: a read that changes an exit passage's plate after it closed a
   session does not re-pair it (the stay's plates, which settlement looks accounts up by,
   include every reading, so money is never moved on the strength of one reading).
@@ -146,7 +148,10 @@ class SessionBook:
         sessions: Iterable[Session] = (),
         pending: Iterable[PendingExit] = (),
         passages: Iterable[Passage] = (),
+        labelled: Iterable[str] = (),
     ) -> None:
+        """``labelled``: ids of decided sessions whose plate is final (an account pays for
+        them: ``decide(..., label_fixed=True)``)."""
         if grace < timedelta(0) or window < timedelta(0):
             raise ValueError("grace and window must not be negative")
         self.grace = grace
@@ -157,6 +162,7 @@ class SessionBook:
         self._passages: dict[str, Passage] = {}
         self._read_passage: dict[str, str] = {}
         self._held_by: dict[str, str] = {}  # passage id -> the session holding it
+        self._labelled: set[str] = set(labelled)
         # (lot, direction, look-alike key) -> passage ids, in the order they were created
         self._by_gate: dict[tuple[str, Direction, str], list[str]] = defaultdict(list)
         for p in passages:
@@ -227,18 +233,21 @@ class SessionBook:
         self._store(session)
         return session
 
-    def decide(self, decided: Session) -> None:
+    def decide(self, decided: Session, *, label_fixed: bool = False) -> None:
         """Record what settlement made of a closed session (``settlement.settle_stay``:
         settled, unpaid, or review). From then on the session no longer follows its
         passages. A store that settles at the close should call this right after the
         ``SessionClosed`` event, before the next input: then the close is final whatever
-        the inputs are grouped into (one by one or in batches)."""
+        the inputs are grouped into (one by one or in batches). ``label_fixed``: an account
+        pays for the stay, and its plate (the reading bound to it) stays as decided."""
         current = self._sessions[decided.session_id]
         if current.status is not SessionStatus.CLOSED:
             raise ValueError(f"session {current.session_id} is {current.status}, not closed")
         if decided.status is SessionStatus.CLOSED or decided.status is SessionStatus.OPEN:
             raise ValueError(f"session {decided.session_id}: {decided.status} is not a decision")
         self._store(decided)
+        if label_fixed:
+            self._labelled.add(decided.session_id)
 
     # ---- queries ------------------------------------------------------------------------
 
@@ -289,6 +298,8 @@ class SessionBook:
         after = revise(before, *pair)
         if after == before:
             after = redisplay(before, *pair)
+            if sid in self._labelled:
+                after = replace(after, plate=before.plate)
         if after != before:
             self._store(after)
             events.append(SessionRevised(after))

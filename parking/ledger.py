@@ -20,7 +20,11 @@ the packaged Alembic head. Then:
   go out together: on PostgreSQL one statement of data-modifying ``WITH`` clauses over
   ``unnest`` arrays. About a dozen statements per batch instead of a dozen per read.
 * ``expire(now)``: pending exits and stale open sessions past the grace period -> review.
-* ``bind(plate, account)``: binds a plate and charges its debts, each exactly once.
+* ``bind(plate, account)``: binds a plate and charges its debts, each exactly once (a debt
+  left by a declined charge by the next attempt).
+* Every charge is written with its payment instruction (the outbox, ``money_writes``), in
+  the same transaction: one instruction per charge, whatever dies when
+  (``citybrain.parking.payments``).
 * Reports: ``sessions``, ``charges``, ``charge_totals``, ``debts``, ``dead_letters``.
 
 The ledger decides; it does not speak SQL. Its storage is a port,
@@ -44,7 +48,7 @@ from __future__ import annotations
 
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -75,7 +79,13 @@ from citybrain.parking.readcontract import (
     check_read,
     text_fault,
 )
-from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
+from citybrain.parking.reports import (
+    AdjustmentRecord,
+    ChargeReport,
+    DeadLetterReport,
+    DebtReport,
+    SessionReport,
+)
 from citybrain.parking.settlement import (
     Settlement,
     choose_account,
@@ -86,14 +96,18 @@ from citybrain.parking.settlement import (
 from citybrain.parking.store.engine import MIGRATIONS, make_engine, store_for, upgrade
 from citybrain.parking.store.port import LedgerError, Loaded, Transaction, Write
 from citybrain.parking.store.rows import (
+    ADJUSTMENTS,
     BINDINGS,
     CHARGES,
+    OUTBOX,
     PASSAGES,
     PENDING,
     BoundPlate,
     StoredSession,
+    charge_instruction,
     dead_letter_values,
     read_values,
+    refund_instruction,
     session_values,
 )
 from citybrain.parking.tariff import Tariff, parse_tariffs
@@ -241,7 +255,7 @@ class _Collision(Exception):
     """Another transaction stored one of the batch's read ids meanwhile: redo the batch."""
 
 
-class _Writes:
+class Writes:
     """The writes of one transaction, gathered parents before children and handed to the
     store at once by ``flush`` (``Transaction.write``: on PostgreSQL one statement)."""
 
@@ -275,6 +289,23 @@ class _Writes:
             writes, self.pending = self.pending, []
             self.count += self.tx.write(writes)
         return self.count
+
+
+def money_writes(
+    writes: Writes,
+    charges: Sequence[ChargeReport] = (),
+    refunds: Sequence[tuple[AdjustmentRecord, str]] = (),
+) -> None:
+    """Charges and refunds (with their session's lot), each with its payment instruction in
+    the outbox, in the same transaction: exactly one instruction per charge or refund
+    (``citybrain.parking.payments``)."""
+    writes.insert("charge", [CHARGES.values(c) for c in charges])
+    writes.insert("adjustment", [ADJUSTMENTS.values(r) for r, _ in refunds])
+    instructions = [
+        *(charge_instruction(c) for c in charges),
+        *(refund_instruction(r, lot) for r, lot in refunds),
+    ]
+    writes.insert("payment_outbox", [OUTBOX.values(i) for i in instructions])
 
 
 def _grown(passage: dict[str, Any]) -> dict[str, Any]:
@@ -376,7 +407,7 @@ class Ledger:
         prepared = [self._prepare(RecordItem(*item)) for item in items]
         if not prepared:
             return []
-        return self._retrying(lambda: self._record_batch_once(prepared))
+        return self.retrying(lambda: self._record_batch_once(prepared))
 
     def _record_batch_once(self, batch: list[_Prepared]) -> list[RecordOutcome]:
         """``_record_batch``, first without asking which read ids are already stored.
@@ -428,7 +459,7 @@ class Ledger:
         lots = self.store.expiring_lots(now - self.grace)
         sent: list[str] = []
         for lot in sorted(lots):
-            sent.extend(self._retrying(partial(self._expire_lot, lot, now)))
+            sent.extend(self.retrying(partial(self._expire_lot, lot, now)))
         return tuple(sent)
 
     def bind(self, plate: str, account: str, *, at: datetime | None = None) -> BindOutcome:
@@ -446,7 +477,7 @@ class Ledger:
         when = datetime.now(UTC) if at is None else at
         require_aware("at", when)
         when = when.astimezone(UTC)
-        return self._retrying(lambda: self._bind(key, name, when))
+        return self.retrying(lambda: self._bind(key, name, when))
 
     def bind_many(
         self, pairs: Iterable[tuple[str, str]], *, at: datetime | None = None
@@ -478,7 +509,9 @@ class Ledger:
 
     # ---- transactions ----------------------------------------------------------------------
 
-    def _retrying(self, work: Callable[[], T]) -> T:
+    def retrying(self, work: Callable[[], T]) -> T:
+        """``work`` (one transaction), redone after a deadlock, a serialization failure, a
+        lost connection or a concurrent write of the same read: it did nothing then."""
         for attempt in range(_RETRIES):
             try:
                 return work()
@@ -556,7 +589,7 @@ class Ledger:
                         "with different content"
                     )
                     reject(p, msg.lot_id, Rejection(DeadReason.READ_ID_CONFLICT, why, msg.read_id))
-            writes = _Writes(tx)
+            writes = Writes(tx)
             if fresh:
                 changed = self._apply_reads(tx, writes, fresh, plates, check_known)
                 for index, sessions in changed.items():
@@ -569,7 +602,7 @@ class Ledger:
     def _apply_reads(
         self,
         tx: Transaction,
-        writes: _Writes,
+        writes: Writes,
         fresh: list[tuple[int, Read, datetime, bytes]],
         locked: AbstractSet[str],
         check_known: bool,
@@ -628,7 +661,7 @@ class Ledger:
                     money = settle_stay(
                         book.session(sid), self.tariffs[e.session.lot_id], plates, bindings
                     )
-                    book.decide(money.session)
+                    book.decide(money.session, label_fixed=money.account is not None)
                     settled[sid] = money
             touched |= ids
             changed[index] = tuple(sorted(ids, key=lambda i: _order_key(book.session(i))))
@@ -652,15 +685,13 @@ class Ledger:
         ]
         writes.update("pending_exit", "passage_id", moved)
         charges = [
-            CHARGES.values(
-                ChargeReport(
-                    sid,
-                    money.session.lot_id,
-                    money.session.plate,
-                    money.account,
-                    money.charge_cents,
-                    closed_by[sid][1],
-                )
+            ChargeReport(
+                sid,
+                money.session.lot_id,
+                money.session.plate,
+                money.account,
+                money.charge_cents,
+                closed_by[sid][1],
             )
             for sid, money in sorted(
                 settled.items(),
@@ -668,12 +699,12 @@ class Ledger:
             )
             if money.charge_cents is not None and money.account is not None
         ]
-        writes.insert("charge", charges)
+        money_writes(writes, charges)
         return changed
 
     def _write_sessions(
         self,
-        writes: _Writes,
+        writes: Writes,
         book: SessionBook,
         state: Loaded,
         touched: set[str],
@@ -709,7 +740,7 @@ class Ledger:
         self, tx: Transaction, state: Loaded, book: SessionBook, lot: str, at: datetime
     ) -> tuple[str, ...]:
         """Persist what the book changed; settle the sessions it closed (charged at ``at``)."""
-        writes = _Writes(tx)
+        writes = Writes(tx)
         changed = [
             s
             for s in book.sessions(lot)
@@ -719,7 +750,7 @@ class Ledger:
         accounts = self._accounts(tx, closed)
         new: list[dict[str, Any]] = []
         old: list[dict[str, Any]] = []
-        charges: list[dict[str, Any]] = []
+        charges: list[ChargeReport] = []
         for s in changed:
             money = None
             if s.status is SessionStatus.CLOSED:
@@ -731,7 +762,7 @@ class Ledger:
                 charge = ChargeReport(
                     s.session_id, s.lot_id, s.plate, money.account, money.charge_cents, at
                 )
-                charges.append(CHARGES.values(charge))
+                charges.append(charge)
         after = {p.passage_id: p for p in book.pending_exits() if p.lot_id == lot}
         writes.delete("pending_exit", "passage_id", [p for p in state.pending if p not in after])
         writes.insert("session", new)
@@ -744,7 +775,7 @@ class Ledger:
             if pid in state.pending and state.pending[pid] != p
         ]
         writes.update("pending_exit", "passage_id", moved)
-        writes.insert("charge", charges)
+        money_writes(writes, charges)
         writes.flush()
         return tuple(s.session_id for s in changed)
 
@@ -815,7 +846,7 @@ class Ledger:
         with self.store.transaction() as tx:
             tx.lock([f"plate:{plate}"])
             previous = tx.binding(plate)
-            writes = _Writes(tx)
+            writes = Writes(tx)
             bound = BINDINGS.values(BoundPlate(plate, account, at))
             if previous is None:
                 writes.insert("binding", [bound])
@@ -824,15 +855,29 @@ class Ledger:
             unpaid = self._debts_of(tx, plate, account)
             charged: list[ChargeReport] = []
             sessions: list[dict[str, Any]] = []
+            # A debt left by a declined charge is collected by the next attempt.
+            attempts = tx.charge_attempts([r.session.session_id for r in unpaid]) if unpaid else {}
             for row in sorted(unpaid, key=lambda r: _order_key(r.session)):
                 assert row.fee_cents is not None
-                money = collect_debt(row.session, row.fee_cents, account)
+                # A debt recorded under a misread is paid by this plate's account: shown
+                # under this plate from now on (the bound reading wins the label).
+                money = collect_debt(replace(row.session, plate=plate), row.fee_cents, account)
                 sessions.append(session_values(money.session, money, row))
-                s = row.session
+                s = money.session
+                attempt = attempts.get(s.session_id, 0) + 1
                 charged.append(
-                    ChargeReport(s.session_id, s.lot_id, s.plate, account, money.fee_cents, at)
+                    ChargeReport(
+                        s.session_id,
+                        s.lot_id,
+                        s.plate,
+                        account,
+                        money.fee_cents,
+                        at,
+                        attempt,
+                        "debt",
+                    )
                 )
             writes.update("session", "session_id", sessions)
-            writes.insert("charge", [CHARGES.values(c) for c in charged])
+            money_writes(writes, charged)
             writes.flush()
             return BindOutcome(plate, account, previous, tuple(charged))

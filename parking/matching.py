@@ -102,7 +102,10 @@ class Session:
     ``received_at`` is when the passage that created the session arrived (for grace
     periods; not a camera time). ``related`` names other sessions: the look-alike candidates
     of an ambiguous exit, the decided session of a conflict, the later entries of a stale
-    session.
+    session, the stay a resolution paired it into.
+
+    A passage comes with its time; a time may come without a passage: an entry or exit a
+    person entered when resolving a review (``citybrain.parking.review``).
     """
 
     session_id: str
@@ -123,12 +126,10 @@ class Session:
         require_aware("Session.received_at", self.received_at)
         if self.entry_at is None and self.exit_at is None:
             raise ValueError(f"session {self.session_id} has neither an entry nor an exit")
-        if (self.entry_at is None) != (self.entry_passage_id is None):
-            raise ValueError(
-                f"session {self.session_id}: entry_at and entry_passage_id go together"
-            )
-        if (self.exit_at is None) != (self.exit_passage_id is None):
-            raise ValueError(f"session {self.session_id}: exit_at and exit_passage_id go together")
+        if self.entry_passage_id is not None and self.entry_at is None:
+            raise ValueError(f"session {self.session_id}: an entry passage needs entry_at")
+        if self.exit_passage_id is not None and self.exit_at is None:
+            raise ValueError(f"session {self.session_id}: an exit passage needs exit_at")
         if self.entry_at is not None:
             require_aware("Session.entry_at", self.entry_at)
         if self.exit_at is not None:

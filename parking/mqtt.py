@@ -80,6 +80,23 @@ def all_reads_filter(root: str = TOPIC_ROOT) -> str:
     return f"{check_topic_root(root)}/+/reads"
 
 
+def shared(topic_filter: str, group: str | None) -> str:
+    """``topic_filter`` as a shared subscription of ``group`` (``$share/GROUP/FILTER``:
+    MQTT 5, and Mosquitto 2 and EMQX for MQTT 3.1.1 clients too): the broker hands each
+    message to one of the group's sessions. ``None``: the filter itself."""
+    if group is None:
+        return topic_filter
+    return f"$share/{check_group(group)}/{topic_filter}"
+
+
+def check_group(group: str) -> str:
+    """``group`` itself, or ``ValueError``: a shared subscription group is one topic level
+    (not empty, no ``/``, ``+`` or ``#``)."""
+    if not group or any(ch in group for ch in "/+#") or not group.isprintable():
+        raise ValueError(f"invalid group {group!r}: one topic level, without / + #")
+    return group
+
+
 def lot_of_topic(topic: str, kind: TopicKind, root: str = TOPIC_ROOT) -> str | None:
     """The lot id of ``{root}/{lot}/{kind}``, or ``None`` for any other topic."""
     prefix = check_topic_root(root) + "/"

@@ -1,5 +1,5 @@
-"""What the ledger reports (sessions, charges, debts, dead letters): plain records, no
-database."""
+"""What the ledger reports (sessions, charges, debts, dead letters, resolutions): plain
+records, no database."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from citybrain.parking.readcontract import DeadReason
+from citybrain.parking.review import Action, Resolution
 
 JSONValue = str | int | None
 
@@ -28,6 +29,7 @@ class SessionReport:
     def to_json(self) -> dict[str, JSONValue]:
         """The row of ``citybrain parking sessions --json``."""
         return {
+            "session_id": self.session_id,
             "lot_id": self.lot_id,
             "plate": self.plate,
             "entry_at": _iso(self.entry_at),
@@ -35,6 +37,7 @@ class SessionReport:
             "fee_cents": self.fee_cents,
             "status": self.status,
             "account": self.account,
+            "review_reason": self.review_reason,
         }
 
 
@@ -46,6 +49,62 @@ class ChargeReport:
     account: str
     cents: int
     charged_at: datetime
+    attempt: int = 1  # 2, 3, ...: collected again after the payment side declined
+    source: str = "exit"  # exit, debt (collected at binding), review (a resolution)
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of its payment instruction."""
+        return charge_key(self.session_id, self.attempt)
+
+
+def charge_key(session_id: str, attempt: int) -> str:
+    return f"charge:{session_id}:{attempt}"
+
+
+def refund_key(adjustment_id: str) -> str:
+    return f"refund:{adjustment_id}"
+
+
+@dataclass(frozen=True)
+class AdjustmentRecord:
+    """A refund: money paid back to ``account`` for a session."""
+
+    adjustment_id: str
+    session_id: str
+    kind: str  # refund
+    cents: int
+    account: str
+    operator: str
+    reason: str
+    created_at: datetime
+    resolution_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return refund_key(self.adjustment_id)
+
+
+@dataclass(frozen=True)
+class DisputeRecord:
+    dispute_id: str
+    session_id: str
+    operator: str
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PaymentResultRecord:
+    """What the payment side answered for an instruction (first answer counts)."""
+
+    key: str
+    kind: str  # charge, refund
+    session_id: str
+    status: str  # paid, declined
+    received_at: datetime
+    detail: str = ""
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +112,8 @@ class DebtReport:
     session_id: str
     lot_id: str
     plate: str
-    entry_at: datetime
-    exit_at: datetime
+    entry_at: datetime | None  # None: a fee set by hand for a stay without that time
+    exit_at: datetime | None
     cents: int
 
 
@@ -69,6 +128,27 @@ class DeadLetterReport:
     payload: bytes
     payload_text: str | None
     received_at: datetime
+
+
+@dataclass(frozen=True)
+class ResolutionRecord:
+    """A stored resolution of a review item: what was decided, by whom, why and when."""
+
+    resolution_id: str
+    item: str
+    session_id: str
+    action: Action
+    operator: str
+    reason: str
+    created_at: datetime
+    other_session_id: str | None = None
+    at: datetime | None = None
+    cents: int | None = None
+    account: str | None = None
+
+    @property
+    def request(self) -> Resolution:
+        return Resolution(self.action, self.other_session_id, self.at, self.cents, self.account)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -2,10 +2,11 @@
 
 Why no read is lost and none is charged twice, even under ``kill -9``:
 
-1. The service holds a persistent session (fixed client id, ``clean_session=False``) with
-   a QoS 1 subscription to every lot's reads, so the broker keeps each delivery until the
-   service sends its PUBACK, across disconnects and process deaths, and redelivers the
-   unacknowledged ones when the session resumes.
+1. The service holds a persistent session (its own client id, ``clean_session=False``)
+   with a QoS 1 subscription to every lot's reads (shared with the other services of its
+   group, when several run), so the broker keeps each delivery until the service sends
+   its PUBACK, across disconnects and process deaths, and redelivers the unacknowledged
+   ones when the session resumes.
 2. The connection (``citybrain.mqtt.link.Link``, our own MQTT 3.1.1 packets) PUBACKs a delivery only
    when the handler says so. The handler first records the message (one committed
    database transaction, idempotent by ``read_id``), then publishes the gateway ack, and
@@ -66,6 +67,7 @@ from citybrain.parking.mqtt import (
     check_topic_root,
     lot_of_topic,
     plan_ack,
+    shared,
 )
 
 log = logging.getLogger(__name__)
@@ -339,8 +341,19 @@ def run_service(
     batch_size: int = DEFAULT_BATCH_SIZE,
     batch_window: float = DEFAULT_BATCH_WINDOW,
     lanes: int | None = None,
+    group: str | None = None,
 ) -> ServiceStats:
     """Subscribe to every lot's reads and record them until ``stop`` is set.
+
+    ``client_id`` names this service's persistent session; ``group``: several services
+    share the reads (an MQTT shared subscription ``$share/GROUP/...``: the broker hands
+    each read to one of the group's sessions; Mosquitto 2 and EMQX take it from MQTT 3.1.1
+    clients). Each service needs a client id of its own (two with one id knock each other
+    off the broker). A session that subscribed without the group before drops that
+    subscription (it would get every read a second time). What the broker handed to a
+    service that died stays with its session until it connects again with its id (the
+    gateways resend what is not acknowledged meanwhile): run each service under a
+    supervisor that restarts it.
 
     Reconnects by itself (broker restarts, network loss, sink failures) with a back-off
     up to ``max_backoff`` seconds. ``on_ready`` is called after each subscription is
@@ -372,7 +385,7 @@ def run_service(
     stop = stop if stop is not None else threading.Event()
     stats = ServiceStats()
     handler = ReadHandler(sink, _Unconnected(), root=topic_root, stats=stats)
-    subscription = all_reads_filter(topic_root)
+    subscription = shared(all_reads_filter(topic_root), group)
     wake_r, wake_w = os.pipe()  # the ledger thread wakes the network loop on each commit
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -420,7 +433,14 @@ def run_service(
     handled = 0
 
     def connect() -> Link:
-        return open_subscribed(settings, client_id, subscription, QOS, keepalive)
+        link = open_subscribed(settings, client_id, subscription, QOS, keepalive)
+        if group is not None:
+            try:
+                link.unsubscribe(all_reads_filter(topic_root))
+            except BaseException:
+                link.abort()
+                raise
+        return link
 
     try:
         while not stop.is_set():
@@ -449,8 +469,7 @@ def run_service(
             try:
                 while not stop.is_set():
                     if pending and (
-                        worker is None
-                        or (worker.idle and any(worker.eligible(d) for d in pending))
+                        worker is None or (worker.idle and any(worker.eligible(d) for d in pending))
                     ):
                         linger = first_at + batch_window - time.monotonic()
                     else:
@@ -555,9 +574,7 @@ class _Lanes:
         self._handler = handler
         self._on_done = on_done
         self._remotes = [_RemoteSink(lane_sink) for _ in range(lanes)] if lane_sink else []
-        self._jobs: list[queue.Queue[list[Delivery] | None]] = [
-            queue.Queue() for _ in range(lanes)
-        ]
+        self._jobs: list[queue.Queue[list[Delivery] | None]] = [queue.Queue() for _ in range(lanes)]
         self._done: queue.Queue[tuple[int, Recorded | None]] = queue.Queue()
         self._held: list[set[str | None]] = [set() for _ in range(lanes)]  # lots per lane
         self._holding: set[str | None] = set()  # all of them

@@ -10,8 +10,14 @@ Raw evidence and decisions live in different tables:
 * ``passage`` / ``passage_read``: how reads were grouped into passages (decision layer).
 * ``session`` / ``pending_exit``: the state of ``citybrain.parking.book.SessionBook``;
   a passage is the entry (or exit) of at most one session (UNIQUE).
-* ``binding``: plate -> account; ``charge``: the money taken. ``charge.session_id`` is
-  UNIQUE: the database itself guarantees that a session is charged at most once.
+* ``binding``: plate -> account; ``charge``: the money asked of an account.
+  ``(charge.session_id, charge.attempt)`` is UNIQUE: a session is charged once, and again
+  only after the payment side declined the charge (``payment_result``).
+* ``adjustment``: refunds, append-only; ``dispute``: charges a driver disputes;
+  ``payment_result``: what the payment side answered for each instruction (first answer
+  counts).
+* ``resolution``: what a person decided about an item of the review queue, with who, why
+  and when; append-only, one per item.
 
 Instants are timezone-aware in Python and stored in UTC (``UTCDateTime``). Money is integer
 cents. These tables use their own ``MetaData`` (``metadata``), so other SQLModel tables in
@@ -34,6 +40,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
@@ -41,6 +48,7 @@ from sqlmodel import Field, SQLModel
 from citybrain.parking.matching import MatchKind, ReviewReason, SessionStatus
 from citybrain.parking.passages import Direction
 from citybrain.parking.readcontract import DeadReason
+from citybrain.parking.review import Action
 from citybrain.parking.times import require_aware
 
 # Alembic's own table, named so it cannot collide with another component's migrations.
@@ -221,6 +229,8 @@ class SessionRow(LedgerModel, table=True):
     fee_cents: int | None = Field(default=None, sa_type=BigInteger)
     account: str | None = Field(default=None, sa_type=String)
     charged: bool = False
+    # The tariff's steps as the settlement used them (JSON, ``receipts.breakdown_json``).
+    breakdown: str | None = Field(default=None, sa_type=Text)
 
 
 class PendingExitRow(LedgerModel, table=True):
@@ -252,14 +262,146 @@ class Binding(LedgerModel, table=True):
     bound_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class ChargeSource(StrEnum):
+    EXIT = "exit"  # settled at the exit
+    DEBT = "debt"  # a debt collected when its plate was bound
+    REVIEW = "review"  # a resolution of the review queue
+
+
 class Charge(LedgerModel, table=True):
-    """Money taken for one session; ``session_id`` UNIQUE: at most one charge each."""
+    """Money asked of an account for one session. ``(session_id, attempt)`` UNIQUE: a
+    session is charged once (attempt 1); a later attempt exists only after the payment
+    side declined the one before it (the stay became a debt, collected again)."""
 
     __tablename__ = "charge"
-    __table_args__ = (CheckConstraint("cents > 0", name="cents"),)
+    __table_args__ = (
+        CheckConstraint("cents > 0", name="cents"),
+        CheckConstraint("attempt >= 1", name="attempt"),
+        CheckConstraint(_one_of("source", _values(ChargeSource)), name="source"),
+        UniqueConstraint("session_id", "attempt"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    session_id: str = Field(sa_type=String, unique=True, foreign_key="session.session_id")
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id")
+    attempt: int = 1
     account: str = Field(sa_type=String, index=True)
     cents: int = Field(sa_type=BigInteger)
     charged_at: datetime = Field(sa_type=UTCDateTime)
+    source: str = Field(default=ChargeSource.EXIT.value, sa_type=String)
+
+
+class AdjustmentKind(StrEnum):
+    REFUND = "refund"  # money paid back to the account that paid
+
+
+class Adjustment(LedgerModel, table=True):
+    """A refund (or another adjustment) of a session's money: append-only, never an edit of
+    a charge; ``adjustment_id`` UNIQUE (given or derived: the same refund twice is one)."""
+
+    __tablename__ = "adjustment"
+    __table_args__ = (
+        CheckConstraint("cents > 0", name="cents"),
+        CheckConstraint(_one_of("kind", _values(AdjustmentKind)), name="kind"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    adjustment_id: str = Field(sa_type=String, unique=True)
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id", index=True)
+    kind: str = Field(sa_type=String)
+    cents: int = Field(sa_type=BigInteger)
+    account: str = Field(sa_type=String, index=True)  # who gets the money back
+    operator: str = Field(sa_type=String)
+    reason: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    resolution_id: str | None = Field(default=None, sa_type=String)  # a dispute's resolution
+
+
+class Dispute(LedgerModel, table=True):
+    """A charge the driver disputes: append-only; resolved by a resolution of its item."""
+
+    __tablename__ = "dispute"
+
+    id: int | None = Field(default=None, primary_key=True)
+    dispute_id: str = Field(sa_type=String, unique=True)
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id", index=True)
+    operator: str = Field(sa_type=String)
+    reason: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PaymentKind(StrEnum):
+    CHARGE = "charge"
+    REFUND = "refund"
+
+
+class PaymentStatus(StrEnum):
+    PAID = "paid"  # the money moved (a charge collected, a refund paid back)
+    DECLINED = "declined"  # it did not: a declined charge makes the stay a debt again
+
+
+class PaymentResult(LedgerModel, table=True):
+    """What the payment side answered for one instruction (its idempotency ``key``):
+    append-only, the first answer counts (``key`` UNIQUE)."""
+
+    __tablename__ = "payment_result"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", _values(PaymentKind)), name="kind"),
+        CheckConstraint(_one_of("status", _values(PaymentStatus)), name="status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_type=String, unique=True)
+    kind: str = Field(sa_type=String)
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id", index=True)
+    status: str = Field(sa_type=String)
+    detail: str = Field(default="", sa_type=Text)
+    reference: str | None = Field(default=None, sa_type=String)  # the provider's own id
+    received_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ResolutionRow(LedgerModel, table=True):
+    """A person's decision on an item of the review queue (``citybrain.parking.review``):
+    append-only, one per item (``item`` UNIQUE), with who decided, why and when."""
+
+    __tablename__ = "resolution"
+    __table_args__ = (
+        CheckConstraint(_one_of("action", _values(Action)), name="action"),
+        CheckConstraint("cents IS NULL OR cents >= 0", name="cents"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)  # the order they were made
+    resolution_id: str = Field(sa_type=String, unique=True)  # given, or derived (idempotent)
+    item: str = Field(sa_type=String, unique=True)  # review.item_key
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id", index=True)
+    action: str = Field(sa_type=String)
+    other_session_id: str | None = Field(
+        default=None, sa_type=String, foreign_key="session.session_id", index=True
+    )
+    at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # an entry or exit time
+    cents: int | None = Field(default=None, sa_type=BigInteger)  # a fee set by hand
+    account: str | None = Field(default=None, sa_type=String)  # who pays, named
+    operator: str = Field(sa_type=String)
+    reason: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PaymentOutbox(LedgerModel, table=True):
+    """A payment instruction not answered yet (``citybrain.parking.payments``): written in
+    the transaction that makes its charge or refund, sent until an answer is recorded,
+    then deleted (the answer stays in ``payment_result``)."""
+
+    __tablename__ = "payment_outbox"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", _values(PaymentKind)), name="kind"),
+        CheckConstraint("cents > 0", name="cents"),
+    )
+
+    key: str = Field(sa_type=String, primary_key=True)  # the idempotency key
+    kind: str = Field(sa_type=String)
+    session_id: str = Field(sa_type=String, foreign_key="session.session_id")
+    lot_id: str = Field(sa_type=String)
+    account: str = Field(sa_type=String)
+    cents: int = Field(sa_type=BigInteger)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    due_at: datetime = Field(sa_type=UTCDateTime, index=True)  # sent (again) from then on
+    sends: int = 0

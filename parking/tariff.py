@@ -70,8 +70,9 @@ class Tariff:
     unit_minutes: int
     daily_cap_cents: int | None
     rates: tuple[RateBand, ...]
-    # The price of a unit starting in each minute of the local day, by __post_init__.
-    _cents_of_minute: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # The band (index in ``rates``) a unit starting in each minute of the local day is
+    # priced by, by __post_init__.
+    _band_of_minute: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key = f"lots.{self.lot_id}"
@@ -88,8 +89,19 @@ class Tariff:
                 if not _is_hhmm(value):
                     raise ConfigError(f"{key}.rates[{i}].{name} must be HH:MM, not {value!r}")
             _check_cents(f"{key}.rates[{i}].cents_per_unit", band.cents_per_unit)
-        cents = tuple(self.rates[b].cents_per_unit for b in _cover_day(key, self.rates))
-        object.__setattr__(self, "_cents_of_minute", cents)
+        object.__setattr__(self, "_band_of_minute", _cover_day(key, self.rates))
+
+
+@dataclass(frozen=True)
+class BandUnits:
+    """The units of one window that started in one band, and what they cost."""
+
+    band: RateBand
+    units: int
+
+    @property
+    def cents(self) -> int:
+        return self.units * self.band.cents_per_unit
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class WindowFee:
     units: int
     raw_cents: int  # sum of the unit prices
     cents: int  # after the daily cap
+    bands: tuple[BandUnits, ...] = ()  # the units per band, in the tariff's band order
 
     @property
     def capped(self) -> bool:
@@ -119,6 +132,7 @@ class Fee:
     units: int
     windows: tuple[WindowFee, ...]
     total_cents: int
+    tariff: Tariff | None = field(default=None, repr=False, compare=False)  # priced by
 
     @property
     def cap_applied(self) -> bool:
@@ -137,7 +151,7 @@ def fee(tariff: Tariff, entry_at: datetime, exit_at: datetime) -> Fee:
         raise ValueError(f"exit_at {exit_at.isoformat()} is before entry_at {entry_at.isoformat()}")
     duration = end - start
     if duration <= timedelta(minutes=tariff.free_minutes):
-        return Fee(tariff.lot_id, entry_at, exit_at, duration, True, 0, (), 0)
+        return Fee(tariff.lot_id, entry_at, exit_at, duration, True, 0, (), 0, tariff)
     unit_minutes = tariff.unit_minutes
     unit = timedelta(minutes=unit_minutes)
     units = -((-duration) // unit)  # ceil, exact in microseconds
@@ -145,31 +159,41 @@ def fee(tariff: Tariff, entry_at: datetime, exit_at: datetime) -> Fee:
     # that // MINUTES_PER_DAY, and its price that of the local minute it starts in (bands
     # change on whole minutes, so the seconds never matter).
     count = (units - 1) * unit_minutes // MINUTES_PER_DAY + 1
-    unit_counts = [0] * count
-    raw_cents = [0] * count
-    price = tariff._cents_of_minute
+    rates = tariff.rates
+    bands = len(rates)
+    counts = [0] * (count * bands)  # units per (window, band)
+    band_of = tariff._band_of_minute
     zone = tariff.timezone
     at = start
     for k in range(units):
         local = at.astimezone(zone)
-        window = k * unit_minutes // MINUTES_PER_DAY
-        unit_counts[window] += 1
-        raw_cents[window] += price[local.hour * 60 + local.minute]
+        counts[
+            k * unit_minutes // MINUTES_PER_DAY * bands + band_of[local.hour * 60 + local.minute]
+        ] += 1
         at += unit
     cap = tariff.daily_cap_cents
-    windows = tuple(
-        WindowFee(
-            index=i,
-            start=(start + i * DAY).astimezone(zone),
-            units=n,
-            raw_cents=raw,
-            cents=raw if cap is None else min(raw, cap),
+    windows = []
+    for i in range(count):
+        used = tuple(
+            BandUnits(rates[b], n) for b, n in enumerate(counts[i * bands : (i + 1) * bands]) if n
         )
-        for i, (n, raw) in enumerate(zip(unit_counts, raw_cents, strict=True))
-        if n
-    )
+        if not used:
+            continue
+        raw = sum(u.cents for u in used)
+        windows.append(
+            WindowFee(
+                index=i,
+                start=(start + i * DAY).astimezone(zone),
+                units=sum(u.units for u in used),
+                raw_cents=raw,
+                cents=raw if cap is None else min(raw, cap),
+                bands=used,
+            )
+        )
     total = sum(w.cents for w in windows)
-    return Fee(tariff.lot_id, entry_at, exit_at, duration, False, units, windows, total)
+    return Fee(
+        tariff.lot_id, entry_at, exit_at, duration, False, units, tuple(windows), total, tariff
+    )
 
 
 def fee_cents(tariff: Tariff, entry_at: datetime, exit_at: datetime) -> int:

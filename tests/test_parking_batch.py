@@ -248,17 +248,17 @@ def test_a_failing_batch_stores_nothing(ledger: Ledger, monkeypatch: pytest.Monk
     ]
     import citybrain.parking.ledger as ledger_module
 
-    real = ledger_module._Writes.flush
+    real = ledger_module.Writes.flush
 
     def failing(self: Any) -> int:
         real(self)  # every write of the batch done (PostgreSQL: sent), then a failure
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ledger_module._Writes, "flush", failing)
+    monkeypatch.setattr(ledger_module.Writes, "flush", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         ledger.record_many(batch)
     assert snapshot(ledger) == before
-    monkeypatch.setattr(ledger_module._Writes, "flush", real)
+    monkeypatch.setattr(ledger_module.Writes, "flush", real)
     assert [o.kind for o in ledger.record_many(batch)] == [
         OutcomeKind.RECORDED,
         OutcomeKind.DEAD_LETTER,

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache, partial
@@ -117,12 +117,21 @@ def record(
     assert outcome.kind is OutcomeKind.RECORDED, outcome
 
 
-def snapshot(ledger: Ledger) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table's rows, without surrogate ids, sorted: for comparing whole states."""
+def snapshot(
+    ledger: Ledger, only: Mapping[str, Collection[str]] | None = None
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table's rows (``only``: of these tables, these columns), without surrogate
+    ids, sorted: for comparing whole states."""
     out: dict[str, list[tuple[Any, ...]]] = {}
     with ledger.engine.connect() as conn:
         for table in metadata.sorted_tables:
-            cols = [c for c in table.columns if c.name != "id"]
+            if only is not None and table.name not in only:
+                continue
+            cols = [
+                c
+                for c in table.columns
+                if c.name != "id" and (only is None or c.name in only[table.name])
+            ]
             rows = conn.execute(select(*cols)).all()
             out[table.name] = sorted((tuple(r) for r in rows), key=repr)
         conn.rollback()
@@ -380,7 +389,7 @@ def test_migrated_schema_matches_the_models(ledger: Ledger) -> None:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
         )
-        assert context.get_current_revision() == head == "0002"
+        assert context.get_current_revision() == head == "0006"
         assert compare_metadata(context, metadata) == []
         conn.rollback()
 
@@ -435,14 +444,27 @@ def test_downgrade_and_upgrade_again(ledger: Ledger) -> None:
 def test_upgrade_of_a_0001_database_keeps_its_data_and_adds_the_index(
     fresh_url: Callable[[], str],
 ) -> None:
-    # A ledger created (and used) at revision 0001, as deployed before 0002 existed.
+    # A ledger used at revision 0001, as deployed before 0002 existed: its data written by
+    # today's code (the columns 0001 has are written as they were), then taken down to 0001.
     engine = make_engine(fresh_url())
     try:
-        upgrade(engine, "0001")
+        upgrade(engine)
         old = Ledger(engine, default_tariffs())
         record(old, "r1", "in", "浙A12345", 0)
         record(old, "r2", "out", "浙A12345", 60)
-        before = snapshot(old)
+        old.bind("浙A12345", "acct", at=at(90))  # collects the debt: a charge at the bind's time
+        config = _alembic_config()
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0001")
+        with engine.connect() as conn:
+            found = inspect(conn)
+            tables = {
+                t: {c["name"] for c in found.get_columns(t)}
+                for t in set(found.get_table_names()) & set(metadata.tables)
+            }
+            conn.rollback()
+        before = snapshot(old, tables)
         with engine.connect() as conn:
             names = {ix["name"] for ix in inspect(conn).get_indexes("passage")}
             conn.rollback()
@@ -455,7 +477,8 @@ def test_upgrade_of_a_0001_database_keeps_its_data_and_adds_the_index(
             context = MigrationContext.configure(
                 conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
             )
-            assert context.get_current_revision() == "0002"
+            head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+            assert context.get_current_revision() == head
             assert compare_metadata(context, metadata) == []
             passage = {
                 ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("passage")
@@ -466,9 +489,12 @@ def test_upgrade_of_a_0001_database_keeps_its_data_and_adds_the_index(
             "direction",
             "plate_key",
         ]
-        assert snapshot(ledger) == before
+        assert snapshot(ledger, tables) == before
+        assert [(c.attempt, c.source) for c in ledger.charges()] == [(1, "debt")]
+        after = snapshot(ledger)
+        assert all(rows == [] for t, rows in after.items() if t not in tables)
         record(ledger, "r3", "in", "浙A12345", 120)
-        assert [s.status for s in ledger.sessions()] == ["unpaid", "open"]
+        assert [s.status for s in ledger.sessions()] == ["settled", "open"]
     finally:
         ledger.close()
 
@@ -817,6 +843,7 @@ def test_sessions_json_rows(ledger: Ledger) -> None:
     rows = [s.to_json() for s in ledger.sessions()]
     assert rows == [
         {
+            "session_id": "L01/r1",
             "lot_id": "L01",
             "plate": "浙A12345",
             "entry_at": "2024-05-01T02:00:00+00:00",
@@ -824,8 +851,10 @@ def test_sessions_json_rows(ledger: Ledger) -> None:
             "fee_cents": 1000,
             "status": "unpaid",
             "account": None,
+            "review_reason": None,
         },
         {
+            "session_id": "L02/r2",
             "lot_id": "L02",
             "plate": "浙B77777",
             "entry_at": "2024-05-01T02:01:00+00:00",
@@ -833,6 +862,7 @@ def test_sessions_json_rows(ledger: Ledger) -> None:
             "fee_cents": None,
             "status": "open",
             "account": None,
+            "review_reason": None,
         },
     ]
     assert [s.plate for s in ledger.sessions("L02")] == ["浙B77777"]
@@ -859,6 +889,47 @@ def test_lookalike_exit_keeps_the_entry_plate(ledger: Ledger) -> None:
         "acct-b",
     )
     assert [c.plate for c in ledger.charges()] == ["浙AB1234"]
+
+
+def test_the_bound_reading_wins_the_label_of_a_lookalike_stay(ledger: Ledger) -> None:
+    """浙V257F7 read at the entry, 浙V2S7F7 twice at the exit (the vote says the misread):
+    charged to the bound account and shown under the bound plate, also after late reads."""
+    ledger.bind("浙V257F7", "acct-v", at=at(-1))
+    record(ledger, "e1", "in", "浙V257F7", 0)
+    record(ledger, "x1", "out", "浙V2S7F7", 95)
+    record(ledger, "x2", "out", "浙V2S7F7", 95.05)  # the exit's second camera, same misread
+    ledger.record("L01", read_msg("e2", "in", "浙V2S7F7", at(0, 2), camera="c2"), at(96))
+    (s,) = ledger.sessions()
+    assert (s.status, s.account, s.plate, s.exit_plate) == (
+        "settled",
+        "acct-v",
+        "浙V257F7",
+        "浙V2S7F7",
+    )
+    assert [c.plate for c in ledger.charges()] == ["浙V257F7"]
+
+
+def test_a_debt_under_a_misread_is_shown_under_the_plate_that_pays_it(ledger: Ledger) -> None:
+    record(ledger, "e1", "in", "浙V257F7", 0)
+    record(ledger, "x1", "out", "浙V2S7F7", 95)
+    record(ledger, "x2", "out", "浙V2S7F7", 95.05)
+    (debt,) = ledger.debts()
+    assert debt.plate == "浙V2S7F7"  # nobody is bound: the vote's reading owes it
+    outcome = ledger.bind("浙V257F7", "acct-v", at=at(200))
+    assert [(c.plate, c.account) for c in outcome.charges] == [("浙V257F7", "acct-v")]
+    (s,) = ledger.sessions()
+    assert (s.status, s.account, s.plate) == ("settled", "acct-v", "浙V257F7")
+
+
+def test_every_stay_an_account_pays_is_shown_under_a_plate_bound_to_it(ledger: Ledger) -> None:
+    msgs = make_stream(3000, seed=2)
+    for plate in sorted({m.plate for m in msgs}):
+        ledger.bind(plate, f"acct-{plate}", at=at(-1))
+    ledger.record_many([(m.lot, m.payload, m.received_at) for m in msgs])
+    paid = [s for s in ledger.sessions() if s.account is not None]
+    lookalike = [s for s in paid if s.exit_plate not in (None, s.plate) or s.plate != s.account]
+    assert len(lookalike) >= 10  # the stream has look-alike stays to label
+    assert [s.session_id for s in paid if f"acct-{s.plate}" != s.account] == []
 
 
 def test_exit_arriving_before_its_entry(ledger: Ledger) -> None:

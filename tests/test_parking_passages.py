@@ -255,12 +255,37 @@ def test_a_misread_entry_with_a_correct_exit_is_charged_to_the_bound_account() -
     assert money.session.matched_by is MatchKind.LOOKALIKE  # entry and exit plates differ
 
 
-def test_a_tie_keeps_the_entry_plate_but_the_account_is_still_found() -> None:
+def test_a_tie_keeps_the_entry_plate_but_the_bound_reading_wins_the_label() -> None:
     book, s = stay([rd(IN, WRONG, at(0), conf=0.9)], [rd(OUT, RIGHT, at(140), conf=0.9)])
     assert (s.plate, s.exit_plate, s.matched_by) == (WRONG, RIGHT, MatchKind.LOOKALIKE)
     money = settle_stay(s, TARIFF, book.stay_plates(s.session_id), {RIGHT: "acct-car"})
     assert (money.session.status, money.account) == (SessionStatus.SETTLED, "acct-car")
-    assert money.session.plate == WRONG  # a debt would have been recorded on it
+    assert money.session.plate == RIGHT  # the reading bound to the account that pays
+    # without an account the vote stands: a debt is recorded on the entry's reading
+    debt = settle_stay(s, TARIFF, book.stay_plates(s.session_id), {})
+    assert (debt.session.status, debt.session.plate) == (SessionStatus.UNPAID, WRONG)
+
+
+def test_the_bound_reading_keeps_the_label_when_later_reads_outvote_it() -> None:
+    """Entry read right once, exit read wrong twice: the vote says WRONG, the account
+    bound to RIGHT pays, RIGHT is shown; a late misread of the entry changes nothing."""
+    book = SessionBook(grace=GRACE)
+    feed(book, [rd(IN, RIGHT, at(0), conf=0.8)], at(1))
+    events = feed(
+        book,
+        [rd(OUT, WRONG, at(140), conf=0.9), rd(OUT, WRONG, at(140, 2), camera="cam2")],
+        at(140),
+    )
+    [closed] = of(events, SessionClosed)
+    assert isinstance(closed, SessionClosed)
+    sid = closed.session.session_id
+    money = settle_stay(book.session(sid), TARIFF, book.stay_plates(sid), {RIGHT: "acct"})
+    assert (money.session.plate, money.account) == (RIGHT, "acct")
+    book.decide(money.session, label_fixed=True)
+    feed(book, [rd(OUT, WRONG, at(140, 4), camera="cam3")], at(141))
+    feed(book, [rd(IN, WRONG, at(0, 1), camera="cam2", conf=0.99)], at(142))
+    shown = book.session(sid)
+    assert (shown.plate, shown.exit_plate, shown.status) == (RIGHT, WRONG, SessionStatus.SETTLED)
 
 
 def test_several_accounts_among_the_stay_plates_go_to_review_uncharged() -> None:

@@ -167,8 +167,9 @@ def test_binding_the_true_plate_collects_a_debt_recorded_under_a_misread(
     assert debts == {"L01/e1": ("浙A1234S", 1000), "L01/f1": ("浙A1Z345", 1000)}
 
     first = ledger.bind("浙A12345", "acct-1", at=at(300))
+    # paid by 浙A12345's account: shown under 浙A12345 from now on (the bound reading)
     assert [(c.session_id, c.plate, c.account, c.cents) for c in first.charges] == [
-        ("L01/e1", "浙A1234S", "acct-1", 1000)
+        ("L01/e1", "浙A12345", "acct-1", 1000)
     ]
     again = ledger.bind("浙A12345", "acct-1", at=at(310))
     assert again.charges == ()

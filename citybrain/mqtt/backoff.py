@@ -10,7 +10,9 @@ failures: retrying later can mend them (logged, the next attempt scheduled), or 
 Owners that block between attempts (the parking service) call ``wait``; owners that have
 other work meanwhile (a gateway reads its feed while disconnected) look at ``due`` and
 ``retry_at``. paho clients reconnect by themselves: ``citybrain.mqtt.paho.make_client``
-gives them the same schedule (``reconnect=Backoff(...)``).
+gives them the same schedule (``reconnect=Backoff(...)``). ``hold_subscription`` is the
+whole loop of an owner whose only work is one subscription (the parking payment
+dispatcher, the reference payment adapter).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from citybrain.mqtt.link import Refused
+from citybrain.mqtt.address import BrokerSettings
+from citybrain.mqtt.link import ConnectionLost, Link, Refused, open_subscribed
 
 T = TypeVar("T")
 
@@ -96,3 +99,55 @@ class Backoff:
             log.warning("cannot reach broker %s: %s", url, exc)
         self.failed()
         return None
+
+
+def hold_subscription(
+    settings: BrokerSettings,
+    client_id: str,
+    topic_filter: str,
+    work: Callable[[Link, Callable[[], None]], None],
+    *,
+    stop: threading.Event,
+    who: str,
+    log: logging.Logger,
+    qos: int = 1,
+    keepalive: int = 30,
+    on_ready: Callable[[], None] | None = None,
+    max_backoff: float = 10.0,
+) -> int:
+    """Keep the persistent session of ``client_id`` subscribed to ``topic_filter`` until
+    ``stop`` is set; returns how many connections were made.
+
+    On each connection ``work(link, progress)`` runs until ``stop`` is set (it returns:
+    the connection is closed) or the connection is lost (``ConnectionLost``: the next
+    attempt after the back-off). ``progress()`` says the work got somewhere (the back-off
+    starts over). Any other exception is logged and the connection dropped without a word
+    (what it had not acknowledged is delivered again), the next attempt waiting as after a
+    failed one. A refusal that retrying cannot mend raises ``Refused``."""
+    backoff = Backoff(0.2, max_backoff)
+    connections = 0
+
+    def connect() -> Link:
+        return open_subscribed(settings, client_id, topic_filter, qos, keepalive)
+
+    while not stop.is_set():
+        link = backoff.attempt(connect, url=settings.address.url, who=who, log=log)
+        if link is None:
+            backoff.wait(stop)
+            continue
+        connections += 1
+        if on_ready is not None:
+            on_ready()
+        try:
+            work(link, backoff.reset)
+            link.close()
+        except ConnectionLost as exc:
+            log.warning("%s: connection to %s lost: %s", who, settings.address.url, exc)
+            link.abort()
+            backoff.lost()
+        except Exception:
+            log.exception("%s failed; reconnecting", who)
+            link.abort()
+            backoff.failed()
+        backoff.wait(stop)
+    return connections

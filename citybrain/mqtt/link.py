@@ -53,7 +53,7 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from citybrain.mqtt.address import BrokerSettings
 from citybrain.mqtt.wire import (
@@ -67,13 +67,16 @@ from citybrain.mqtt.wire import (
     PubAck,
     Publish,
     SubAck,
+    UnsubAck,
     encode_connect,
     encode_puback,
     encode_publish,
     encode_subscribe,
+    encode_unsubscribe,
 )
 
 log = logging.getLogger(__name__)
+A = TypeVar("A", SubAck, UnsubAck)
 
 READ_SIZE = 256 * 1024
 CLOSE_GRACE_S = 0.1  # how long ``close`` reads what the broker still sends
@@ -250,18 +253,30 @@ class Link:
         """Subscribe and wait for the SUBACK; its codes (``SUBACK_FAILURE`` = refused).
         Deliveries that arrive meanwhile are kept for the next ``poll``."""
         packet_id = self._packet_id()
+        packet = encode_subscribe(packet_id, topic_filter, qos)
+        return self._request(packet_id, packet, SubAck, timeout).codes
+
+    def unsubscribe(self, topic_filter: str, timeout: float = 10.0) -> None:
+        """Unsubscribe and wait for the UNSUBACK (a filter the session does not have is
+        answered alike). Deliveries that arrive meanwhile are kept for the next ``poll``."""
+        packet_id = self._packet_id()
+        self._request(packet_id, encode_unsubscribe(packet_id, topic_filter), UnsubAck, timeout)
+
+    def _request(self, packet_id: int, packet: bytes, answer: type[A], timeout: float) -> A:
+        """Send ``packet`` and wait for its ``answer`` (its packet id stays in use until
+        then); ``ConnectionLost`` when none comes within ``timeout``."""
         self._subscribing.add(packet_id)
-        self._out += encode_subscribe(packet_id, topic_filter, qos)
+        self._out += packet
         self.flush()
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ConnectionLost("no SUBACK from the broker")
-            for packet in self._receive(left, None, want=SubAck):
-                if isinstance(packet, SubAck) and packet.packet_id == packet_id:
+                raise ConnectionLost(f"no {answer.__name__.upper()} from the broker")
+            for got in self._receive(left, None, want=answer):
+                if isinstance(got, answer) and got.packet_id == packet_id:
                     self._subscribing.discard(packet_id)
-                    return packet.codes
+                    return got
 
     @property
     def in_flight(self) -> int:
@@ -391,7 +406,7 @@ class Link:
                         "which this link does not take (it subscribes at QoS 1 at most)"
                     )
                 rest.append(packet)
-            elif isinstance(packet, SubAck):
+            elif isinstance(packet, SubAck | UnsubAck):
                 rest.append(packet)
             # PINGRESP: hearing anything is enough
         return rest

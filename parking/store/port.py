@@ -13,7 +13,9 @@ questions a decision needs, inside one transaction:
   expiry of one lot needs;
 * ``bound_accounts`` / ``binding`` / ``unpaid`` / ``evidence``: money questions;
 * ``write``: a batch's outcome, rows to insert, update and delete, parents before
-  children (``Write``), in as few round trips as the database allows.
+  children (``Write``), in as few round trips as the database allows;
+* the back office's few questions (``stored_session``, ``pending_exit``, ``passages``,
+  ``resolution``, ...), off the hot path.
 
 Reports run in their own transactions on the ``Store``. Adding a database means adding an
 adapter (``citybrain.parking.store.sqlite`` and ``.postgres`` are the two) and naming it
@@ -32,8 +34,22 @@ from sqlalchemy import Engine
 
 from citybrain.errors import CitybrainError
 from citybrain.parking.book import PendingExit, SessionBook
+from citybrain.parking.daybook import Period
+from citybrain.parking.matching import Session
+from citybrain.parking.money import Money
+from citybrain.parking.occupancy import Stay
 from citybrain.parking.passages import Passage, Read
-from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
+from citybrain.parking.payments import Instruction
+from citybrain.parking.reports import (
+    AdjustmentRecord,
+    ChargeReport,
+    DeadLetterReport,
+    DebtReport,
+    DisputeRecord,
+    PaymentResultRecord,
+    ResolutionRecord,
+    SessionReport,
+)
 from citybrain.parking.store.rows import StoredSession
 
 
@@ -58,6 +74,7 @@ class Loaded:
             sessions=[s.session for s in self.sessions.values()],
             pending=list(self.pending.values()),
             passages=list(self.passages.values()),
+            labelled=[sid for sid, s in self.sessions.items() if s.account is not None],
         )
 
     def read_ids(self) -> set[str]:
@@ -73,6 +90,22 @@ class Loaded:
         out |= {p.plate for p in self.passages.values()}
         out |= {read.plate for reads in self.evidence.values() for read in reads}
         return out
+
+
+@dataclass
+class ReviewState:
+    """What the review queue is made of (``Store.review_state``): sessions in review that
+    no resolution settled, open stays past the cut, exits waiting for their entry, the
+    passages of them all with their reads, the sessions they may be paired with, and the
+    accounts bound to their plates."""
+
+    reviews: list[StoredSession]
+    overstays: list[StoredSession]
+    pending: list[PendingExit]
+    passages: dict[str, Passage]
+    pool: list[Session | PendingExit]
+    bindings: dict[str, str]
+    disputes: list[tuple[DisputeRecord, Session, Money]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -131,6 +164,62 @@ class Transaction(Protocol):
     def write(self, writes: Sequence[Write]) -> int:
         """Write ``writes`` in order; returns the rows the counted insert added."""
 
+    # The back office's questions (off the hot path).
+
+    def stored_session(self, session_id: str) -> StoredSession | None:
+        """The session, with its money columns."""
+
+    def pending_exit(self, lot: str, passage_id: str) -> PendingExit | None:
+        """The exit of ``passage_id`` at ``lot`` when it waits for its entry."""
+
+    def passages(self, passage_ids: Collection[str]) -> dict[str, Passage]:
+        """The passages, rebuilt from their reads."""
+
+    def resolution(self, item: str) -> ResolutionRecord | None:
+        """The resolution of a review item (``review.item_key``)."""
+
+    def last_resolution(self, session_id: str) -> ResolutionRecord | None:
+        """The latest resolution of any item of the session."""
+
+    def resolution_by_id(self, resolution_id: str) -> ResolutionRecord | None:
+        """The resolution of that id."""
+
+    def paired_into(self, session_id: str) -> str | None:
+        """The stay a resolution paired this session into, if any."""
+
+    def money(self, session_id: str) -> Money:
+        """The session's charges (every attempt), refunds, and the answers to them."""
+
+    def moneys(self, session_ids: Collection[str]) -> dict[str, Money]:
+        """``money`` of several sessions (those with any)."""
+
+    def stored_sessions(self, session_ids: Collection[str]) -> dict[str, StoredSession]:
+        """The sessions among these ids."""
+
+    def adjustments(self, adjustment_ids: Collection[str]) -> dict[str, AdjustmentRecord]:
+        """The refunds among these ids."""
+
+    def outbox_entries(self, keys: Collection[str]) -> dict[str, Instruction]:
+        """The outbox entries (unanswered instructions) among these keys."""
+
+    def due_instructions(self, now: datetime, limit: int) -> list[Instruction]:
+        """Up to ``limit`` outbox entries due at ``now``, held for this transaction."""
+
+    def payment_results(self, keys: Collection[str]) -> dict[str, PaymentResultRecord]:
+        """The payment side's answers among these instruction keys."""
+
+    def charge_attempts(self, session_ids: Collection[str]) -> dict[str, int]:
+        """The last attempt charged for each session that was charged."""
+
+    def adjustment(self, adjustment_id: str) -> AdjustmentRecord | None:
+        """The refund of that id."""
+
+    def dispute(self, dispute_id: str) -> DisputeRecord | None:
+        """The dispute of that id."""
+
+    def open_dispute(self, session_id: str) -> DisputeRecord | None:
+        """The session's dispute that no resolution decided yet."""
+
 
 class Store(Protocol):
     """A ledger's database: transactions and reports."""
@@ -161,6 +250,33 @@ class Store(Protocol):
 
     def dead_letters(self, lot: str | None) -> list[DeadLetterReport]:
         """Rejected messages (of one topic lot), oldest first."""
+
+    def session(self, session_id: str) -> SessionReport | None:
+        """One session."""
+
+    def account_money(
+        self, account: str
+    ) -> tuple[
+        list[ChargeReport], list[AdjustmentRecord], dict[str, PaymentResultRecord], list[DebtReport]
+    ]:
+        """An account's charges, the refunds paid back to it, the answers to them, and the
+        debts its declined charges left (still unpaid)."""
+
+    def resolutions(self) -> list[ResolutionRecord]:
+        """Every resolution, in the order they were made."""
+
+    def period(self, lot: str, start: datetime, end: datetime) -> Period:
+        """What a lot's report or export of ``[start, end)`` is made of."""
+
+    def occupancy(self, overstay_cut: datetime) -> dict[str, tuple[int, int]]:
+        """Per lot with open stays: how many, and how many entered before the cut."""
+
+    def stays_between(self, lot: str, start: datetime, end: datetime) -> list[Stay]:
+        """The lot's stays with an entry that overlap ``[start, end)``."""
+
+    def review_state(self, lot: str | None, overstay_cut: datetime) -> ReviewState:
+        """What the review queue (of one lot) is made of; open stays that entered before
+        ``overstay_cut`` count as overstays."""
 
     def close(self) -> None:
         """Release the connections."""

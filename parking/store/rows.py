@@ -26,18 +26,34 @@ from sqlalchemy import Table
 from citybrain.parking.book import PendingExit
 from citybrain.parking.matching import Session, SessionStatus
 from citybrain.parking.passages import Passage, Read, passage_of
+from citybrain.parking.payments import Instruction
 from citybrain.parking.plates import lookalike_key
 from citybrain.parking.readcontract import Rejection
-from citybrain.parking.reports import ChargeReport, DeadLetterReport, DebtReport, SessionReport
+from citybrain.parking.receipts import breakdown_json
+from citybrain.parking.reports import (
+    AdjustmentRecord,
+    ChargeReport,
+    DeadLetterReport,
+    DebtReport,
+    DisputeRecord,
+    PaymentResultRecord,
+    ResolutionRecord,
+    SessionReport,
+)
 from citybrain.parking.settlement import Settlement
 from citybrain.parking.tables import (
+    Adjustment,
     Binding,
     Charge,
     DeadLetter,
+    Dispute,
     LedgerModel,
     PassageRow,
+    PaymentOutbox,
+    PaymentResult,
     PendingExitRow,
     ReadRow,
+    ResolutionRow,
     SessionRow,
 )
 
@@ -184,6 +200,39 @@ DEAD_LETTERS = RowMap(DeadLetter, DeadLetterReport)
 CHARGES = RowMap(Charge, ChargeReport)
 SESSION_REPORTS = RowMap(SessionRow, SessionReport)
 DEBTS = RowMap(SessionRow, DebtReport, renamed={"cents": "fee_cents"})
+RESOLUTIONS = RowMap(ResolutionRow, ResolutionRecord)
+ADJUSTMENTS = RowMap(Adjustment, AdjustmentRecord)
+DISPUTES = RowMap(Dispute, DisputeRecord)
+PAYMENT_RESULTS = RowMap(PaymentResult, PaymentResultRecord)
+OUTBOX = RowMap(PaymentOutbox, Instruction, generated=())
+
+
+def charge_instruction(charge: ChargeReport) -> Instruction:
+    """A charge's payment instruction, due at once."""
+    return Instruction(
+        charge.key,
+        "charge",
+        charge.session_id,
+        charge.lot_id,
+        charge.account,
+        charge.cents,
+        charge.charged_at,
+        charge.charged_at,
+    )
+
+
+def refund_instruction(refund: AdjustmentRecord, lot_id: str) -> Instruction:
+    """A refund's payment instruction, due at once."""
+    return Instruction(
+        refund.key,
+        "refund",
+        refund.session_id,
+        lot_id,
+        refund.account,
+        refund.cents,
+        refund.created_at,
+        refund.created_at,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,27 +254,39 @@ class StoredSession(NamedTuple):
     fee_cents: int | None
     account: str | None
     charged: bool
+    breakdown: str | None = None  # the tariff's steps (JSON), when the tariff priced it
 
 
 def stored_session(row: Any) -> StoredSession:
-    return StoredSession(SESSIONS.of(row), row.fee_cents, row.account, row.charged)
+    return StoredSession(SESSIONS.of(row), row.fee_cents, row.account, row.charged, row.breakdown)
 
 
 def session_values(
     s: Session, money: Settlement | None, stored: StoredSession | None
 ) -> dict[str, Any]:
-    """The ``session`` row of ``s``; without a settlement, the money columns of ``stored``."""
+    """The ``session`` row of ``s``; without a settlement, the money columns of ``stored``.
+    The breakdown is the settlement's when it priced the stay, else the stored one."""
     if s.status is SessionStatus.CLOSED:
         raise ValueError(f"session {s.session_id} must be settled before it is stored")
+    kept = None if stored is None else stored.breakdown
     if money is not None:
+        priced = kept if money.breakdown is None else breakdown_json(money.breakdown)
         return SESSIONS.values(
-            s, fee_cents=money.fee_cents, account=money.account, charged=money.charged
+            s,
+            fee_cents=money.fee_cents,
+            account=money.account,
+            charged=money.charged,
+            breakdown=priced,
         )
     if stored is not None:
         return SESSIONS.values(
-            s, fee_cents=stored.fee_cents, account=stored.account, charged=stored.charged
+            s,
+            fee_cents=stored.fee_cents,
+            account=stored.account,
+            charged=stored.charged,
+            breakdown=kept,
         )
-    return SESSIONS.values(s, fee_cents=None, account=None, charged=False)
+    return SESSIONS.values(s, fee_cents=None, account=None, charged=False, breakdown=None)
 
 
 def read_values(read: Read, received_at: datetime, payload: bytes) -> dict[str, Any]:
@@ -277,22 +338,29 @@ def dead_letter_values(
 
 
 __all__ = [
+    "ADJUSTMENTS",
     "BINDINGS",
     "CHARGES",
     "DEAD_LETTERS",
     "DEBTS",
+    "DISPUTES",
+    "OUTBOX",
     "PASSAGES",
+    "PAYMENT_RESULTS",
     "PENDING",
     "READS",
+    "RESOLUTIONS",
     "SESSIONS",
     "SESSION_REPORTS",
     "BoundPlate",
     "RowMap",
     "StoredSession",
+    "charge_instruction",
     "dead_letter_values",
     "key_of",
     "passage_with",
     "read_values",
+    "refund_instruction",
     "session_values",
     "stored_session",
 ]
